@@ -1,0 +1,1 @@
+//! Shared vocabulary of vmctl: the varlink interface, names, paths.

@@ -1,0 +1,1 @@
+//! xtask library: dev host control shared with the end-to-end tests.
