@@ -1,1 +1,52 @@
-//! End-to-end tests live in tests/; they drive the dev host through xtask.
+//! Helpers for the end-to-end tests in `tests/`, which run against the
+//! systemd development host brought up by `cargo xtask test`.
+//!
+//! Every test there is `#[ignore]`d so that a plain `cargo test` does not
+//! report them as passed without a host; `cargo xtask test` runs them with
+//! `--ignored` after `cargo xtask host up`.
+
+use std::process::Output;
+use xtask::host::DevHost;
+
+/// The result of a command run inside the host.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with the whole output unless the command exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, Some(0), "command failed: {self:#?}");
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `argv` as root inside the development host.
+pub fn host(argv: &[&str]) -> Run {
+    host_as(None, argv)
+}
+
+/// Runs `argv` inside the development host as `user` (root when `None`).
+pub fn host_as(user: Option<&str>, argv: &[&str]) -> Run {
+    let dev = DevHost::current().expect("the development host must be up (cargo xtask test)");
+    dev.output(argv, user)
+        .expect("cannot run a command in the development host")
+        .into()
+}

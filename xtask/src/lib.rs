@@ -1,1 +1,11 @@
-//! xtask library: dev host control shared with the end-to-end tests.
+//! Automation for building, installing and testing vmctl.
+//!
+//! The binary (`cargo xtask ...`) is a thin shell over these modules; the
+//! end-to-end tests use [`host`] directly to run commands inside the
+//! systemd development host.
+
+pub mod cmd;
+pub mod deps;
+pub mod host;
+pub mod install;
+pub mod paths;

@@ -1,1 +1,246 @@
-fn main() {}
+//! `cargo xtask`: build, install, development host, tests and demo.
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use xtask::host::{self, DevHost, UpOptions};
+use xtask::paths::{workspace_root, Profile};
+use xtask::{cmd, deps, install};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "vmctl development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages the build machine needs.
+    Deps,
+    /// Install vmctl as a Debian package would.
+    Install {
+        /// Staging directory (a package build root or a machine's root).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr")]
+        prefix: PathBuf,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Manage the systemd development host.
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
+    /// Run every test: unit, component and end-to-end in the dev host.
+    Test {
+        /// Leave the development host running afterwards.
+        #[arg(long)]
+        keep_host: bool,
+    },
+    /// Bring up the host and show vmctl working in it.
+    Demo {
+        /// Use this machine's own systemd (PID 1 must be systemd).
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+#[derive(Args, Clone, Copy)]
+struct BuildArgs {
+    /// Install the release build instead of the debug build.
+    #[arg(long)]
+    release: bool,
+}
+
+impl BuildArgs {
+    fn profile(self) -> Profile {
+        if self.release {
+            Profile::Release
+        } else {
+            Profile::Dev
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// Build (cached), install the current build into, and boot the host.
+    Up {
+        /// Use this machine's own systemd (PID 1 must be systemd).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Run a command inside the host; exits with its exit code.
+    Run {
+        /// Run as this user instead of root.
+        #[arg(long)]
+        user: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Open a shell inside the host.
+    Shell {
+        /// Log in as this user instead of root.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Stop the host.
+    Down,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.task {
+        Task::Deps => deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?,
+        Task::Install {
+            destdir,
+            prefix,
+            build,
+        } => {
+            install::build(build.profile())?;
+            let report = install::install(&install::Options {
+                destdir,
+                prefix,
+                profile: build.profile(),
+            })?;
+            for path in &report.changed {
+                println!("installed {}", path.display());
+            }
+            println!(
+                "{} files installed, {} unchanged",
+                report.changed.len(),
+                report.unchanged
+            );
+        }
+        Task::Host { action } => return host_action(action),
+        Task::Test { keep_host } => test(keep_host)?,
+        Task::Demo { local } => demo(local)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host_action(action: HostAction) -> Result<ExitCode> {
+    match action {
+        HostAction::Up { local, build } => {
+            deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+            host::up(UpOptions {
+                local,
+                profile: Some(build.profile()),
+            })?;
+            println!("development host is up: `cargo xtask host shell` to enter it");
+        }
+        HostAction::Run { user, command } => {
+            let status = DevHost::current()?.run(&command, user.as_deref())?;
+            return Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ));
+        }
+        HostAction::Shell { user } => {
+            let status = DevHost::current()?.run(&["bash", "-l"], user.as_deref())?;
+            return Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ));
+        }
+        HostAction::Down => host::down()?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn test(keep_host: bool) -> Result<()> {
+    deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+    eprintln!("xtask: == unit and component tests ==");
+    cmd::run(cargo().args(["test", "--workspace", "--exclude", "vmctl-e2e"]))?;
+
+    eprintln!("xtask: == install is idempotent ==");
+    install::build(Profile::Dev)?;
+    let staging = xtask::paths::target_dir().join("install-check");
+    let options = install::Options {
+        destdir: staging,
+        prefix: "/usr".into(),
+        profile: Profile::Dev,
+    };
+    install::install(&options)?;
+    let again = install::install(&options)?;
+    if !again.changed.is_empty() {
+        bail!("a second install changed files: {:?}", again.changed);
+    }
+    eprintln!(
+        "xtask: second install changed nothing ({} files)",
+        again.unchanged
+    );
+
+    eprintln!("xtask: == end-to-end tests in the development host ==");
+    host::up(UpOptions::default())?;
+    let result = cmd::run(cargo().args([
+        "test",
+        "-p",
+        "vmctl-e2e",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ]));
+    if keep_host {
+        eprintln!("xtask: leaving the development host up (`cargo xtask host down` stops it)");
+    } else {
+        host::down()?;
+    }
+    result
+}
+
+fn demo(local: bool) -> Result<()> {
+    deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+    let host = host::up(UpOptions {
+        local,
+        profile: None,
+    })?;
+    let steps: &[&[&str]] = &[
+        &["systemctl", "--no-pager", "status", "vmctld.socket"],
+        &["vmctl", "version"],
+        &["vmctl", "list"],
+        &["vmctl", "list", "--json"],
+        &[
+            "busctl",
+            "--system",
+            "call",
+            "org.vmctl.Manager1",
+            "/org/vmctl/Manager1",
+            "org.vmctl.Manager1",
+            "GetVersion",
+        ],
+        &["systemctl", "--no-pager", "status", "vmctld.service"],
+    ];
+    for step in steps {
+        println!("\n$ {}", step.join(" "));
+        let status = host.run(step, None)?;
+        if !status.success() {
+            bail!("demo step `{}` failed: {status}", step.join(" "));
+        }
+    }
+    println!("\nThe development host is running.");
+    println!("  enter it:        cargo xtask host shell");
+    println!("  run a command:   cargo xtask host run -- vmctl list");
+    println!("  stop it:         cargo xtask host down");
+    Ok(())
+}

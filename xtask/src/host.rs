@@ -1,0 +1,523 @@
+//! The development host: a real systemd to install vmctl into and test in.
+//!
+//! On a machine whose PID 1 is not systemd (the CI machines), the host is a
+//! Debian trixie root filesystem booted with `systemd-nspawn --boot` in its
+//! own network namespace, so bridges, TAP devices and NAT rules made inside
+//! stay inside. Step by step, `up`:
+//! 1. builds the base root filesystem with debootstrap once, cached under
+//!    `target/devhost/base-<hash>` where the hash covers everything that
+//!    defines it (suite, mirror, package list, provisioning version);
+//! 2. copies it to a fresh working root `target/devhost/root` (reflink where
+//!    the filesystem can), so every `up` starts from a clean machine;
+//! 3. installs the current build into it with [`crate::install`], as a
+//!    Debian package would, and lists the NSS module in `nsswitch.conf`;
+//! 4. boots it and waits for `systemctl is-system-running`;
+//! 5. runs the package's post-install steps inside (sysusers, tmpfiles,
+//!    `systemctl enable --now vmctld.socket`).
+//!
+//! Commands run inside through `nsenter` into the namespaces of the
+//! container's PID 1 with a clean environment. With `--local` (only when
+//! this machine's PID 1 is systemd) the machine itself is the host.
+
+use crate::cmd;
+use crate::install;
+use crate::paths::{devhost_dir, Profile};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian release of the development host (systemd 257, QEMU 10, varlinkctl).
+const SUITE: &str = "trixie";
+
+/// Bump when the provisioning of the base image changes in a way the
+/// package list does not show.
+const PROVISION_VERSION: u32 = 1;
+
+/// The machine name of the container (also its hostname).
+pub const MACHINE: &str = "vmctl-dev";
+
+/// Packages of the development host.
+pub const HOST_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "dbus-broker",
+    "polkitd",
+    "libpam-systemd",
+    "systemd-container",
+    "udev",
+    "iproute2",
+    "nftables",
+    "procps",
+    "kmod",
+    "less",
+    "qemu-system-x86",
+    "qemu-utils",
+    "openssh-client",
+    "curl",
+];
+
+const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+
+/// How `up` should provide the host.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpOptions {
+    /// Use this machine's own systemd instead of a container.
+    pub local: bool,
+    /// Which build to install.
+    pub profile: Option<Profile>,
+}
+
+/// A running development host.
+#[derive(Debug, Clone)]
+pub enum DevHost {
+    /// This machine (PID 1 is systemd).
+    Local,
+    /// A systemd-nspawn container whose PID 1 has this host PID.
+    Container {
+        /// PID of `systemd-nspawn`.
+        nspawn: u32,
+        /// PID (in our namespace) of the container's systemd.
+        leader: u32,
+    },
+}
+
+fn state_file() -> PathBuf {
+    devhost_dir().join("state")
+}
+
+fn working_root() -> PathBuf {
+    devhost_dir().join("root")
+}
+
+/// Whether PID 1 of this machine is systemd.
+pub fn pid1_is_systemd() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+        && fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
+}
+
+/// Brings up a fresh host with the current build installed.
+pub fn up(opts: UpOptions) -> Result<DevHost> {
+    let profile = opts.profile.unwrap_or(Profile::Dev);
+    down()?;
+    install::build(profile)?;
+    let host = if opts.local {
+        if !pid1_is_systemd() {
+            bail!("--local needs a machine whose PID 1 is systemd; this one's is not (drop --local to use a container)");
+        }
+        install::install(&install::Options {
+            destdir: "/".into(),
+            prefix: "/usr".into(),
+            profile,
+        })?;
+        fs::create_dir_all(devhost_dir())?;
+        fs::write(state_file(), "local\n")?;
+        DevHost::Local
+    } else {
+        let base = ensure_base()?;
+        let root = working_root();
+        prepare_root(&base, &root)?;
+        let report = install::install(&install::Options {
+            destdir: root.clone(),
+            prefix: "/usr".into(),
+            profile,
+        })?;
+        eprintln!(
+            "xtask: installed {} files into the host",
+            report.changed.len()
+        );
+        enable_nss_module(&root.join("etc/nsswitch.conf"))?;
+        boot(&root)?
+    };
+    host.wait_until_booted()?;
+    host.post_install()?;
+    Ok(host)
+}
+
+/// Stops the host if one is running (a no-op otherwise).
+pub fn down() -> Result<()> {
+    let state = match fs::read_to_string(state_file()) {
+        Ok(s) => s,
+        Err(_) => return Ok(()),
+    };
+    if let Some(pid) = state
+        .strip_prefix("nspawn ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if process_alive(pid) {
+            eprintln!("xtask: stopping the development host (systemd-nspawn pid {pid})");
+            // SIGTERM asks nspawn to shut the container down cleanly.
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if process_alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+    fs::remove_file(state_file())?;
+    Ok(())
+}
+
+impl DevHost {
+    /// The host started by a previous `up`.
+    pub fn current() -> Result<DevHost> {
+        let state = fs::read_to_string(state_file())
+            .context("no development host is up: run `cargo xtask host up` first")?;
+        if state.trim() == "local" {
+            return Ok(DevHost::Local);
+        }
+        let pid: u32 = state
+            .strip_prefix("nspawn ")
+            .and_then(|rest| rest.trim().parse().ok())
+            .with_context(|| format!("corrupt state file {}", state_file().display()))?;
+        if !process_alive(pid) {
+            bail!("the development host (systemd-nspawn pid {pid}) is gone: run `cargo xtask host up`; its console log is {}", console_log().display());
+        }
+        let leader = child_of(pid)
+            .with_context(|| format!("systemd-nspawn pid {pid} has no container PID 1 (yet?)"))?;
+        Ok(DevHost::Container {
+            nspawn: pid,
+            leader,
+        })
+    }
+
+    /// A command that runs `argv` inside the host as root or `user`.
+    pub fn command<S: AsRef<str>>(&self, argv: &[S], user: Option<&str>) -> Command {
+        let mut inner: Vec<String> = Vec::new();
+        if let Some(user) = user {
+            inner.extend(["runuser", "-u", user, "--"].map(String::from));
+        }
+        inner.extend(["env", "-i", PATH, "LANG=C.UTF-8", "TERM=dumb"].map(String::from));
+        if user.is_none() {
+            inner.push("HOME=/root".into());
+        }
+        inner.extend(argv.iter().map(|a| a.as_ref().to_owned()));
+        match self {
+            DevHost::Local => {
+                let mut c = Command::new(&inner[0]);
+                c.args(&inner[1..]);
+                c
+            }
+            DevHost::Container { leader, .. } => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &leader.to_string(), "-a", "--"]).args(&inner);
+                c
+            }
+        }
+    }
+
+    /// Runs `argv` inside with inherited stdio and returns its exit status.
+    pub fn run<S: AsRef<str>>(&self, argv: &[S], user: Option<&str>) -> Result<ExitStatus> {
+        let mut c = self.command(argv, user);
+        c.status()
+            .with_context(|| format!("cannot run `{}`", cmd::display(&c)))
+    }
+
+    /// Runs `argv` inside and captures its output (whatever the exit code).
+    pub fn output<S: AsRef<str>>(&self, argv: &[S], user: Option<&str>) -> Result<Output> {
+        let mut c = self.command(argv, user);
+        c.stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run `{}`", cmd::display(&c)))
+    }
+
+    /// Runs `argv` inside; fails with its output unless it exits 0.
+    pub fn check<S: AsRef<str>>(&self, argv: &[S]) -> Result<String> {
+        let out = self.output(argv, None)?;
+        if !out.status.success() {
+            bail!(
+                "in the host, `{}` failed ({}):\n{}{}",
+                argv.iter()
+                    .map(|a| a.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_until_booted(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let DevHost::Container { nspawn, .. } = self {
+                if !process_alive(*nspawn) {
+                    bail!(
+                        "the development host died while booting; console log:\n{}",
+                        tail(&console_log(), 40)
+                    );
+                }
+            }
+            let out = self.output(&["systemctl", "is-system-running"], None)?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            match state.as_str() {
+                "running" => return Ok(()),
+                "degraded" => {
+                    let failed = self.output(&["systemctl", "--failed", "--no-pager"], None)?;
+                    eprintln!(
+                        "xtask: warning: the host booted degraded:\n{}",
+                        String::from_utf8_lossy(&failed.stdout)
+                    );
+                    return Ok(());
+                }
+                _ if Instant::now() > deadline => bail!(
+                    "the development host did not finish booting within 180 s (state {state:?}); console log: {}",
+                    console_log().display()
+                ),
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// What a package's post-install script does.
+    fn post_install(&self) -> Result<()> {
+        self.check(&["systemctl", "daemon-reload"])?;
+        self.check(&["systemd-sysusers"])?;
+        self.check(&["systemd-tmpfiles", "--create"])?;
+        self.check(&["systemctl", "reload", "dbus"])?;
+        self.check(&["systemctl", "enable", "--now", "vmctld.socket"])?;
+        Ok(())
+    }
+}
+
+fn console_log() -> PathBuf {
+    devhost_dir().join("console.log")
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn process_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the parenthesised command name; Z is a zombie.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The first child process of `parent` (the container's PID 1 for nspawn).
+fn child_of(parent: u32) -> Option<u32> {
+    let entries = fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The Debian mirror this machine's apt uses (so the host build reaches
+/// only what this machine reaches).
+fn debian_mirror() -> String {
+    let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        sources.extend(dir.flatten().map(|e| e.path()));
+    }
+    for path in sources {
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        for word in text.split_whitespace() {
+            let url = word.trim_end_matches('/');
+            if (url.starts_with("http://") || url.starts_with("https://"))
+                && url.ends_with("/debian")
+            {
+                return url.to_owned();
+            }
+        }
+    }
+    "http://deb.debian.org/debian".to_owned()
+}
+
+fn base_key(mirror: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(format!("{SUITE}\n{mirror}\n{PROVISION_VERSION}\n"));
+    for p in HOST_PACKAGES {
+        hash.update(p);
+        hash.update("\n");
+    }
+    let digest = hash.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the cached base root filesystem if it is not there yet.
+fn ensure_base() -> Result<PathBuf> {
+    let mirror = debian_mirror();
+    let base = devhost_dir().join(format!("base-{}", base_key(&mirror)));
+    if base.join("usr/lib/systemd/systemd").exists() {
+        return Ok(base);
+    }
+    fs::create_dir_all(devhost_dir())?;
+    // Old bases are dead weight once their key changed.
+    for entry in fs::read_dir(devhost_dir())?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("base-") && entry.path() != base {
+            eprintln!("xtask: removing stale host image {name}");
+            fs::remove_dir_all(entry.path())?;
+        }
+    }
+    let tmp = base.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    eprintln!("xtask: building the development host root filesystem ({SUITE}, ~1 min, cached)");
+    cmd::run(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", "--include"])
+            .arg(HOST_PACKAGES.join(","))
+            .arg(SUITE)
+            .arg(&tmp)
+            .arg(&mirror),
+    )?;
+    // Slim down: caches are rebuilt on demand.
+    let _ = fs::remove_dir_all(tmp.join("var/cache/apt/archives"));
+    fs::rename(&tmp, &base)?;
+    Ok(base)
+}
+
+fn prepare_root(base: &Path, root: &Path) -> Result<()> {
+    if root.exists() {
+        fs::remove_dir_all(root).with_context(|| format!("cannot remove {}", root.display()))?;
+    }
+    cmd::run(
+        Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(base)
+            .arg(root),
+    )?;
+    fs::write(root.join("etc/hostname"), format!("{MACHINE}\n"))?;
+    fs::write(root.join("etc/machine-id"), format!("{}\n", random_id()?))?;
+    Ok(())
+}
+
+fn random_id() -> Result<String> {
+    let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+    Ok(uuid.trim().replace('-', ""))
+}
+
+/// Adds `vmctl` to the `hosts:` line after `files` (what the package's
+/// postinst does, like libnss-mymachines does for itself).
+pub fn enable_nss_module(nsswitch: &Path) -> Result<()> {
+    let text = fs::read_to_string(nsswitch)
+        .with_context(|| format!("cannot read {}", nsswitch.display()))?;
+    let updated = add_nss_module(&text);
+    if updated != text {
+        fs::write(nsswitch, updated)?;
+    }
+    Ok(())
+}
+
+fn add_nss_module(nsswitch: &str) -> String {
+    let mut out = String::new();
+    for line in nsswitch.lines() {
+        let is_hosts = line.trim_start().starts_with("hosts:");
+        if is_hosts && !line.split_whitespace().any(|w| w == "vmctl") {
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|w| *w == "files")
+                .map_or(1, |i| i + 1);
+            words.insert(at, "vmctl");
+            out.push_str(&words.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn boot(root: &Path) -> Result<DevHost> {
+    let log = fs::File::create(console_log())?;
+    let mut c = Command::new("systemd-nspawn");
+    c.arg("--directory")
+        .arg(root)
+        .args([
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            "--console=read-only",
+            "--machine",
+            MACHINE,
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C aimed at xtask must not kill it.
+        .process_group(0);
+    eprintln!("xtask: $ {}", cmd::display(&c));
+    let child = c.spawn().context("cannot start systemd-nspawn")?;
+    let nspawn = child.id();
+    fs::write(state_file(), format!("nspawn {nspawn}\n"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(leader) = child_of(nspawn) {
+            // nspawn forks its PID 1 before exec'ing systemd; wait for it.
+            if fs::read_to_string(format!("/proc/{leader}/comm"))
+                .is_ok_and(|c| c.trim() == "systemd")
+            {
+                return Ok(DevHost::Container { nspawn, leader });
+            }
+        }
+        if !process_alive(nspawn) || Instant::now() > deadline {
+            bail!(
+                "systemd-nspawn did not start the host; console log:\n{}",
+                tail(&console_log(), 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nss_module_goes_after_files_once() {
+        let input = "passwd: files\nhosts:          files dns\n";
+        let once = add_nss_module(input);
+        assert_eq!(once, "passwd: files\nhosts: files vmctl dns\n");
+        assert_eq!(add_nss_module(&once), once);
+    }
+
+    #[test]
+    fn base_key_changes_with_mirror() {
+        assert_ne!(base_key("http://a/debian"), base_key("http://b/debian"));
+        assert_eq!(base_key("http://a/debian").len(), 16);
+    }
+}
