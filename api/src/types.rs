@@ -1,0 +1,68 @@
+//! The records of the `io.vmctl.Manager` interface, as they travel on the
+//! wire (field names match the IDL).
+
+use serde::{Deserialize, Serialize};
+
+/// A virtual machine known to vmctld (the IDL type `VM`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    /// Unique name, valid per [`crate::validate_vm_name`].
+    pub name: String,
+    /// Lifecycle state: `stopped`, `starting`, `running`, `stopping` or
+    /// `failed`. A string so that older clients survive new states.
+    pub state: String,
+    /// Unix user ID of the owner (the creator).
+    pub owner_uid: u32,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// IPv4 address on the host bridge, if allocated.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+}
+
+/// The reply parameters of `GetVersion`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetVersionReply {
+    /// The version of vmctld, e.g. `0.1.0`.
+    pub version: String,
+    /// The version of the interface, see [`crate::idl::INTERFACE_VERSION`].
+    pub interface_version: i64,
+}
+
+/// The reply parameters of `List`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListReply {
+    /// The VMs the caller may see, sorted by name.
+    pub vms: Vec<Vm>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_round_trips_with_idl_field_names() {
+        let vm = Vm {
+            name: "blog".into(),
+            state: "running".into(),
+            owner_uid: 1000,
+            vcpus: 2,
+            memory_bytes: 2 << 30,
+            ipv4: None,
+        };
+        let json = serde_json::to_value(&vm).unwrap();
+        for field in [
+            "name",
+            "state",
+            "owner_uid",
+            "vcpus",
+            "memory_bytes",
+            "ipv4",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(serde_json::from_value::<Vm>(json).unwrap(), vm);
+    }
+}
