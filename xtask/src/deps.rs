@@ -13,12 +13,64 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     "systemd-container",
     // debootstrap builds the development host's root filesystem.
     "debootstrap",
-    // The VMM driver tests talk QMP to a real QEMU.
-    "qemu-system-x86",
+    // mkfs.ext4 -d turns the guest tree into a root filesystem image.
+    "e2fsprogs",
     // The daemon's D-Bus tests run a private bus.
     "dbus",
     "iproute2",
 ];
+
+/// Packages taken from bookworm-backports: mkosi 24 builds the guest image
+/// (bookworm's mkosi 14 is too old), and QEMU 10 boots trixie guests under
+/// TCG where bookworm's 7.2 crashes them (ENVIRONMENT.md).
+pub const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "qemu-system-x86"];
+
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/vmctl-bookworm-backports.sources";
+
+/// Everything the build machine needs: Debian packages, backports included.
+pub fn ensure_build_machine() -> Result<()> {
+    ensure_debian_packages(BUILD_MACHINE_PACKAGES)?;
+    let missing: Vec<&str> = BACKPORTS_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !is_installed(p) || !installed_from_backports(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages from bookworm-backports: {}; run `cargo xtask deps` as root",
+            missing.join(" ")
+        );
+    }
+    let mirror = crate::host::debian_mirror();
+    let source = format!(
+        "# Written by `cargo xtask deps` for mkosi and QEMU from backports.\n\
+         Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    );
+    if std::fs::read_to_string(BACKPORTS_SOURCE).ok().as_deref() != Some(source.as_str()) {
+        std::fs::write(BACKPORTS_SOURCE, source)?;
+    }
+    eprintln!("xtask: installing from bookworm-backports: {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["-t", "bookworm-backports"])
+            .args(&missing),
+    )
+}
+
+fn installed_from_backports(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("bpo"))
+        .unwrap_or(false)
+}
 
 /// Installs whichever of `packages` are missing (no-op when all are there).
 pub fn ensure_debian_packages(packages: &[&str]) -> Result<()> {

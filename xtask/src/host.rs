@@ -341,7 +341,7 @@ fn child_of(parent: u32) -> Option<u32> {
 
 /// The Debian mirror this machine's apt uses (so the host build reaches
 /// only what this machine reaches).
-fn debian_mirror() -> String {
+pub fn debian_mirror() -> String {
     let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         sources.extend(dir.flatten().map(|e| e.path()));

@@ -107,7 +107,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.task {
-        Task::Deps => deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?,
+        Task::Deps => deps::ensure_build_machine()?,
         Task::Install {
             destdir,
             prefix,
@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn host_action(action: HostAction) -> Result<ExitCode> {
     match action {
         HostAction::Up { local, build } => {
-            deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+            deps::ensure_build_machine()?;
             host::up(UpOptions {
                 local,
                 profile: Some(build.profile()),
@@ -169,7 +169,7 @@ fn cargo() -> Command {
 }
 
 fn test(keep_host: bool) -> Result<()> {
-    deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+    deps::ensure_build_machine()?;
     eprintln!("xtask: == unit and component tests ==");
     cmd::run(cargo().args(["test", "--workspace", "--exclude", "vmctl-e2e"]))?;
 
@@ -210,7 +210,7 @@ fn test(keep_host: bool) -> Result<()> {
 }
 
 fn demo(local: bool) -> Result<()> {
-    deps::ensure_debian_packages(deps::BUILD_MACHINE_PACKAGES)?;
+    deps::ensure_build_machine()?;
     let host = host::up(UpOptions {
         local,
         profile: None,
