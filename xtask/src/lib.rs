@@ -7,5 +7,6 @@
 pub mod cmd;
 pub mod deps;
 pub mod host;
+pub mod image;
 pub mod install;
 pub mod paths;
