@@ -1,0 +1,575 @@
+//! The exported glibc NSS entry points (`_nss_vmctl_*`).
+//!
+//! Signatures follow glibc's `<nss.h>` and `resolv/nss_dns/dns-host.c`, as
+//! also implemented by systemd's nss-mymachines. Every export validates its
+//! pointers, runs its body under [`std::panic::catch_unwind`] (a panic becomes
+//! `NSS_STATUS_UNAVAIL`), and always reads [`crate::HOSTS_PATH`]; the
+//! `*_at` variants taking a path exist for tests only.
+//!
+//! Status conventions:
+//! - not a `.vm` name, no such VM, no hosts file: `NSS_STATUS_NOTFOUND`,
+//!   `errno = ENOENT`, `h_errno = HOST_NOT_FOUND`;
+//! - the VM exists but has no address of the requested family (e.g. an
+//!   `AF_INET6` query for an IPv4-only VM): `NSS_STATUS_NOTFOUND`,
+//!   `errno = ENOENT`, `h_errno = NO_DATA`;
+//! - buffer too small: `NSS_STATUS_TRYAGAIN`, `errno = ERANGE`,
+//!   `h_errno = NETDB_INTERNAL` (glibc retries with a bigger buffer);
+//! - bad arguments, unusable hosts file, panic: `NSS_STATUS_UNAVAIL` with
+//!   an errno and `h_errno = NO_RECOVERY`.
+
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::raw::{c_char, c_int, c_void};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::ptr;
+
+use libc::{hostent, socklen_t, AF_INET, AF_INET6, AF_UNSPEC};
+
+use crate::lookup::{self, Host, Outcome};
+use crate::pack::{self, GaihAddrtuple};
+use crate::HOSTS_PATH;
+
+/// glibc's `enum nss_status`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NssStatus {
+    /// Temporary failure; with `ERANGE`, the buffer was too small.
+    TryAgain = -2,
+    /// The service cannot answer.
+    Unavail = -1,
+    /// No such entry.
+    NotFound = 0,
+    /// The result has been filled in.
+    Success = 1,
+    /// Stop the lookup chain (unused here).
+    Return = 2,
+}
+
+/// `h_errno`: internal error, see `errno`.
+pub const NETDB_INTERNAL: c_int = -1;
+/// `h_errno`: no such host.
+pub const HOST_NOT_FOUND: c_int = 1;
+/// `h_errno`: temporary failure.
+pub const TRY_AGAIN: c_int = 2;
+/// `h_errno`: unrecoverable failure.
+pub const NO_RECOVERY: c_int = 3;
+/// `h_errno`: the name exists but has no address of the requested type.
+pub const NO_DATA: c_int = 4;
+
+/// A non-success answer: status plus the `errno` and `h_errno` to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failure {
+    status: NssStatus,
+    errno: c_int,
+    h_errno: c_int,
+}
+
+impl Failure {
+    const NOT_FOUND: Failure = Failure {
+        status: NssStatus::NotFound,
+        errno: libc::ENOENT,
+        h_errno: HOST_NOT_FOUND,
+    };
+    const NO_DATA: Failure = Failure {
+        status: NssStatus::NotFound,
+        errno: libc::ENOENT,
+        h_errno: NO_DATA,
+    };
+    const BUFFER_TOO_SMALL: Failure = Failure {
+        status: NssStatus::TryAgain,
+        errno: libc::ERANGE,
+        h_errno: NETDB_INTERNAL,
+    };
+
+    fn unavailable(errno: c_int) -> Failure {
+        Failure {
+            status: NssStatus::Unavail,
+            errno,
+            h_errno: NO_RECOVERY,
+        }
+    }
+}
+
+fn found(outcome: Outcome) -> Result<Host, Failure> {
+    match outcome {
+        Outcome::Found(host) => Ok(host),
+        Outcome::NotFound => Err(Failure::NOT_FOUND),
+        Outcome::Unavailable(errno) => Err(Failure::unavailable(errno)),
+    }
+}
+
+/// The address family and addresses a `gethostbyname3_r`-style query for
+/// `af` returns. `AF_UNSPEC` means IPv4, as in other NSS modules.
+fn addrs_for_family(host: &Host, af: c_int) -> Result<(c_int, Vec<IpAddr>), Failure> {
+    match af {
+        AF_INET | AF_UNSPEC => Ok((AF_INET, vec![host.ipv4.into()])),
+        AF_INET6 => host
+            .ipv6
+            .map(|v6| (AF_INET6, vec![v6.into()]))
+            .ok_or(Failure::NO_DATA),
+        _ => Err(Failure::unavailable(libc::EAFNOSUPPORT)),
+    }
+}
+
+/// Writes `errno`/`h_errno` (when the pointers are not null) and returns the
+/// status.
+///
+/// # Safety
+/// `errnop` and `h_errnop` are each null or valid for writing a `c_int`.
+unsafe fn report(errnop: *mut c_int, h_errnop: *mut c_int, failure: Failure) -> NssStatus {
+    if !errnop.is_null() {
+        // SAFETY: non-null and valid for writes per this function's contract.
+        unsafe { errnop.write(failure.errno) };
+    }
+    if !h_errnop.is_null() {
+        // SAFETY: non-null and valid for writes per this function's contract.
+        unsafe { h_errnop.write(failure.h_errno) };
+    }
+    failure.status
+}
+
+/// Runs an export's body, turning a panic into `NSS_STATUS_UNAVAIL` so it
+/// never unwinds into C.
+///
+/// # Safety
+/// `errnop` and `h_errnop` are each null or valid for writing a `c_int`.
+unsafe fn guard(
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    body: impl FnOnce() -> Result<NssStatus, Failure>,
+) -> NssStatus {
+    let failure = match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => return status,
+        Ok(Err(failure)) => failure,
+        Err(_) => Failure::unavailable(libc::EINVAL),
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { report(errnop, h_errnop, failure) }
+}
+
+/// Reads the query name; `None` (NOTFOUND) when it is not UTF-8.
+///
+/// # Safety
+/// `name` is non-null and points to a NUL-terminated string.
+unsafe fn query_name<'a>(name: *const c_char) -> Option<&'a str> {
+    // SAFETY: per this function's contract.
+    unsafe { CStr::from_ptr(name) }.to_str().ok()
+}
+
+/// Zeroes the first `len` bytes of the caller's buffer and views them as a
+/// byte slice for the safe packing code.
+///
+/// # Safety
+/// `buffer` is valid for writes of `len` bytes and nothing else accesses
+/// them while the returned slice lives.
+unsafe fn buffer_slice<'a>(buffer: *mut c_char, len: usize) -> &'a mut [u8] {
+    let bytes = buffer.cast::<u8>();
+    // SAFETY: valid for `len` writes per this function's contract; zeroing
+    // initialises the memory so a `&mut [u8]` may refer to it.
+    unsafe {
+        ptr::write_bytes(bytes, 0, len);
+        std::slice::from_raw_parts_mut(bytes, len)
+    }
+}
+
+/// Packs a `hostent` for `name`/`addrs` into the caller's buffer and fills
+/// `*host`; returns `h_name`.
+///
+/// # Safety
+/// `host` is valid for writing a `hostent`; `buffer` is valid for writes of
+/// `buflen` bytes.
+unsafe fn fill_hostent(
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    name: &str,
+    family: c_int,
+    addrs: &[IpAddr],
+) -> Result<*mut c_char, Failure> {
+    let addr_len = if family == AF_INET6 { 16 } else { 4 };
+    let layout = pack::hostent_layout(
+        buffer.expose_provenance(),
+        name.len(),
+        addr_len,
+        addrs.len(),
+    );
+    if layout.size > buflen {
+        return Err(Failure::BUFFER_TOO_SMALL);
+    }
+    // SAFETY: layout.size <= buflen bytes of the caller's buffer, which is
+    // ours for the duration of the call.
+    let buf = unsafe { buffer_slice(buffer, layout.size) };
+    pack::write_hostent(buf, &layout, name, addrs)
+        .map_err(|_| Failure::unavailable(libc::EINVAL))?;
+    let h_name = buffer.wrapping_add(layout.name);
+    let entry = hostent {
+        h_name,
+        h_aliases: buffer.wrapping_add(layout.aliases).cast(),
+        h_addrtype: family,
+        h_length: addr_len as c_int,
+        h_addr_list: buffer.wrapping_add(layout.addr_list).cast(),
+    };
+    // SAFETY: `host` is valid for writes per this function's contract.
+    unsafe { host.write(entry) };
+    Ok(h_name)
+}
+
+/// Writes a zero TTL and the canonical name pointer when asked for.
+///
+/// # Safety
+/// `ttlp` is null or valid for writing an `i32`; `canonp` is null or valid
+/// for writing a pointer.
+unsafe fn fill_ttl_canon(ttlp: *mut i32, canonp: *mut *mut c_char, canon: *mut c_char) {
+    if !ttlp.is_null() {
+        // SAFETY: non-null and writable per this function's contract.
+        unsafe { ttlp.write(0) };
+    }
+    if !canonp.is_null() {
+        // SAFETY: non-null and writable per this function's contract.
+        unsafe { canonp.write(canon) };
+    }
+}
+
+/// `gethostbyname4_r` against the hosts file at `hosts`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyname4_r`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gethostbyname4_at(
+    hosts: &Path,
+    name: *const c_char,
+    pat: *mut *mut GaihAddrtuple,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+) -> NssStatus {
+    let body = || {
+        if name.is_null() || pat.is_null() || buffer.is_null() {
+            return Err(Failure::unavailable(libc::EINVAL));
+        }
+        // SAFETY: checked non-null; glibc passes a NUL-terminated name.
+        let query = unsafe { query_name(name) }.ok_or(Failure::NOT_FOUND)?;
+        let host = found(lookup::resolve_name(hosts, query))?;
+        let mut addrs: Vec<IpAddr> = vec![host.ipv4.into()];
+        addrs.extend(host.ipv6.map(IpAddr::from));
+        let layout = pack::tuple_layout(
+            buffer.expose_provenance(),
+            host.canonical.len(),
+            addrs.len(),
+        );
+        if layout.size > buflen {
+            return Err(Failure::BUFFER_TOO_SMALL);
+        }
+        // SAFETY: layout.size <= buflen bytes of the caller's buffer.
+        let buf = unsafe { buffer_slice(buffer, layout.size) };
+        pack::write_tuples(buf, &layout, &host.canonical, &addrs)
+            .map_err(|_| Failure::unavailable(libc::EINVAL))?;
+        let first = buffer.wrapping_add(layout.first).cast::<GaihAddrtuple>();
+        // SAFETY: `pat` is non-null and writable (glibc contract). If `*pat`
+        // is non-null it points to a caller tuple that receives a copy of
+        // the first one (older glibc and nscd); `first` is aligned and was
+        // fully written by write_tuples.
+        unsafe {
+            if (*pat).is_null() {
+                pat.write(first);
+            } else {
+                (*pat).write(first.read());
+            }
+            fill_ttl_canon(ttlp, ptr::null_mut(), ptr::null_mut());
+        }
+        Ok(NssStatus::Success)
+    };
+    // SAFETY: errnop/h_errnop are null or writable (glibc contract).
+    unsafe { guard(errnop, h_errnop, body) }
+}
+
+/// `gethostbyname3_r` against the hosts file at `hosts`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyname3_r`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gethostbyname3_at(
+    hosts: &Path,
+    name: *const c_char,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+    canonp: *mut *mut c_char,
+) -> NssStatus {
+    let body = || {
+        if name.is_null() || host.is_null() || buffer.is_null() {
+            return Err(Failure::unavailable(libc::EINVAL));
+        }
+        // SAFETY: checked non-null; glibc passes a NUL-terminated name.
+        let query = unsafe { query_name(name) }.ok_or(Failure::NOT_FOUND)?;
+        if lookup::vm_label(query).is_none() {
+            return Err(Failure::NOT_FOUND);
+        }
+        if ![AF_INET, AF_INET6, AF_UNSPEC].contains(&af) {
+            return Err(Failure::unavailable(libc::EAFNOSUPPORT));
+        }
+        let found = found(lookup::resolve_name(hosts, query))?;
+        let (family, addrs) = addrs_for_family(&found, af)?;
+        // SAFETY: host and buffer checked non-null; glibc guarantees them
+        // writable (buffer for buflen bytes); ttlp/canonp null or writable.
+        unsafe {
+            let canon = fill_hostent(host, buffer, buflen, &found.canonical, family, &addrs)?;
+            fill_ttl_canon(ttlp, canonp, canon);
+        }
+        Ok(NssStatus::Success)
+    };
+    // SAFETY: errnop/h_errnop are null or writable (glibc contract).
+    unsafe { guard(errnop, h_errnop, body) }
+}
+
+/// `gethostbyaddr2_r` against the hosts file at `hosts`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyaddr2_r`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gethostbyaddr2_at(
+    hosts: &Path,
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+) -> NssStatus {
+    let body = || {
+        if addr.is_null() || host.is_null() || buffer.is_null() {
+            return Err(Failure::unavailable(libc::EINVAL));
+        }
+        let want = match af {
+            AF_INET => 4,
+            AF_INET6 => 16,
+            _ => return Err(Failure::unavailable(libc::EAFNOSUPPORT)),
+        };
+        if len as usize != want {
+            return Err(Failure::unavailable(libc::EINVAL));
+        }
+        // SAFETY: checked non-null; glibc guarantees `len` readable bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), want) };
+        let ip: IpAddr = match <[u8; 16]>::try_from(bytes) {
+            Ok(v6) => Ipv6Addr::from(v6).into(),
+            Err(_) => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
+        };
+        let found = found(lookup::resolve_addr(hosts, ip))?;
+        // SAFETY: host and buffer checked non-null; glibc guarantees them
+        // writable (buffer for buflen bytes); ttlp null or writable.
+        unsafe {
+            fill_hostent(host, buffer, buflen, &found.canonical, af, &[ip])?;
+            fill_ttl_canon(ttlp, ptr::null_mut(), ptr::null_mut());
+        }
+        Ok(NssStatus::Success)
+    };
+    // SAFETY: errnop/h_errnop are null or writable (glibc contract).
+    unsafe { guard(errnop, h_errnop, body) }
+}
+
+/// Resolves `NAME.vm` to all its addresses as a `gaih_addrtuple` chain
+/// packed into `buffer` (used by `getaddrinfo`).
+///
+/// # Safety
+/// glibc's contract: `name` is a NUL-terminated string, `pat` points to a
+/// (possibly null) tuple pointer, `buffer` is writable for `buflen` bytes,
+/// `errnop`/`h_errnop` are writable, `ttlp` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyname4_r(
+    name: *const c_char,
+    pat: *mut *mut GaihAddrtuple,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyname4_at(
+            Path::new(HOSTS_PATH),
+            name,
+            pat,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ttlp,
+        )
+    }
+}
+
+/// Resolves `NAME.vm` for one address family into a `hostent`, with TTL and
+/// canonical name.
+///
+/// # Safety
+/// glibc's contract: `name` is a NUL-terminated string, `host` is writable,
+/// `buffer` is writable for `buflen` bytes, `errnop`/`h_errnop` are
+/// writable, `ttlp`/`canonp` are null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyname3_r(
+    name: *const c_char,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+    canonp: *mut *mut c_char,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyname3_at(
+            Path::new(HOSTS_PATH),
+            name,
+            af,
+            host,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ttlp,
+            canonp,
+        )
+    }
+}
+
+/// Resolves `NAME.vm` for one address family into a `hostent`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyname3_r`].
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyname2_r(
+    name: *const c_char,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyname3_at(
+            Path::new(HOSTS_PATH),
+            name,
+            af,
+            host,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    }
+}
+
+/// Resolves `NAME.vm` to its IPv4 address into a `hostent`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyname3_r`].
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyname_r(
+    name: *const c_char,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyname3_at(
+            Path::new(HOSTS_PATH),
+            name,
+            AF_INET,
+            host,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    }
+}
+
+/// Resolves a VM address (`AF_INET`, 4 bytes, or `AF_INET6`, 16 bytes) back
+/// to `NAME.vm`, with TTL.
+///
+/// # Safety
+/// glibc's contract: `addr` is readable for `len` bytes, `host` is
+/// writable, `buffer` is writable for `buflen` bytes, `errnop`/`h_errnop`
+/// are writable, `ttlp` is null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr2_r(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+    ttlp: *mut i32,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyaddr2_at(
+            Path::new(HOSTS_PATH),
+            addr,
+            len,
+            af,
+            host,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ttlp,
+        )
+    }
+}
+
+/// Resolves a VM address back to `NAME.vm`.
+///
+/// # Safety
+/// As for [`_nss_vmctl_gethostbyaddr2_r`].
+#[no_mangle]
+pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    af: c_int,
+    host: *mut hostent,
+    buffer: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> NssStatus {
+    // SAFETY: arguments forwarded unchanged under the same contract.
+    unsafe {
+        gethostbyaddr2_at(
+            Path::new(HOSTS_PATH),
+            addr,
+            len,
+            af,
+            host,
+            buffer,
+            buflen,
+            errnop,
+            h_errnop,
+            ptr::null_mut(),
+        )
+    }
+}
