@@ -1,1 +1,27 @@
-//! vmctld library.
+//! vmctld: the vmctl daemon.
+//!
+//! One core, two front ends: [`Manager`] is the service layer that owns the
+//! VM registry and decides what callers may do; [`varlink`] and [`dbus`]
+//! translate their protocols into calls on the same `Manager`, so the two
+//! APIs cannot drift. [`daemon`] wires them together as a systemd service.
+
+#![warn(missing_docs)]
+
+pub mod activation;
+pub mod caller;
+pub mod cli;
+pub mod daemon;
+pub mod dbus;
+pub mod error;
+pub mod logging;
+pub mod manager;
+pub mod registry;
+pub mod varlink;
+
+pub use caller::Caller;
+pub use error::ManagerError;
+pub use manager::Manager;
+pub use registry::Registry;
+
+/// The version of vmctld (the crate version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,188 @@
+//! The one error type of the service layer and how it is named on each
+//! protocol.
+
+use serde_json::{json, Value};
+use vmctl_api::{errors, names::DBUS_ERROR_PREFIX, ErrorReply, InvalidVmName};
+
+/// An error of a service-layer call. Every variant is an error declared in
+/// the `io.vmctl.Manager` IDL; the front ends translate it with
+/// [`ManagerError::varlink_name`] / [`ManagerError::dbus_name`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    /// No VM of this name exists, or the caller may not see it.
+    #[error("no VM named {name:?}")]
+    NoSuchVm {
+        /// The requested name.
+        name: String,
+    },
+    /// The name cannot be used for a VM.
+    #[error("invalid VM name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The caller may not perform the action (a polkit action ID).
+    #[error("permission denied for action {action}")]
+    PermissionDenied {
+        /// The polkit action that was refused, e.g. `org.vmctl.vm.create`.
+        action: String,
+    },
+    /// The request would exceed the caller's quota.
+    #[error("quota exceeded for {resource}: limit {limit}, requested {requested}")]
+    QuotaExceeded {
+        /// The resource, e.g. `vms`, `memory_bytes`.
+        resource: String,
+        /// The caller's limit.
+        limit: i64,
+        /// What the caller would have in total after the request.
+        requested: i64,
+    },
+    /// vmctld failed internally (I/O, corrupt state, ...).
+    #[error("internal error: {message}")]
+    Internal {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ManagerError {
+    /// The error name without interface prefix, as declared in the IDL.
+    pub fn short_name(&self) -> &'static str {
+        match self {
+            Self::NoSuchVm { .. } => "NoSuchVM",
+            Self::InvalidName { .. } => "InvalidName",
+            Self::PermissionDenied { .. } => "PermissionDenied",
+            Self::QuotaExceeded { .. } => "QuotaExceeded",
+            Self::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// The varlink error name, e.g. `io.vmctl.Manager.NoSuchVM`.
+    pub fn varlink_name(&self) -> &'static str {
+        match self {
+            Self::NoSuchVm { .. } => errors::NO_SUCH_VM,
+            Self::InvalidName { .. } => errors::INVALID_NAME,
+            Self::PermissionDenied { .. } => errors::PERMISSION_DENIED,
+            Self::QuotaExceeded { .. } => errors::QUOTA_EXCEEDED,
+            Self::Internal { .. } => errors::INTERNAL_ERROR,
+        }
+    }
+
+    /// The D-Bus error name, e.g. `org.vmctl.Manager1.Error.NoSuchVM`.
+    pub fn dbus_name(&self) -> String {
+        format!("{DBUS_ERROR_PREFIX}.{}", self.short_name())
+    }
+
+    /// The varlink error parameters, as declared in the IDL.
+    pub fn varlink_parameters(&self) -> Value {
+        match self {
+            Self::NoSuchVm { name } => json!({ "name": name }),
+            Self::InvalidName { name, reason } => json!({ "name": name, "reason": reason }),
+            Self::PermissionDenied { action } => json!({ "action": action }),
+            Self::QuotaExceeded {
+                resource,
+                limit,
+                requested,
+            } => json!({ "resource": resource, "limit": limit, "requested": requested }),
+            Self::Internal { message } => json!({ "message": message }),
+        }
+    }
+
+    /// The complete varlink error reply.
+    pub fn to_varlink(&self) -> ErrorReply {
+        ErrorReply::new(self.varlink_name(), self.varlink_parameters())
+    }
+
+    /// An internal error from anything displayable.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<InvalidVmName> for ManagerError {
+    fn from(e: InvalidVmName) -> Self {
+        Self::InvalidName {
+            name: e.name,
+            reason: e.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<ManagerError> {
+        vec![
+            ManagerError::NoSuchVm { name: "a".into() },
+            ManagerError::InvalidName {
+                name: "a b".into(),
+                reason: "r".into(),
+            },
+            ManagerError::PermissionDenied {
+                action: "org.vmctl.vm.create".into(),
+            },
+            ManagerError::QuotaExceeded {
+                resource: "vms".into(),
+                limit: 1,
+                requested: 2,
+            },
+            ManagerError::internal("boom"),
+        ]
+    }
+
+    #[test]
+    fn varlink_names() {
+        let names: Vec<_> = all().iter().map(|e| e.varlink_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "io.vmctl.Manager.NoSuchVM",
+                "io.vmctl.Manager.InvalidName",
+                "io.vmctl.Manager.PermissionDenied",
+                "io.vmctl.Manager.QuotaExceeded",
+                "io.vmctl.Manager.InternalError",
+            ]
+        );
+    }
+
+    #[test]
+    fn dbus_names() {
+        let names: Vec<_> = all().iter().map(|e| e.dbus_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "org.vmctl.Manager1.Error.NoSuchVM",
+                "org.vmctl.Manager1.Error.InvalidName",
+                "org.vmctl.Manager1.Error.PermissionDenied",
+                "org.vmctl.Manager1.Error.QuotaExceeded",
+                "org.vmctl.Manager1.Error.InternalError",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_is_declared_in_idl_with_its_parameters() {
+        let idl = vmctl_api::idl::INTERFACE_DESCRIPTION;
+        for e in all() {
+            let line = idl
+                .lines()
+                .find(|l| l.starts_with(&format!("error {} (", e.short_name())))
+                .unwrap_or_else(|| panic!("{} not declared", e.short_name()));
+            for key in e.varlink_parameters().as_object().unwrap().keys() {
+                assert!(line.contains(&format!("{key}:")), "{line} lacks {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_name_converts() {
+        let e: ManagerError = vmctl_api::validate_vm_name("-rf").unwrap_err().into();
+        assert_eq!(e.varlink_name(), "io.vmctl.Manager.InvalidName");
+        assert_eq!(e.varlink_parameters()["name"], "-rf");
+    }
+}

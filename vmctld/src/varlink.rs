@@ -1,0 +1,311 @@
+//! The varlink front end: serves `io.vmctl.Manager` and the mandatory
+//! `org.varlink.service` interface over a Unix socket, using zlink.
+//!
+//! # How a call is handled, step by step
+//!
+//! 1. zlink's [`Server`] accepts connections and reads NUL-terminated JSON
+//!    messages from all of them concurrently (one task multiplexing every
+//!    connection, so a slow or idle client never blocks the others).
+//! 2. Each message is decoded into a [`RawCall`]: the `method` string plus
+//!    the raw `parameters` object (`oneway`/`more`/`upgrade` are taken by
+//!    zlink). A message that is not JSON, or has no `method`, cannot be
+//!    answered meaningfully: zlink closes that one connection and the
+//!    daemon carries on serving everybody else.
+//! 3. [`VarlinkService::handle`] asks the kernel who the peer is
+//!    (`SO_PEERCRED`) and turns it into a [`Caller`].
+//! 4. The method name is split at its last `.` into interface and member.
+//!    An unknown interface is answered with
+//!    `org.varlink.service.InterfaceNotFound`, an unknown member with
+//!    `org.varlink.service.MethodNotFound`.
+//! 5. The parameters are decoded into the method's input type; missing or
+//!    mistyped ones are answered with `org.varlink.service.InvalidParameter`.
+//! 6. The [`Manager`] does the work. Its result becomes the reply
+//!    parameters; a [`ManagerError`](crate::ManagerError) becomes the named
+//!    `io.vmctl.Manager.*` error with its parameters.
+//! 7. zlink sends the reply (or nothing, if the call was `oneway`) and
+//!    waits for the connection's next call.
+//!
+//! `GetInterfaceDescription` returns the IDL file embedded from
+//! `api/io.vmctl.Manager.varlink`, byte for byte.
+
+use std::{os::fd::OwnedFd, sync::Arc};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vmctl_api::{errors, idl, names::VARLINK_INTERFACE, ErrorReply, GetVersionReply, ListReply};
+use zlink::{
+    futures_util::stream::Empty,
+    service::{HandleResult, Infallible, MethodReply, ReplyStreamItem},
+    tokio::unix,
+    Call, Connection, Server, Service,
+};
+
+use crate::{Caller, Manager};
+
+/// The name of the varlink introspection interface every service serves.
+pub const VARLINK_SERVICE_INTERFACE: &str = "org.varlink.service";
+
+/// The standard description of `org.varlink.service`.
+pub const VARLINK_SERVICE_DESCRIPTION: &str = "\
+# The Varlink Service Interface is provided by every varlink service. It
+# describes the service and the interfaces it implements.
+interface org.varlink.service
+
+# Get a list of all the interfaces a service provides and information
+# about the implementation.
+method GetInfo() -> (
+  vendor: string,
+  product: string,
+  version: string,
+  url: string,
+  interfaces: []string
+)
+
+# Get the description of an interface that is implemented by this service.
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+# The requested interface was not found.
+error InterfaceNotFound (interface: string)
+
+# The requested method was not found
+error MethodNotFound (method: string)
+
+# The interface defines the requested method, but the service does not
+# implement it.
+error MethodNotImplemented (method: string)
+
+# One of the passed parameters is invalid.
+error InvalidParameter (parameter: string)
+
+# Client is denied access
+error PermissionDenied ()
+
+# Method is expected to be called with 'more' set to true, but wasn't
+error ExpectedMore ()
+";
+
+/// A method call as received: the fully qualified method name and its
+/// parameters, decoded per method later.
+#[derive(Debug, Deserialize)]
+pub struct RawCall {
+    /// The fully qualified method name, e.g. `io.vmctl.Manager.List`.
+    pub method: String,
+    /// The parameters object, if any.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+/// The zlink service that dispatches calls to the [`Manager`].
+#[derive(Debug)]
+pub struct VarlinkService {
+    manager: Arc<Manager>,
+}
+
+/// The result of one method: reply parameters or an error reply.
+type Outcome = Result<Value, ErrorReply>;
+
+impl VarlinkService {
+    /// A service answering with `manager`.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self { manager }
+    }
+
+    /// Dispatches one call by interface and member name (steps 4 to 6).
+    pub async fn dispatch(&self, caller: &Caller, call: &RawCall) -> Outcome {
+        let (interface, member) = call.method.rsplit_once('.').unwrap_or(("", ""));
+        match interface {
+            VARLINK_SERVICE_INTERFACE => self.varlink_service(member, call),
+            VARLINK_INTERFACE => self.manager_call(caller, member, call).await,
+            _ => Err(ErrorReply::new(
+                errors::INTERFACE_NOT_FOUND,
+                json!({ "interface": interface }),
+            )),
+        }
+    }
+
+    /// `org.varlink.service.*`.
+    fn varlink_service(&self, member: &str, call: &RawCall) -> Outcome {
+        match member {
+            "GetInfo" => Ok(json!({
+                "vendor": "vmctl",
+                "product": "vmctld",
+                "version": self.manager.version(),
+                "url": "man:vmctld(8)",
+                "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE],
+            })),
+            "GetInterfaceDescription" => {
+                #[derive(Deserialize)]
+                struct In {
+                    interface: String,
+                }
+                let input: In = parameters(call, "interface")?;
+                let description = match input.interface.as_str() {
+                    VARLINK_INTERFACE => idl::INTERFACE_DESCRIPTION,
+                    VARLINK_SERVICE_INTERFACE => VARLINK_SERVICE_DESCRIPTION,
+                    other => {
+                        return Err(ErrorReply::new(
+                            errors::INTERFACE_NOT_FOUND,
+                            json!({ "interface": other }),
+                        ))
+                    }
+                };
+                Ok(json!({ "description": description }))
+            }
+            _ => Err(method_not_found(call)),
+        }
+    }
+
+    /// `io.vmctl.Manager.*`.
+    async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Outcome {
+        match member {
+            "GetVersion" => to_value(GetVersionReply {
+                version: self.manager.version().to_string(),
+                interface_version: idl::INTERFACE_VERSION,
+            }),
+            "List" => match self.manager.list(caller).await {
+                Ok(vms) => to_value(ListReply { vms }),
+                Err(e) => Err(e.to_varlink()),
+            },
+            _ => Err(method_not_found(call)),
+        }
+    }
+}
+
+fn method_not_found(call: &RawCall) -> ErrorReply {
+    ErrorReply::new(errors::METHOD_NOT_FOUND, json!({ "method": call.method }))
+}
+
+/// Decodes the call's parameters; `name` is reported when they do not fit.
+fn parameters<T: for<'de> Deserialize<'de>>(call: &RawCall, name: &str) -> Result<T, ErrorReply> {
+    let value = call.parameters.clone().unwrap_or_else(|| json!({}));
+    serde_json::from_value(value)
+        .map_err(|_| ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name })))
+}
+
+fn to_value(reply: impl serde::Serialize) -> Outcome {
+    serde_json::to_value(reply).map_err(|e| crate::ManagerError::internal(e).to_varlink())
+}
+
+impl Service<unix::Stream> for VarlinkService {
+    type MethodCall<'de> = RawCall;
+    type ReplyParams<'ser> = Value;
+    type ReplyStreamParams = Value;
+    type ReplyStreamError = Infallible;
+    type ReplyStream = Empty<ReplyStreamItem<Value, Infallible>>;
+    type ReplyError<'ser> = ErrorReply;
+    type Upgrade = ();
+
+    async fn handle<'ser>(
+        &'ser mut self,
+        call: &'ser Call<Self::MethodCall<'_>>,
+        conn: &mut Connection<unix::Stream>,
+        _fds: Vec<OwnedFd>,
+    ) -> HandleResult<Value, Self::ReplyStream, ErrorReply, ()> {
+        let caller = match conn.peer_credentials().await {
+            Ok(creds) => Caller {
+                uid: creds.unix_user_id().as_raw(),
+                pid: u32::try_from(creds.process_id().as_raw_nonzero().get()).unwrap_or(0),
+            },
+            Err(e) => {
+                let err = crate::ManagerError::internal(format!(
+                    "cannot determine the caller's credentials: {e}"
+                ));
+                return (MethodReply::Error(err.to_varlink()), Vec::new());
+            }
+        };
+        tracing::debug!(method = %call.method().method, uid = caller.uid, pid = caller.pid, "varlink call");
+        let reply = match self.dispatch(&caller, call.method()).await {
+            Ok(params) => MethodReply::Single(Some(params)),
+            Err(error) => MethodReply::Error(error),
+        };
+        (reply, Vec::new())
+    }
+}
+
+/// Serves `manager` on `listener` until the listener fails.
+///
+/// The returned future is not `Send` (see [`Server::run`]): poll it from
+/// the main task (e.g. in `tokio::select!`) rather than spawning it.
+pub async fn serve(listener: unix::Listener, manager: Arc<Manager>) -> anyhow::Result<()> {
+    Server::new(listener, VarlinkService::new(manager))
+        .run()
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Registry;
+
+    fn service() -> VarlinkService {
+        let dir = std::env::temp_dir().join("vmctld-unit-no-such-dir");
+        VarlinkService::new(Arc::new(Manager::new(Registry::new(dir))))
+    }
+
+    fn call(method: &str, parameters: Value) -> RawCall {
+        RawCall {
+            method: method.into(),
+            parameters: Some(parameters),
+        }
+    }
+
+    #[tokio::test]
+    async fn served_description_is_the_idl_file() {
+        let expected = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../api/io.vmctl.Manager.varlink"
+        ))
+        .unwrap();
+        let reply = service()
+            .dispatch(
+                &Caller::ROOT,
+                &call(
+                    "org.varlink.service.GetInterfaceDescription",
+                    json!({"interface": "io.vmctl.Manager"}),
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply["description"].as_str().unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn unknown_interface_and_method() {
+        let s = service();
+        let e = s
+            .dispatch(&Caller::ROOT, &call("io.example.Nope", json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, errors::INTERFACE_NOT_FOUND);
+        assert_eq!(e.parameters.unwrap()["interface"], "io.example");
+        let e = s
+            .dispatch(&Caller::ROOT, &call("io.vmctl.Manager.Nope", json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, errors::METHOD_NOT_FOUND);
+        let e = s
+            .dispatch(
+                &Caller::ROOT,
+                &call("org.varlink.service.GetInterfaceDescription", json!({})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, errors::INVALID_PARAMETER);
+    }
+
+    #[tokio::test]
+    async fn get_info_lists_interfaces() {
+        let reply = service()
+            .dispatch(
+                &Caller::ROOT,
+                &call("org.varlink.service.GetInfo", json!({})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply["interfaces"],
+            json!(["org.varlink.service", "io.vmctl.Manager"])
+        );
+    }
+}
