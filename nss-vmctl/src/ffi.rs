@@ -573,3 +573,438 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr_r(
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! These tests call the `*_at` variants (same code as the exports, with a
+    //! test hosts file) and the exports themselves, exactly as glibc would.
+
+    use super::*;
+    use crate::test_util::TempDir;
+    use std::path::PathBuf;
+
+    const HOSTS: &str = "# vmctld\nblog 10.0.0.2\nweb 10.0.0.3 fd00::3\n";
+    const SENTINEL: u8 = 0xa5;
+
+    fn hosts_file(tag: &str) -> (TempDir, PathBuf) {
+        let dir = TempDir::new(tag);
+        let path = dir.0.join("hosts");
+        std::fs::write(&path, HOSTS).unwrap();
+        (dir, path)
+    }
+
+    fn zeroed_hostent() -> hostent {
+        hostent {
+            h_name: ptr::null_mut(),
+            h_aliases: ptr::null_mut(),
+            h_addrtype: 0,
+            h_length: 0,
+            h_addr_list: ptr::null_mut(),
+        }
+    }
+
+    /// A decoded `hostent`.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Decoded {
+        name: String,
+        aliases: usize,
+        family: c_int,
+        len: c_int,
+        addrs: Vec<Vec<u8>>,
+    }
+
+    /// Reads a `hostent` filled by the module, checking every pointer lies
+    /// inside `buf`.
+    fn decode(host: &hostent, buf: &[u8]) -> Decoded {
+        let range = buf.as_ptr_range();
+        let inside = |p: *const u8| range.contains(&p);
+        assert!(inside(host.h_name.cast()));
+        assert!(inside(host.h_aliases.cast()));
+        assert!(inside(host.h_addr_list.cast()));
+        assert_eq!(host.h_aliases as usize % align_of::<*mut c_char>(), 0);
+        assert_eq!(host.h_addr_list as usize % align_of::<*mut c_char>(), 0);
+        // SAFETY: all pointers were checked to lie in `buf`, which the module
+        // filled with a NUL-terminated name and null-terminated arrays.
+        unsafe {
+            let name = CStr::from_ptr(host.h_name).to_str().unwrap().to_owned();
+            let mut aliases = 0;
+            while !(*host.h_aliases.add(aliases)).is_null() {
+                aliases += 1;
+            }
+            let mut addrs = Vec::new();
+            let mut i = 0;
+            loop {
+                let p = *host.h_addr_list.add(i);
+                if p.is_null() {
+                    break;
+                }
+                assert!(inside(p.cast()));
+                let len = host.h_length as usize;
+                addrs.push(std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec());
+                i += 1;
+            }
+            Decoded {
+                name,
+                aliases,
+                family: host.h_addrtype,
+                len: host.h_length,
+                addrs,
+            }
+        }
+    }
+
+    struct Result3 {
+        status: NssStatus,
+        errno: c_int,
+        h_errno: c_int,
+        decoded: Option<Decoded>,
+        canon_is_name: bool,
+    }
+
+    /// Calls `gethostbyname3_at` with a buffer of `buflen` bytes starting one
+    /// byte past an aligned address, and checks nothing past it is written.
+    fn byname3(path: &Path, name: &str, af: c_int, buflen: usize) -> Result3 {
+        let name = std::ffi::CString::new(name).unwrap();
+        let mut storage = vec![SENTINEL; buflen + 64];
+        let mut host = zeroed_hostent();
+        let (mut errno, mut h_errno, mut ttl) = (0, 0, -1);
+        let mut canon: *mut c_char = ptr::null_mut();
+        let buffer = storage[1..].as_mut_ptr().cast::<c_char>();
+        // SAFETY: every pointer refers to a live local of the right type;
+        // the buffer has buflen + 63 bytes available after `buffer`.
+        let status = unsafe {
+            gethostbyname3_at(
+                path,
+                name.as_ptr(),
+                af,
+                &mut host,
+                buffer,
+                buflen,
+                &mut errno,
+                &mut h_errno,
+                &mut ttl,
+                &mut canon,
+            )
+        };
+        assert!(storage[1 + buflen..].iter().all(|&b| b == SENTINEL));
+        let decoded = (status == NssStatus::Success).then(|| {
+            assert_eq!(ttl, 0);
+            decode(&host, &storage[1..1 + buflen])
+        });
+        Result3 {
+            status,
+            errno,
+            h_errno,
+            decoded,
+            canon_is_name: !canon.is_null() && canon == host.h_name,
+        }
+    }
+
+    #[test]
+    fn non_vm_names_through_the_exports() {
+        for name in [c"example.com", c"blog.vmx", c"vm", c".vm", c"a.b.vm"] {
+            let mut host = zeroed_hostent();
+            let mut buf = [0u8; 256];
+            let (mut errno, mut h_errno) = (0, 0);
+            // SAFETY: valid name, hostent, buffer and out-pointers.
+            let status = unsafe {
+                _nss_vmctl_gethostbyname2_r(
+                    name.as_ptr(),
+                    AF_INET,
+                    &mut host,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut errno,
+                    &mut h_errno,
+                )
+            };
+            assert_eq!(status, NssStatus::NotFound, "{name:?}");
+            assert_eq!((errno, h_errno), (libc::ENOENT, HOST_NOT_FOUND));
+            let mut pat: *mut GaihAddrtuple = ptr::null_mut();
+            // SAFETY: valid name, tuple pointer, buffer and out-pointers.
+            let status = unsafe {
+                _nss_vmctl_gethostbyname4_r(
+                    name.as_ptr(),
+                    &mut pat,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut errno,
+                    &mut h_errno,
+                    ptr::null_mut(),
+                )
+            };
+            assert_eq!(status, NssStatus::NotFound);
+            assert!(pat.is_null());
+        }
+    }
+
+    #[test]
+    fn missing_hosts_file_is_not_found() {
+        let dir = TempDir::new("ffi-missing");
+        let r = byname3(&dir.0.join("hosts"), "blog.vm", AF_INET, 256);
+        assert_eq!(r.status, NssStatus::NotFound);
+        assert_eq!((r.errno, r.h_errno), (libc::ENOENT, HOST_NOT_FOUND));
+    }
+
+    #[test]
+    fn small_buffer_asks_for_retry_then_big_buffer_succeeds() {
+        let (_dir, path) = hosts_file("ffi-erange");
+        let mut sizes = 0..256;
+        let needed = sizes
+            .find(|&len| byname3(&path, "BLOG.VM.", AF_INET, len).status == NssStatus::Success)
+            .unwrap();
+        assert!(needed > "blog.vm".len());
+        for len in [0, 1, 8, needed - 1] {
+            let r = byname3(&path, "BLOG.VM.", AF_INET, len);
+            assert_eq!(r.status, NssStatus::TryAgain, "{len}");
+            assert_eq!((r.errno, r.h_errno), (libc::ERANGE, NETDB_INTERNAL));
+        }
+        let r = byname3(&path, "BLOG.VM.", AF_INET, needed);
+        assert!(r.canon_is_name);
+        assert_eq!(
+            r.decoded.unwrap(),
+            Decoded {
+                name: "blog.vm".into(),
+                aliases: 0,
+                family: AF_INET,
+                len: 4,
+                addrs: vec![vec![10, 0, 0, 2]],
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_queries() {
+        let (_dir, path) = hosts_file("ffi-v6");
+        let r = byname3(&path, "blog.vm", AF_INET6, 1024);
+        assert_eq!(r.status, NssStatus::NotFound);
+        assert_eq!((r.errno, r.h_errno), (libc::ENOENT, NO_DATA));
+        let r = byname3(&path, "web.vm", AF_INET6, 1024);
+        assert_eq!(r.status, NssStatus::Success);
+        let decoded = r.decoded.unwrap();
+        assert_eq!((decoded.family, decoded.len), (AF_INET6, 16));
+        let v6: Ipv6Addr = "fd00::3".parse().unwrap();
+        assert_eq!(decoded.addrs, vec![v6.octets().to_vec()]);
+        let r = byname3(&path, "web.vm", AF_UNSPEC, 1024);
+        assert_eq!(r.decoded.unwrap().addrs, vec![vec![10, 0, 0, 3]]);
+    }
+
+    #[test]
+    fn bad_family_and_null_pointers_are_unavailable() {
+        let (_dir, path) = hosts_file("ffi-bad");
+        let r = byname3(&path, "blog.vm", libc::AF_UNIX, 1024);
+        assert_eq!(r.status, NssStatus::Unavail);
+        assert_eq!((r.errno, r.h_errno), (libc::EAFNOSUPPORT, NO_RECOVERY));
+
+        let (mut errno, mut h_errno) = (0, 0);
+        let mut buf = [0u8; 64];
+        // SAFETY: null name is the point of the test; the rest are valid.
+        let status = unsafe {
+            gethostbyname3_at(
+                &path,
+                ptr::null(),
+                AF_INET,
+                &mut zeroed_hostent(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut errno,
+                &mut h_errno,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(status, NssStatus::Unavail);
+        assert_eq!((errno, h_errno), (libc::EINVAL, NO_RECOVERY));
+        // SAFETY: null hostent and null errno pointers must be tolerated.
+        let status = unsafe {
+            gethostbyname3_at(
+                &path,
+                c"blog.vm".as_ptr(),
+                AF_INET,
+                ptr::null_mut(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(status, NssStatus::Unavail);
+    }
+
+    /// One decoded `gaih_addrtuple`: name, family, address bytes.
+    type Tuple = (String, c_int, Vec<u8>);
+
+    /// Calls `gethostbyname4_at`; returns status, errno, h_errno and the
+    /// chain as (name, family, address bytes).
+    fn byname4(
+        path: &Path,
+        name: &CStr,
+        buflen: usize,
+        caller_tuple: bool,
+    ) -> (NssStatus, c_int, c_int, Vec<Tuple>) {
+        let mut storage = vec![SENTINEL; buflen + 64];
+        let buffer = storage[3..].as_mut_ptr().cast::<c_char>();
+        let mut own = GaihAddrtuple {
+            next: ptr::null_mut(),
+            name: ptr::null_mut(),
+            family: 0,
+            addr: [0; 4],
+            scopeid: 0,
+        };
+        let mut pat: *mut GaihAddrtuple = if caller_tuple {
+            &mut own
+        } else {
+            ptr::null_mut()
+        };
+        let (mut errno, mut h_errno, mut ttl) = (0, 0, -1);
+        // SAFETY: valid locals; the buffer has buflen + 61 bytes after it.
+        let status = unsafe {
+            gethostbyname4_at(
+                path,
+                name.as_ptr(),
+                &mut pat,
+                buffer,
+                buflen,
+                &mut errno,
+                &mut h_errno,
+                &mut ttl,
+            )
+        };
+        assert!(storage[3 + buflen..].iter().all(|&b| b == SENTINEL));
+        let mut chain = Vec::new();
+        if status == NssStatus::Success {
+            assert_eq!(ttl, 0);
+            if caller_tuple {
+                assert_eq!(pat, &mut own as *mut GaihAddrtuple);
+            }
+            let mut at = pat;
+            while !at.is_null() {
+                assert_eq!(at as usize % align_of::<GaihAddrtuple>(), 0);
+                // SAFETY: `at` is the caller tuple or lies in the buffer the
+                // module filled; names are NUL-terminated in the buffer.
+                unsafe {
+                    let tuple = at.read();
+                    let len = if tuple.family == AF_INET { 4 } else { 16 };
+                    let bytes = std::slice::from_raw_parts(tuple.addr.as_ptr().cast::<u8>(), len);
+                    let name = CStr::from_ptr(tuple.name).to_str().unwrap().to_owned();
+                    chain.push((name, tuple.family, bytes.to_vec()));
+                    at = tuple.next;
+                }
+            }
+        }
+        (status, errno, h_errno, chain)
+    }
+
+    #[test]
+    fn gethostbyname4_chain() {
+        let (_dir, path) = hosts_file("ffi-4");
+        let (status, errno, h_errno, _) = byname4(&path, c"web.vm", 16, false);
+        assert_eq!(status, NssStatus::TryAgain);
+        assert_eq!((errno, h_errno), (libc::ERANGE, NETDB_INTERNAL));
+        let v6: Ipv6Addr = "fd00::3".parse().unwrap();
+        let expected = vec![
+            ("web.vm".to_owned(), AF_INET, vec![10, 0, 0, 3]),
+            ("web.vm".to_owned(), AF_INET6, v6.octets().to_vec()),
+        ];
+        for caller_tuple in [false, true] {
+            let (status, _, _, chain) = byname4(&path, c"Web.vm.", 1024, caller_tuple);
+            assert_eq!(status, NssStatus::Success);
+            assert_eq!(chain, expected);
+        }
+        let (status, _, _, chain) = byname4(&path, c"blog.vm", 1024, false);
+        assert_eq!(status, NssStatus::Success);
+        assert_eq!(
+            chain,
+            vec![("blog.vm".to_owned(), AF_INET, vec![10, 0, 0, 2])]
+        );
+        let (status, errno, h_errno, _) = byname4(&path, c"nope.vm", 1024, false);
+        assert_eq!(status, NssStatus::NotFound);
+        assert_eq!((errno, h_errno), (libc::ENOENT, HOST_NOT_FOUND));
+    }
+
+    fn byaddr(
+        path: &Path,
+        addr: &[u8],
+        af: c_int,
+        buflen: usize,
+    ) -> (NssStatus, c_int, Option<Decoded>) {
+        let mut storage = vec![SENTINEL; buflen + 64];
+        let mut host = zeroed_hostent();
+        let (mut errno, mut h_errno) = (0, 0);
+        // SAFETY: valid locals; `addr` is readable for its length.
+        let status = unsafe {
+            gethostbyaddr2_at(
+                path,
+                addr.as_ptr().cast(),
+                addr.len() as socklen_t,
+                af,
+                &mut host,
+                storage.as_mut_ptr().cast(),
+                buflen,
+                &mut errno,
+                &mut h_errno,
+                ptr::null_mut(),
+            )
+        };
+        assert!(storage[buflen..].iter().all(|&b| b == SENTINEL));
+        let decoded = (status == NssStatus::Success).then(|| decode(&host, &storage[..buflen]));
+        (status, errno, decoded)
+    }
+
+    #[test]
+    fn reverse_lookups() {
+        let (_dir, path) = hosts_file("ffi-addr");
+        let (status, _, decoded) = byaddr(&path, &[10, 0, 0, 3], AF_INET, 1024);
+        assert_eq!(status, NssStatus::Success);
+        let decoded = decoded.unwrap();
+        assert_eq!(decoded.name, "web.vm");
+        assert_eq!(decoded.addrs, vec![vec![10, 0, 0, 3]]);
+
+        let v6 = "fd00::3".parse::<Ipv6Addr>().unwrap().octets();
+        let (status, _, decoded) = byaddr(&path, &v6, AF_INET6, 1024);
+        assert_eq!(status, NssStatus::Success);
+        assert_eq!(decoded.unwrap().family, AF_INET6);
+
+        let (status, errno, _) = byaddr(&path, &[10, 0, 0, 3], AF_INET, 10);
+        assert_eq!((status, errno), (NssStatus::TryAgain, libc::ERANGE));
+        let (status, errno, _) = byaddr(&path, &[10, 0, 0, 9], AF_INET, 1024);
+        assert_eq!((status, errno), (NssStatus::NotFound, libc::ENOENT));
+        let (status, errno, _) = byaddr(&path, &[10, 0, 0], AF_INET, 1024);
+        assert_eq!((status, errno), (NssStatus::Unavail, libc::EINVAL));
+        let (status, errno, _) = byaddr(&path, &[10, 0, 0, 3], libc::AF_UNIX, 1024);
+        assert_eq!((status, errno), (NssStatus::Unavail, libc::EAFNOSUPPORT));
+    }
+
+    #[test]
+    fn exported_reverse_lookup_of_a_non_vm_address() {
+        let mut host = zeroed_hostent();
+        let mut buf = [0u8; 256];
+        let (mut errno, mut h_errno) = (0, 0);
+        let addr = [192u8, 0, 2, 1]; // TEST-NET-1, never a VM
+                                     // SAFETY: valid address bytes, hostent, buffer and out-pointers.
+        let status = unsafe {
+            _nss_vmctl_gethostbyaddr_r(
+                addr.as_ptr().cast(),
+                4,
+                AF_INET,
+                &mut host,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut errno,
+                &mut h_errno,
+            )
+        };
+        assert_eq!(status, NssStatus::NotFound);
+    }
+
+    #[test]
+    fn panics_become_unavailable() {
+        let (mut errno, mut h_errno) = (0, 0);
+        // SAFETY: errno pointers are valid locals.
+        let status = unsafe { guard(&mut errno, &mut h_errno, || panic!("boom")) };
+        assert_eq!(status, NssStatus::Unavail);
+        assert_eq!((errno, h_errno), (libc::EINVAL, NO_RECOVERY));
+    }
+}
