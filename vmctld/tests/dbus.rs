@@ -1,0 +1,135 @@
+//! The real vmctld binary serving org.vmctl.Manager1 on a private
+//! dbus-daemon, called with zbus and with busctl. Skipped (loudly) when
+//! dbus-daemon is not installed.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::Daemon;
+use serde_json::json;
+use zbus::{fdo::DBusProxy, names::BusName};
+
+/// A private bus, killed when dropped.
+struct Bus {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_bus() -> Option<Bus> {
+    let mut child = match Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run dbus-daemon: {e}");
+            return None;
+        }
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().to_string();
+    assert!(!address.is_empty(), "dbus-daemon printed no address");
+    Some(Bus { child, address })
+}
+
+#[tokio::test]
+async fn manager_on_dbus() {
+    let Some(bus) = start_bus() else { return };
+    let mut daemon = Daemon::start_with(&["--dbus-address", &bus.address]);
+    let vms = daemon.dir.path().join("state/vms");
+    std::fs::create_dir_all(&vms).unwrap();
+    let uid = current_uid(&daemon);
+    std::fs::write(
+        vms.join("blog.json"),
+        json!({"name":"blog","state":"running","owner_uid":uid,"vcpus":2,
+               "memory_bytes":1073741824u64,"ipv4":null})
+        .to_string(),
+    )
+    .unwrap();
+
+    let conn = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let dbus = DBusProxy::new(&conn).await.unwrap();
+    let name = BusName::try_from("org.vmctl.Manager1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dbus.name_has_owner(name.clone()).await.unwrap() {
+        assert!(daemon.is_running(), "vmctld exited");
+        assert!(
+            Instant::now() < deadline,
+            "vmctld did not take its bus name"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let proxy = zbus::Proxy::new(
+        &conn,
+        "org.vmctl.Manager1",
+        "/org/vmctl/Manager1",
+        "org.vmctl.Manager1",
+    )
+    .await
+    .unwrap();
+    let version: String = proxy.call("GetVersion", &()).await.unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let list: Vec<(String, String, u32, u32, u64, String)> = proxy.call("List", &()).await.unwrap();
+    assert_eq!(
+        list,
+        [(
+            "blog".to_string(),
+            "running".to_string(),
+            uid,
+            2,
+            1 << 30,
+            String::new()
+        )]
+    );
+
+    // busctl, as users will call it.
+    match Command::new("busctl")
+        .arg(format!("--address={}", bus.address))
+        .args([
+            "call",
+            "org.vmctl.Manager1",
+            "/org/vmctl/Manager1",
+            "org.vmctl.Manager1",
+            "List",
+        ])
+        .output()
+    {
+        Ok(out) => {
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(
+                text.trim(),
+                format!("a(ssuuts) 1 \"blog\" \"running\" {uid} 2 1073741824 \"\"")
+            );
+        }
+        Err(e) => eprintln!("SKIPPED busctl part: {e}"),
+    }
+}
+
+/// The uid the test runs as: the owner of a file it creates.
+fn current_uid(daemon: &Daemon) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(daemon.dir.path()).unwrap().uid()
+}
