@@ -315,12 +315,12 @@ pub(crate) unsafe fn gethostbyname3_at(
         if ![AF_INET, AF_INET6, AF_UNSPEC].contains(&af) {
             return Err(Failure::unavailable(libc::EAFNOSUPPORT));
         }
-        let found = found(lookup::resolve_name(hosts, query))?;
-        let (family, addrs) = addrs_for_family(&found, af)?;
+        let vm = found(lookup::resolve_name(hosts, query))?;
+        let (family, addrs) = addrs_for_family(&vm, af)?;
         // SAFETY: host and buffer checked non-null; glibc guarantees them
         // writable (buffer for buflen bytes); ttlp/canonp null or writable.
         unsafe {
-            let canon = fill_hostent(host, buffer, buflen, &found.canonical, family, &addrs)?;
+            let canon = fill_hostent(host, buffer, buflen, &vm.canonical, family, &addrs)?;
             fill_ttl_canon(ttlp, canonp, canon);
         }
         Ok(NssStatus::Success)
@@ -364,11 +364,11 @@ pub(crate) unsafe fn gethostbyaddr2_at(
             Ok(v6) => Ipv6Addr::from(v6).into(),
             Err(_) => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into(),
         };
-        let found = found(lookup::resolve_addr(hosts, ip))?;
+        let vm = found(lookup::resolve_addr(hosts, ip))?;
         // SAFETY: host and buffer checked non-null; glibc guarantees them
         // writable (buffer for buflen bytes); ttlp null or writable.
         unsafe {
-            fill_hostent(host, buffer, buflen, &found.canonical, af, &[ip])?;
+            fill_hostent(host, buffer, buflen, &vm.canonical, af, &[ip])?;
             fill_ttl_canon(ttlp, ptr::null_mut(), ptr::null_mut());
         }
         Ok(NssStatus::Success)
