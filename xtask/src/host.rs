@@ -285,6 +285,7 @@ impl DevHost {
 
     /// What a package's post-install script does.
     fn post_install(&self) -> Result<()> {
+        self.check(&["ldconfig"])?;
         self.check(&["systemctl", "daemon-reload"])?;
         self.check(&["systemd-sysusers"])?;
         self.check(&["systemd-tmpfiles", "--create"])?;

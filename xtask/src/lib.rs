@@ -10,3 +10,4 @@ pub mod host;
 pub mod image;
 pub mod install;
 pub mod paths;
+pub mod tools;
