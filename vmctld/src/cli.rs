@@ -12,7 +12,7 @@ use vmctl_api::names::VARLINK_SOCKET_PATH;
 /// when socket-activated the listening socket comes from systemd and
 /// --varlink-address is ignored.
 #[derive(Debug, Parser)]
-#[command(name = "vmctld", version, about, long_about)]
+#[command(name = "vmctld", version)]
 pub struct Cli {
     /// Bind the varlink socket at PATH when not socket-activated.
     #[arg(long, value_name = "PATH", default_value = VARLINK_SOCKET_PATH)]

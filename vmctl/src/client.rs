@@ -1,0 +1,113 @@
+//! The varlink client of vmctld: connect to the socket, call a method,
+//! turn every failure into an error a person can act on.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use vmctl_api::{names::SOCKET_UNIT, ErrorReply};
+use zlink::{tokio::unix, Call, Connection};
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The socket could not be connected to.
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The connection broke or the reply could not be understood.
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The daemon answered with a varlink error.
+    Daemon(ErrorReply),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect { path, source } => write!(
+                f,
+                "cannot connect to vmctld at {}: {source}\n\
+                 hint: is vmctld running? Check with: systemctl status {SOCKET_UNIT}",
+                path.display()
+            ),
+            Self::Protocol { path, message } => write!(
+                f,
+                "communication with vmctld at {} failed: {message}",
+                path.display()
+            ),
+            Self::Daemon(reply) => write!(f, "{reply}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A connection to vmctld.
+pub struct Client {
+    path: PathBuf,
+    conn: Connection<unix::Stream>,
+}
+
+/// A method call on the wire: `{"method": ..., "parameters": ...}`.
+#[derive(Debug, Serialize)]
+struct Method<'a> {
+    method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+}
+
+impl Client {
+    /// Connects to the varlink socket at `path`.
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let connect_error = |source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        };
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(connect_error)?;
+        let stream = unix::Stream::try_from(stream).map_err(|e| ClientError::Protocol {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Connection::new(stream),
+        })
+    }
+
+    /// Calls `method` (fully qualified) and decodes the reply parameters.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: Option<Value>,
+    ) -> Result<T, ClientError> {
+        let protocol = |message: String| ClientError::Protocol {
+            path: self.path.clone(),
+            message,
+        };
+        let call = Call::new(Method { method, parameters });
+        let (reply, _fds) = self
+            .conn
+            .call_method::<_, Value, ErrorReply>(&call, Vec::new())
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let params = reply
+            .map_err(ClientError::Daemon)?
+            .into_parameters()
+            .unwrap_or(Value::Null);
+        serde_json::from_value(params)
+            .map_err(|e| protocol(format!("unexpected reply to {method}: {e}")))
+    }
+}

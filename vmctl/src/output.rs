@@ -1,0 +1,106 @@
+//! How results are shown: tables for people, JSON for programs.
+
+use vmctl_api::Vm;
+
+/// The column headers of `vmctl list`.
+pub const LIST_HEADER: [&str; 6] = ["NAME", "STATE", "OWNER", "VCPUS", "MEMORY", "IPV4"];
+
+/// Renders VMs as an aligned table with a header line; an empty list is
+/// just the header.
+pub fn vm_table(vms: &[Vm]) -> String {
+    let rows: Vec<[String; 6]> = vms
+        .iter()
+        .map(|vm| {
+            [
+                vm.name.clone(),
+                vm.state.clone(),
+                vm.owner_uid.to_string(),
+                vm.vcpus.to_string(),
+                human_bytes(vm.memory_bytes),
+                vm.ipv4.clone().unwrap_or_else(|| "-".to_string()),
+            ]
+        })
+        .collect();
+    let mut widths = LIST_HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = LIST_HEADER.map(String::from);
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Renders VMs as a JSON array (`[]` when empty).
+pub fn vm_json(vms: &[Vm]) -> String {
+    if vms.is_empty() {
+        return "[]".to_string();
+    }
+    serde_json::to_string_pretty(vms).expect("VM records always serialize")
+}
+
+/// Bytes in binary units, e.g. `512M`, `2G`, `1.5G`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str, ipv4: Option<&str>) -> Vm {
+        Vm {
+            name: name.into(),
+            state: "running".into(),
+            owner_uid: 1000,
+            vcpus: 2,
+            memory_bytes: 2 << 30,
+            ipv4: ipv4.map(String::from),
+        }
+    }
+
+    #[test]
+    fn empty_table_is_header_only() {
+        assert_eq!(vm_table(&[]), "NAME  STATE  OWNER  VCPUS  MEMORY  IPV4\n");
+        assert_eq!(vm_json(&[]), "[]");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = vm_table(&[vm("blog", Some("10.77.0.2")), vm("a-longer-name", None)]);
+        assert_eq!(
+            t,
+            "NAME           STATE    OWNER  VCPUS  MEMORY  IPV4\n\
+             blog           running  1000   2      2G      10.77.0.2\n\
+             a-longer-name  running  1000   2      2G      -\n"
+        );
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(512 << 20), "512M");
+        assert_eq!(human_bytes(3 << 29), "1.5G");
+    }
+}
