@@ -10,6 +10,7 @@ pub mod errors;
 pub mod idl;
 pub mod names;
 pub mod object_path;
+pub mod spec;
 pub mod types;
 pub mod vm_name;
 

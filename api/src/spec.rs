@@ -1,0 +1,179 @@
+//! The desired state of one VM as vmctld stores it and the launcher of
+//! `vm@NAME.service` reads it, and where a VM's files live.
+//!
+//! vmctld is the only writer of a [`VmSpec`] (at `Create`, `Resize`, ...);
+//! the launcher only reads it. Layout, for a VM called `NAME`:
+//!
+//! | what | path |
+//! |---|---|
+//! | spec | `/var/lib/vmctl/vms/NAME.json` |
+//! | root disk | `/var/lib/vmctl/disks/NAME/root.raw` |
+//! | image `IMG` | `/var/lib/vmctl/images/IMG/{root.raw,vmlinuz,initrd.img}` |
+//! | runtime sockets | `/run/vmctl/vm/NAME/` (`RuntimeDirectory=` of the unit) |
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The vsock port the guest agent listens on.
+pub const AGENT_PORT: u32 = 1024;
+
+/// The host vsock port the guest agent says hello to when the guest is up.
+pub const HELLO_PORT: u32 = 1025;
+
+/// The first guest vsock CID vmctld hands out (0-2 are reserved).
+pub const FIRST_GUEST_CID: u32 = 3;
+
+/// Which VMM runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmmChoice {
+    /// cloud-hypervisor when it is installed and KVM is usable, else QEMU.
+    #[default]
+    Auto,
+    /// cloud-hypervisor (needs KVM).
+    CloudHypervisor,
+    /// QEMU (KVM when usable, else TCG).
+    Qemu,
+}
+
+/// The stored definition of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Unique name, valid per [`crate::validate_vm_name`].
+    pub name: String,
+    /// 128-bit ID as 32 lowercase hex digits: the guest's machine ID and
+    /// the machine ID registered with systemd-machined.
+    pub id: String,
+    /// Unix user ID of the owner (the creator).
+    pub owner_uid: u32,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// Size of the root disk in bytes.
+    pub disk_bytes: u64,
+    /// Name of the image the root disk was made from.
+    pub image: String,
+    /// Which VMM to use.
+    #[serde(default)]
+    pub vmm: VmmChoice,
+    /// The guest's vsock context ID, unique on this host.
+    pub cid: u32,
+}
+
+/// Where the files of VMs live (the defaults, or a test's directories).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// vmctld's state directory (`/var/lib/vmctl`).
+    pub state_dir: PathBuf,
+    /// The runtime directory (`/run/vmctl`).
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            state_dir: crate::names::DEFAULT_STATE_DIRECTORY.into(),
+            runtime_dir: "/run/vmctl".into(),
+        }
+    }
+}
+
+impl Layout {
+    /// A layout rooted elsewhere (tests).
+    pub fn under(state_dir: impl AsRef<Path>, runtime_dir: impl AsRef<Path>) -> Self {
+        Layout {
+            state_dir: state_dir.as_ref().to_path_buf(),
+            runtime_dir: runtime_dir.as_ref().to_path_buf(),
+        }
+    }
+
+    /// The stored spec of VM `name`.
+    pub fn spec_file(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vms").join(format!("{name}.json"))
+    }
+
+    /// The directory of VM `name`'s disks.
+    pub fn disk_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("disks").join(name)
+    }
+
+    /// The root disk of VM `name`.
+    pub fn root_disk(&self, name: &str) -> PathBuf {
+        self.disk_dir(name).join("root.raw")
+    }
+
+    /// The directory of image `image`.
+    pub fn image_dir(&self, image: &str) -> PathBuf {
+        self.state_dir.join("images").join(image)
+    }
+
+    /// The runtime directory of VM `name` (its sockets).
+    pub fn vm_runtime_dir(&self, name: &str) -> PathBuf {
+        self.runtime_dir.join("vm").join(name)
+    }
+
+    /// The hybrid-vsock Unix socket of VM `name` (`CONNECT <port>` to reach
+    /// a guest port; guest connections to host port P arrive on `<this>_P`).
+    pub fn vsock_socket(&self, name: &str) -> PathBuf {
+        self.vm_runtime_dir(name).join("vsock")
+    }
+
+    /// The serial console socket of VM `name`.
+    pub fn console_socket(&self, name: &str) -> PathBuf {
+        self.vm_runtime_dir(name).join("console")
+    }
+}
+
+impl VmSpec {
+    /// The systemd unit running this VM.
+    pub fn unit(&self) -> String {
+        unit_name(&self.name)
+    }
+}
+
+/// The systemd unit of VM `name`: `vm@NAME.service`.
+pub fn unit_name(name: &str) -> String {
+    format!("vm@{name}.service")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_with_kebab_case_vmm() {
+        let spec = VmSpec {
+            name: "blog".into(),
+            id: "0123456789abcdef0123456789abcdef".into(),
+            owner_uid: 0,
+            vcpus: 2,
+            memory_bytes: 1 << 30,
+            disk_bytes: 10 << 30,
+            image: "default".into(),
+            vmm: VmmChoice::CloudHypervisor,
+            cid: 3,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains(r#""vmm":"cloud-hypervisor""#), "{json}");
+        assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn layout_paths() {
+        let l = Layout::default();
+        assert_eq!(
+            l.spec_file("blog"),
+            Path::new("/var/lib/vmctl/vms/blog.json")
+        );
+        assert_eq!(
+            l.root_disk("blog"),
+            Path::new("/var/lib/vmctl/disks/blog/root.raw")
+        );
+        assert_eq!(
+            l.vsock_socket("blog"),
+            Path::new("/run/vmctl/vm/blog/vsock")
+        );
+        assert_eq!(unit_name("blog"), "vm@blog.service");
+    }
+}
