@@ -270,6 +270,19 @@ mod tests {
         assert_eq!(reply["description"].as_str().unwrap(), expected);
     }
 
+    #[test]
+    fn descriptions_parse_as_varlink_idl() {
+        let ours = zlink::idl::Interface::try_from(idl::INTERFACE_DESCRIPTION).unwrap();
+        assert_eq!(ours.name().to_string(), VARLINK_INTERFACE);
+        let methods: Vec<String> = ours.methods().map(|m| m.name().to_string()).collect();
+        assert_eq!(methods, ["GetVersion", "List"]);
+        let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();
+        assert_eq!(errors, idl::declared_errors());
+
+        let service = zlink::idl::Interface::try_from(VARLINK_SERVICE_DESCRIPTION).unwrap();
+        assert_eq!(service.name().to_string(), VARLINK_SERVICE_INTERFACE);
+    }
+
     #[tokio::test]
     async fn unknown_interface_and_method() {
         let s = service();

@@ -214,7 +214,7 @@ async fn socket_activation() {
         });
     }
     let child = cmd.spawn().unwrap();
-    let mut daemon = ActivatedDaemon(child);
+    let mut daemon = KillOnDrop(child);
     drop(listener);
     wait_until_connectable(&socket, &mut daemon.0);
     let reply = call(&socket, "io.vmctl.Manager.List", None).await.unwrap();
@@ -245,9 +245,9 @@ fn format_u32(mut n: u32, buf: &mut [u8; 24]) -> &std::ffi::CStr {
     std::ffi::CStr::from_bytes_until_nul(&buf[..]).unwrap()
 }
 
-struct ActivatedDaemon(std::process::Child);
+struct KillOnDrop(std::process::Child);
 
-impl Drop for ActivatedDaemon {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -294,4 +294,39 @@ fn generate_docs_writes_man_page() {
     assert!(out.status.success(), "{out:?}");
     let page = std::fs::read_to_string(dir.path().join("man/vmctld.8")).unwrap();
     assert!(page.contains(".TH vmctld 8"));
+}
+
+#[test]
+fn notifies_ready_only_when_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = dir.path().join("io.vmctl.Manager");
+    let child = Command::new(VMCTLD)
+        .arg("--no-dbus")
+        .arg("--varlink-address")
+        .arg(&socket)
+        .arg("--state-directory")
+        .arg(dir.path().join("state"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RUST_LOG", "warn")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let mut buf = [0u8; 1024];
+    let n = notify.recv(&mut buf).expect("no READY=1 within 20 s");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    assert!(
+        message.lines().any(|l| l == "STATUS=Serving varlink"),
+        "{message}"
+    );
+    // READY=1 came after the socket was bound.
+    UnixStream::connect(&socket).expect("READY=1 sent before listening");
 }
