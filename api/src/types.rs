@@ -9,7 +9,8 @@ pub struct Vm {
     /// Unique name, valid per [`crate::validate_vm_name`].
     pub name: String,
     /// Lifecycle state: `stopped`, `starting`, `running`, `stopping` or
-    /// `failed`. A string so that older clients survive new states.
+    /// `failed`, or `unknown` when vmctld cannot tell. A string so that older
+    /// clients survive new states.
     pub state: String,
     /// Unix user ID of the owner (the creator).
     pub owner_uid: u32,

@@ -5,9 +5,13 @@
 //! (Create, Start, ...) are added as methods returning
 //! `Result<_, ManagerError>`; the front ends then only translate.
 
-use vmctl_api::Vm;
+use vmctl_api::{spec::VmSpec, Vm};
 
 use crate::{Caller, ManagerError, Registry};
+
+/// The state reported while vmctld does not yet ask systemd about
+/// `vm@NAME.service`.
+pub const STATE_UNKNOWN: &str = "unknown";
 
 /// The vmctl manager: owns the registry and answers API calls.
 #[derive(Debug)]
@@ -34,41 +38,55 @@ impl Manager {
     /// The VMs `caller` may see, sorted by name: root sees every VM, other
     /// users see the VMs they own.
     pub async fn list(&self, caller: &Caller) -> Result<Vec<Vm>, ManagerError> {
-        let vms = self.registry.list()?;
-        Ok(vms
+        let specs = self.registry.list()?;
+        Ok(specs
             .into_iter()
-            .filter(|vm| caller.is_root() || vm.owner_uid == caller.uid)
+            .filter(|spec| caller.is_root() || spec.owner_uid == caller.uid)
+            .map(public_view)
             .collect())
+    }
+}
+
+/// What the API shows of a stored VM. The live state (from the unit) and
+/// the allocated address are not known yet: reported as `unknown` / none.
+fn public_view(spec: VmSpec) -> Vm {
+    Vm {
+        name: spec.name,
+        state: STATE_UNKNOWN.to_string(),
+        owner_uid: spec.owner_uid,
+        vcpus: spec.vcpus,
+        memory_bytes: spec.memory_bytes,
+        ipv4: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::testing::{spec, write};
 
     #[tokio::test]
     async fn users_see_their_own_vms_root_sees_all() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("vms")).unwrap();
         for (name, uid) in [("a", 0), ("b", 1000), ("c", 1001)] {
-            let vm = Vm {
-                name: name.into(),
-                state: "stopped".into(),
-                owner_uid: uid,
-                vcpus: 1,
-                memory_bytes: 1 << 30,
-                ipv4: None,
-            };
-            std::fs::write(
-                dir.path().join(format!("vms/{name}.json")),
-                serde_json::to_string(&vm).unwrap(),
-            )
-            .unwrap();
+            let json = serde_json::to_string(&spec(name, uid)).unwrap();
+            write(dir.path(), &format!("{name}.json"), &json);
         }
         let m = Manager::new(Registry::new(dir.path()));
         let names = |vms: Vec<Vm>| vms.into_iter().map(|v| v.name).collect::<Vec<_>>();
         assert_eq!(names(m.list(&Caller::ROOT).await.unwrap()), ["a", "b", "c"]);
         let user = Caller { uid: 1000, pid: 42 };
-        assert_eq!(names(m.list(&user).await.unwrap()), ["b"]);
+        let vms = m.list(&user).await.unwrap();
+        assert_eq!(
+            vms,
+            [Vm {
+                name: "b".into(),
+                state: "unknown".into(),
+                owner_uid: 1000,
+                vcpus: 2,
+                memory_bytes: 1 << 30,
+                ipv4: None,
+            }]
+        );
     }
 }

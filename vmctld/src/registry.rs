@@ -1,5 +1,6 @@
-//! The VM registry: the desired state of every VM, one JSON file per VM at
-//! `<state directory>/vms/<name>.json` holding a [`Vm`] record.
+//! The VM registry: the stored definition ([`VmSpec`]) of every VM, one
+//! JSON file per VM at `<state directory>/vms/<name>.json` (the layout of
+//! [`vmctl_api::spec::Layout`]; vmctld is its only writer).
 //!
 //! Files are small and written rarely, so the registry reads the directory
 //! on each query; there is no cache that could go stale.
@@ -9,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use vmctl_api::{names::DEFAULT_STATE_DIRECTORY, validate_vm_name, Vm};
+use vmctl_api::{names::DEFAULT_STATE_DIRECTORY, spec::VmSpec, validate_vm_name};
 
 use crate::ManagerError;
 
@@ -39,64 +40,92 @@ impl Registry {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIRECTORY))
     }
 
-    /// The directory holding the VM records.
+    /// The directory holding the VM specs.
     pub fn vms_dir(&self) -> &Path {
         &self.vms_dir
     }
 
-    /// All VMs, sorted by name. A missing directory is an empty registry.
-    /// Unreadable or invalid records are skipped with a warning, so one bad
-    /// file cannot hide every other VM.
-    pub fn list(&self) -> Result<Vec<Vm>, ManagerError> {
+    /// All VM specs, sorted by name. A missing directory is an empty
+    /// registry. Unreadable or invalid files are skipped with a warning, so
+    /// one bad file cannot hide every other VM.
+    pub fn list(&self) -> Result<Vec<VmSpec>, ManagerError> {
+        let cannot_read = |e: io::Error| {
+            ManagerError::internal(format!("cannot read {}: {e}", self.vms_dir.display()))
+        };
         let entries = match fs::read_dir(&self.vms_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ManagerError::internal(format!(
-                    "cannot read {}: {e}",
-                    self.vms_dir.display()
-                )))
-            }
+            Err(e) => return Err(cannot_read(e)),
         };
-        let mut vms = Vec::new();
+        let mut specs = Vec::new();
         for entry in entries {
-            let path = entry
-                .map_err(|e| {
-                    ManagerError::internal(format!("cannot read {}: {e}", self.vms_dir.display()))
-                })?
-                .path();
+            let path = entry.map_err(cannot_read)?.path();
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
-            match read_record(&path) {
-                Ok(vm) => vms.push(vm),
-                Err(e) => tracing::warn!("ignoring VM record {}: {e}", path.display()),
+            match read_spec(&path) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => tracing::warn!("ignoring VM spec {}: {e}", path.display()),
             }
         }
-        vms.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(vms)
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(specs)
     }
 }
 
-/// Reads one record and checks that it is consistent with its file name.
-fn read_record(path: &Path) -> Result<Vm, String> {
+/// Reads one spec and checks that it is consistent with its file name.
+fn read_spec(path: &Path) -> Result<VmSpec, String> {
     let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let vm: Vm = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    validate_vm_name(&vm.name).map_err(|e| e.to_string())?;
+    let spec: VmSpec = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    validate_vm_name(&spec.name).map_err(|e| e.to_string())?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    if stem != vm.name {
-        return Err(format!("holds VM {:?}, expected {stem:?}", vm.name));
+    if stem != spec.name {
+        return Err(format!("holds VM {:?}, expected {stem:?}", spec.name));
     }
-    Ok(vm)
+    Ok(spec)
+}
+
+/// Test helpers shared by the unit tests of this crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A spec for tests.
+    pub fn spec(name: &str, owner_uid: u32) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            id: "0123456789abcdef0123456789abcdef".into(),
+            owner_uid,
+            vcpus: 2,
+            memory_bytes: 1 << 30,
+            disk_bytes: 10 << 30,
+            image: "default".into(),
+            vmm: Default::default(),
+            cid: 3,
+        }
+    }
+
+    /// Writes `spec` as `state_dir/vms/<file>`.
+    pub fn write(state_dir: &Path, file: &str, text: &str) {
+        fs::create_dir_all(state_dir.join("vms")).unwrap();
+        fs::write(state_dir.join("vms").join(file), text).unwrap();
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{spec, write};
     use super::*;
+    use vmctl_api::spec::Layout;
 
-    fn write(dir: &Path, file: &str, text: &str) {
-        fs::create_dir_all(dir.join("vms")).unwrap();
-        fs::write(dir.join("vms").join(file), text).unwrap();
+    #[test]
+    fn uses_the_shared_layout() {
+        let dir = Path::new("/x");
+        let layout = Layout::under(dir, "/run/x");
+        assert_eq!(
+            Registry::new(dir).vms_dir(),
+            layout.spec_file("a").parent().unwrap()
+        );
     }
 
     #[test]
@@ -106,17 +135,13 @@ mod tests {
     }
 
     #[test]
-    fn lists_sorted_and_skips_bad_records() {
+    fn lists_sorted_and_skips_bad_files() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = |name: &str| {
-            format!(
-                r#"{{"name":"{name}","state":"stopped","owner_uid":0,"vcpus":1,"memory_bytes":1024,"ipv4":null}}"#
-            )
-        };
-        write(dir.path(), "web.json", &rec("web"));
-        write(dir.path(), "blog.json", &rec("blog"));
+        let json = |name: &str| serde_json::to_string(&spec(name, 0)).unwrap();
+        write(dir.path(), "web.json", &json("web"));
+        write(dir.path(), "blog.json", &json("blog"));
         write(dir.path(), "bad.json", "{not json");
-        write(dir.path(), "other.json", &rec("web"));
+        write(dir.path(), "other.json", &json("web"));
         write(dir.path(), "notes.txt", "hello");
         let names: Vec<_> = Registry::new(dir.path())
             .list()

@@ -58,8 +58,9 @@ async fn manager_on_dbus() {
     let uid = current_uid(&daemon);
     std::fs::write(
         vms.join("blog.json"),
-        json!({"name":"blog","state":"running","owner_uid":uid,"vcpus":2,
-               "memory_bytes":1073741824u64,"ipv4":null})
+        json!({"name":"blog","id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":2,
+               "memory_bytes":1073741824u64,"disk_bytes":10737418240u64,"image":"default",
+               "vmm":"qemu","cid":3})
         .to_string(),
     )
     .unwrap();
@@ -96,7 +97,7 @@ async fn manager_on_dbus() {
         list,
         [(
             "blog".to_string(),
-            "running".to_string(),
+            "unknown".to_string(),
             uid,
             2,
             1 << 30,
@@ -121,7 +122,7 @@ async fn manager_on_dbus() {
             let text = String::from_utf8(out.stdout).unwrap();
             assert_eq!(
                 text.trim(),
-                format!("a(ssuuts) 1 \"blog\" \"running\" {uid} 2 1073741824 \"\"")
+                format!("a(ssuuts) 1 \"blog\" \"unknown\" {uid} 2 1073741824 \"\"")
             );
         }
         Err(e) => eprintln!("SKIPPED busctl part: {e}"),

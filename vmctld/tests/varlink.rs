@@ -41,15 +41,18 @@ async fn lists_registered_vms() {
     let daemon = Daemon::start();
     let vms = daemon.dir.path().join("state/vms");
     std::fs::create_dir_all(&vms).unwrap();
-    let vm = json!({"name":"blog","state":"stopped","owner_uid":0,"vcpus":2,
-                    "memory_bytes":1073741824u64,"ipv4":"10.77.0.2"});
+    let vm = json!({"name":"blog","id":"0123456789abcdef0123456789abcdef","owner_uid":0,"vcpus":2,
+               "memory_bytes":1073741824u64,"disk_bytes":10737418240u64,"image":"default",
+               "vmm":"qemu","cid":3});
     std::fs::write(vms.join("blog.json"), vm.to_string()).unwrap();
     // The test runs as root (uid 0 owns the VM) or as a user (sees none).
     let reply = call(&daemon.socket, "io.vmctl.Manager.List", None)
         .await
         .unwrap();
+    let shown = json!({"name":"blog","state":"unknown","owner_uid":0,"vcpus":2,
+                       "memory_bytes":1073741824u64,"ipv4":null});
     let expected = if current_uid() == 0 {
-        json!([vm])
+        json!([shown])
     } else {
         json!([])
     };
