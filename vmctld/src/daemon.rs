@@ -6,11 +6,13 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::Context;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
+use vmctl_api::names::DBUS_NAME;
 use zlink::tokio::unix;
 
 use crate::{
     activation::{self, Origin},
     dbus::{self, BusChoice},
+    units::Systemd,
     Manager, Registry,
 };
 
@@ -27,7 +29,6 @@ pub struct Options {
 
 /// Runs the daemon until a termination signal.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let manager = Arc::new(Manager::new(Registry::new(&options.state_dir)));
     tracing::info!(
         "vmctld {} starting, state in {}",
         crate::VERSION,
@@ -41,45 +42,53 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         Origin::Bound(path) => tracing::info!("varlink: listening on {}", path.display()),
     }
 
-    let _bus = match &options.bus {
+    // The bus connection serves org.vmctl.Manager1 and is also how the
+    // manager asks systemd about the VM units.
+    let bus = match &options.bus {
         None => {
             tracing::info!("D-Bus disabled (--no-dbus)");
             None
         }
-        Some(BusChoice::System) => {
-            match dbus::serve(&BusChoice::System, manager.clone()).await {
-                Ok(conn) => {
-                    tracing::info!(
-                        "D-Bus: serving {} on the system bus",
-                        vmctl_api::names::DBUS_NAME
-                    );
-                    Some(conn)
-                }
-                Err(e) => {
-                    tracing::warn!("D-Bus: not available, serving varlink only: cannot use the system bus: {e:#}");
-                    None
-                }
+        Some(bus) => match dbus::connect(bus).await {
+            Ok(conn) => Some((bus, conn)),
+            Err(e) if *bus == BusChoice::System => {
+                tracing::warn!(
+                    "D-Bus: the system bus is not available, serving varlink only: {e:#}"
+                );
+                None
             }
-        }
-        Some(bus @ BusChoice::Address(address)) => {
-            let conn = dbus::serve(bus, manager.clone())
-                .await
-                .with_context(|| format!("cannot serve on the D-Bus bus at {address}"))?;
-            tracing::info!(
-                "D-Bus: serving {} on {address}",
-                vmctl_api::names::DBUS_NAME
-            );
-            Some(conn)
-        }
+            Err(e) => return Err(e).context(format!("cannot connect to {bus}")),
+        },
     };
+
+    let mut manager = Manager::new(Registry::new(&options.state_dir));
+    if let Some((_, conn)) = &bus {
+        manager = manager.with_systemd(Systemd::new(conn.clone()));
+    }
+    let manager = Arc::new(manager);
+
+    let mut serving_dbus = false;
+    if let Some((choice, conn)) = &bus {
+        match dbus::serve(conn, manager.clone()).await {
+            Ok(()) => {
+                tracing::info!("D-Bus: serving {DBUS_NAME} on {choice}");
+                serving_dbus = true;
+            }
+            Err(e) if **choice == BusChoice::System => tracing::warn!(
+                "D-Bus: cannot serve {DBUS_NAME} on the system bus, serving varlink only: {e:#}"
+            ),
+            Err(e) => return Err(e).context(format!("cannot serve {DBUS_NAME}")),
+        }
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let status = format!(
-        "Serving varlink{}",
-        if _bus.is_some() { " and D-Bus" } else { "" }
-    );
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    let status = if serving_dbus {
+        "Serving varlink and D-Bus"
+    } else {
+        "Serving varlink"
+    };
+    notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 
     let result = tokio::select! {
         r = crate::varlink::serve(listener, manager) => r.context("varlink server failed"),

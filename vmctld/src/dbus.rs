@@ -145,19 +145,32 @@ pub enum BusChoice {
     Address(String),
 }
 
-/// Connects to the bus, serves the manager object and takes the
-/// well-known name. The returned connection must be kept alive.
-pub async fn serve(bus: &BusChoice, manager: Arc<Manager>) -> anyhow::Result<Connection> {
+impl std::fmt::Display for BusChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::System => write!(f, "the system bus"),
+            Self::Address(address) => write!(f, "the bus at {address}"),
+        }
+    }
+}
+
+/// Connects to the bus (without taking a name yet).
+pub async fn connect(bus: &BusChoice) -> anyhow::Result<Connection> {
     let builder = match bus {
         BusChoice::System => zbus::connection::Builder::system()?,
         BusChoice::Address(address) => zbus::connection::Builder::address(address.as_str())?,
     };
-    let conn = builder
-        .serve_at(DBUS_PATH, ManagerObject::new(manager))?
-        .name(DBUS_NAME)?
-        .build()
+    Ok(builder.build().await?)
+}
+
+/// Serves the manager object on `conn` and then takes the well-known name,
+/// so that callers activated by the name find the object in place.
+pub async fn serve(conn: &Connection, manager: Arc<Manager>) -> anyhow::Result<()> {
+    conn.object_server()
+        .at(DBUS_PATH, ManagerObject::new(manager))
         .await?;
-    Ok(conn)
+    conn.request_name(DBUS_NAME).await?;
+    Ok(())
 }
 
 #[cfg(test)]

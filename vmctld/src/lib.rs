@@ -16,6 +16,7 @@ pub mod error;
 pub mod logging;
 pub mod manager;
 pub mod registry;
+pub mod units;
 pub mod varlink;
 
 pub use caller::Caller;

@@ -7,22 +7,32 @@
 
 use vmctl_api::{spec::VmSpec, Vm};
 
-use crate::{Caller, ManagerError, Registry};
+use crate::{units::Systemd, Caller, ManagerError, Registry};
 
-/// The state reported while vmctld does not yet ask systemd about
-/// `vm@NAME.service`.
+/// The state reported when vmctld cannot ask systemd about
+/// `vm@NAME.service` (no bus, or systemd not reachable).
 pub const STATE_UNKNOWN: &str = "unknown";
 
 /// The vmctl manager: owns the registry and answers API calls.
 #[derive(Debug)]
 pub struct Manager {
     registry: Registry,
+    systemd: Option<Systemd>,
 }
 
 impl Manager {
-    /// A manager over `registry`.
+    /// A manager over `registry`, without systemd (states are `unknown`).
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            systemd: None,
+        }
+    }
+
+    /// Reads VM states from systemd through `systemd`.
+    pub fn with_systemd(mut self, systemd: Systemd) -> Self {
+        self.systemd = Some(systemd);
+        self
     }
 
     /// The registry this manager owns.
@@ -39,20 +49,27 @@ impl Manager {
     /// users see the VMs they own.
     pub async fn list(&self, caller: &Caller) -> Result<Vec<Vm>, ManagerError> {
         let specs = self.registry.list()?;
-        Ok(specs
+        let mut vms = Vec::new();
+        for spec in specs
             .into_iter()
             .filter(|spec| caller.is_root() || spec.owner_uid == caller.uid)
-            .map(public_view)
-            .collect())
+        {
+            let state = match &self.systemd {
+                Some(systemd) => systemd.vm_state(&spec.name).await,
+                None => STATE_UNKNOWN.to_string(),
+            };
+            vms.push(public_view(spec, state));
+        }
+        Ok(vms)
     }
 }
 
-/// What the API shows of a stored VM. The live state (from the unit) and
-/// the allocated address are not known yet: reported as `unknown` / none.
-fn public_view(spec: VmSpec) -> Vm {
+/// What the API shows of a stored VM in `state`. The allocated address is
+/// not tracked yet: reported as none.
+fn public_view(spec: VmSpec, state: String) -> Vm {
     Vm {
         name: spec.name,
-        state: STATE_UNKNOWN.to_string(),
+        state,
         owner_uid: spec.owner_uid,
         vcpus: spec.vcpus,
         memory_bytes: spec.memory_bytes,

@@ -12,7 +12,44 @@ use std::{
 
 use common::Daemon;
 use serde_json::json;
-use zbus::{fdo::DBusProxy, names::BusName};
+use zbus::{fdo::DBusProxy, names::BusName, zvariant::OwnedObjectPath};
+
+/// A stand-in for systemd's D-Bus API (systemd is not PID 1 here): knows
+/// one loaded unit, `vm@blog.service`, which is active.
+struct FakeSystemd;
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.freedesktop.systemd1")]
+enum FakeSystemdError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    NoSuchUnit(String),
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+impl FakeSystemd {
+    fn get_unit(&self, name: &str) -> Result<OwnedObjectPath, FakeSystemdError> {
+        if name == "vm@blog.service" {
+            Ok(OwnedObjectPath::try_from(BLOG_UNIT_PATH).unwrap())
+        } else {
+            Err(FakeSystemdError::NoSuchUnit(format!(
+                "Unit {name} not loaded."
+            )))
+        }
+    }
+}
+
+const BLOG_UNIT_PATH: &str = "/org/freedesktop/systemd1/unit/vm_40blog_2eservice";
+
+struct FakeUnit;
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+impl FakeUnit {
+    #[zbus(property)]
+    fn active_state(&self) -> String {
+        "active".to_string()
+    }
+}
 
 /// A private bus, killed when dropped.
 struct Bus {
@@ -52,10 +89,31 @@ fn start_bus() -> Option<Bus> {
 #[tokio::test]
 async fn manager_on_dbus() {
     let Some(bus) = start_bus() else { return };
+    let _systemd = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.systemd1")
+        .unwrap()
+        .serve_at("/org/freedesktop/systemd1", FakeSystemd)
+        .unwrap()
+        .serve_at(BLOG_UNIT_PATH, FakeUnit)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
     let mut daemon = Daemon::start_with(&["--dbus-address", &bus.address]);
     let vms = daemon.dir.path().join("state/vms");
     std::fs::create_dir_all(&vms).unwrap();
     let uid = current_uid(&daemon);
+    for other in ["web"] {
+        std::fs::write(
+            vms.join(format!("{other}.json")),
+            json!({"name":other,"id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":1,
+                   "memory_bytes":536870912u64,"disk_bytes":10737418240u64,"image":"default",
+                   "vmm":"qemu","cid":4})
+            .to_string(),
+        )
+        .unwrap();
+    }
     std::fs::write(
         vms.join("blog.json"),
         json!({"name":"blog","id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":2,
@@ -95,34 +153,51 @@ async fn manager_on_dbus() {
     let list: Vec<(String, String, u32, u32, u64, String)> = proxy.call("List", &()).await.unwrap();
     assert_eq!(
         list,
-        [(
-            "blog".to_string(),
-            "unknown".to_string(),
-            uid,
-            2,
-            1 << 30,
-            String::new()
-        )]
+        [
+            (
+                "blog".to_string(),
+                "running".to_string(),
+                uid,
+                2,
+                1 << 30,
+                String::new()
+            ),
+            (
+                "web".to_string(),
+                "stopped".to_string(),
+                uid,
+                1,
+                1 << 29,
+                String::new()
+            )
+        ]
     );
 
     // busctl, as users will call it.
-    match Command::new("busctl")
-        .arg(format!("--address={}", bus.address))
-        .args([
-            "call",
-            "org.vmctl.Manager1",
-            "/org/vmctl/Manager1",
-            "org.vmctl.Manager1",
-            "List",
-        ])
-        .output()
-    {
+    // Run it off this thread: the fake systemd is served by this runtime.
+    let address = format!("--address={}", bus.address);
+    let busctl = tokio::task::spawn_blocking(move || {
+        Command::new("busctl")
+            .arg(address)
+            .args([
+                "call",
+                "org.vmctl.Manager1",
+                "/org/vmctl/Manager1",
+                "org.vmctl.Manager1",
+                "List",
+            ])
+            .output()
+    });
+    match busctl.await.unwrap() {
         Ok(out) => {
             assert!(out.status.success(), "{out:?}");
             let text = String::from_utf8(out.stdout).unwrap();
             assert_eq!(
                 text.trim(),
-                format!("a(ssuuts) 1 \"blog\" \"unknown\" {uid} 2 1073741824 \"\"")
+                format!(
+                    "a(ssuuts) 2 \"blog\" \"running\" {uid} 2 1073741824 \"\" \
+                     \"web\" \"stopped\" {uid} 1 536870912 \"\""
+                )
             );
         }
         Err(e) => eprintln!("SKIPPED busctl part: {e}"),
