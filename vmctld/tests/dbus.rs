@@ -104,16 +104,14 @@ async fn manager_on_dbus() {
     let vms = daemon.dir.path().join("state/vms");
     std::fs::create_dir_all(&vms).unwrap();
     let uid = current_uid(&daemon);
-    for other in ["web"] {
-        std::fs::write(
-            vms.join(format!("{other}.json")),
-            json!({"name":other,"id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":1,
-                   "memory_bytes":536870912u64,"disk_bytes":10737418240u64,"image":"default",
-                   "vmm":"qemu","cid":4})
-            .to_string(),
-        )
-        .unwrap();
-    }
+    std::fs::write(
+        vms.join("web.json"),
+        json!({"name":"web","id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":1,
+               "memory_bytes":536870912u64,"disk_bytes":10737418240u64,"image":"default",
+               "vmm":"qemu","cid":4})
+        .to_string(),
+    )
+    .unwrap();
     std::fs::write(
         vms.join("blog.json"),
         json!({"name":"blog","id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":2,
