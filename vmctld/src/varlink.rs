@@ -17,8 +17,10 @@
 //!    An unknown interface is answered with
 //!    `org.varlink.service.InterfaceNotFound`, an unknown member with
 //!    `org.varlink.service.MethodNotFound`.
-//! 5. The parameters are decoded into the method's input type; missing or
-//!    mistyped ones are answered with `org.varlink.service.InvalidParameter`.
+//! 5. The parameters are checked against the method's declaration and
+//!    decoded into its input type; unknown, missing or mistyped ones are
+//!    answered with `org.varlink.service.InvalidParameter` naming the
+//!    parameter.
 //! 6. The [`Manager`] does the work. Its result becomes the reply
 //!    parameters; a [`ManagerError`](crate::ManagerError) becomes the named
 //!    `io.vmctl.Manager.*` error with its parameters.
@@ -126,18 +128,22 @@ impl VarlinkService {
     /// `org.varlink.service.*`.
     fn varlink_service(&self, member: &str, call: &RawCall) -> Outcome {
         match member {
-            "GetInfo" => Ok(json!({
+            "GetInfo" => {
+                check_parameters(call, &[])?;
+                Ok(json!({
                 "vendor": "vmctl",
                 "product": "vmctld",
                 "version": self.manager.version(),
                 "url": "man:vmctld(8)",
                 "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE],
-            })),
+                }))
+            }
             "GetInterfaceDescription" => {
                 #[derive(Deserialize)]
                 struct In {
                     interface: String,
                 }
+                check_parameters(call, &["interface"])?;
                 let input: In = parameters(call, "interface")?;
                 let description = match input.interface.as_str() {
                     VARLINK_INTERFACE => idl::INTERFACE_DESCRIPTION,
@@ -157,6 +163,9 @@ impl VarlinkService {
 
     /// `io.vmctl.Manager.*`.
     async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Outcome {
+        if matches!(member, "GetVersion" | "List") {
+            check_parameters(call, &[])?;
+        }
         match member {
             "GetVersion" => to_value(GetVersionReply {
                 version: self.manager.version().to_string(),
@@ -173,6 +182,21 @@ impl VarlinkService {
 
 fn method_not_found(call: &RawCall) -> ErrorReply {
     ErrorReply::new(errors::METHOD_NOT_FOUND, json!({ "method": call.method }))
+}
+
+/// Rejects parameters the method does not declare (step 5): the
+/// parameters must be absent or an object whose keys are all in `allowed`.
+fn check_parameters(call: &RawCall, allowed: &[&str]) -> Result<(), ErrorReply> {
+    let invalid =
+        |name: &str| ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }));
+    match &call.parameters {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(map)) => match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(unknown) => Err(invalid(unknown)),
+            None => Ok(()),
+        },
+        Some(_) => Err(invalid("parameters")),
+    }
 }
 
 /// Decodes the call's parameters; `name` is reported when they do not fit.
@@ -305,6 +329,42 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.error, errors::INVALID_PARAMETER);
+    }
+
+    #[tokio::test]
+    async fn unknown_parameters_are_rejected() {
+        let s = service();
+        let e = s
+            .dispatch(
+                &Caller::ROOT,
+                &call("io.vmctl.Manager.List", json!({"bogus": [1, 2, 3]})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, errors::INVALID_PARAMETER);
+        assert_eq!(e.parameters.unwrap()["parameter"], "bogus");
+        let e = s
+            .dispatch(
+                &Caller::ROOT,
+                &call("io.vmctl.Manager.GetVersion", json!([1])),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.error, errors::INVALID_PARAMETER);
+        let e = s
+            .dispatch(
+                &Caller::ROOT,
+                &call(
+                    "org.varlink.service.GetInterfaceDescription",
+                    json!({"interface": "io.vmctl.Manager", "extra": 1}),
+                ),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.parameters.unwrap()["parameter"], "extra");
+        s.dispatch(&Caller::ROOT, &call("io.vmctl.Manager.List", json!({})))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

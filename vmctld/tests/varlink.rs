@@ -133,6 +133,15 @@ async fn malformed_input_gets_an_error_or_close_and_daemon_survives() {
     let reply: Value = serde_json::from_slice(out.strip_suffix(b"\0").unwrap()).unwrap();
     assert_eq!(reply["error"], "org.varlink.service.InterfaceNotFound");
 
+    // Undeclared parameters.
+    let out = raw_exchange(
+        &daemon.socket,
+        b"{\"method\":\"io.vmctl.Manager.List\",\"parameters\":{\"bogus\":[1,2,3]}}\0",
+    );
+    let reply: Value = serde_json::from_slice(out.strip_suffix(b"\0").unwrap()).unwrap();
+    assert_eq!(reply["error"], "org.varlink.service.InvalidParameter");
+    assert_eq!(reply["parameters"]["parameter"], "bogus");
+
     // Invalid JSON, garbage bytes, an object without a method, wrong
     // parameter types: each connection is answered or closed.
     for bad in [
