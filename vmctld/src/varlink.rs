@@ -131,11 +131,11 @@ impl VarlinkService {
             "GetInfo" => {
                 check_parameters(call, &[])?;
                 Ok(json!({
-                "vendor": "vmctl",
-                "product": "vmctld",
-                "version": self.manager.version(),
-                "url": "man:vmctld(8)",
-                "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE],
+                    "vendor": "vmctl",
+                    "product": "vmctld",
+                    "version": self.manager.version(),
+                    "url": "man:vmctld(8)",
+                    "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE],
                 }))
             }
             "GetInterfaceDescription" => {
@@ -163,18 +163,23 @@ impl VarlinkService {
 
     /// `io.vmctl.Manager.*`.
     async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Outcome {
-        if matches!(member, "GetVersion" | "List") {
-            check_parameters(call, &[])?;
-        }
         match member {
-            "GetVersion" => to_value(GetVersionReply {
-                version: self.manager.version().to_string(),
-                interface_version: idl::INTERFACE_VERSION,
-            }),
-            "List" => match self.manager.list(caller).await {
-                Ok(vms) => to_value(ListReply { vms }),
-                Err(e) => Err(e.to_varlink()),
-            },
+            "GetVersion" => {
+                check_parameters(call, &[])?;
+                to_value(GetVersionReply {
+                    version: self.manager.version().to_string(),
+                    interface_version: idl::INTERFACE_VERSION,
+                })
+            }
+            "List" => {
+                check_parameters(call, &[])?;
+                let vms = self
+                    .manager
+                    .list(caller)
+                    .await
+                    .map_err(|e| e.to_varlink())?;
+                to_value(ListReply { vms })
+            }
             _ => Err(method_not_found(call)),
         }
     }
