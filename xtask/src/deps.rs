@@ -53,7 +53,10 @@ pub fn ensure_build_machine() -> Result<()> {
     if std::fs::read_to_string(BACKPORTS_SOURCE).ok().as_deref() != Some(source.as_str()) {
         std::fs::write(BACKPORTS_SOURCE, source)?;
     }
-    eprintln!("xtask: installing from bookworm-backports: {}", missing.join(" "));
+    eprintln!(
+        "xtask: installing from bookworm-backports: {}",
+        missing.join(" ")
+    );
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
     cmd::run(
         Command::new("apt-get")

@@ -55,6 +55,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "procps",
     "kmod",
     "less",
+    // `systemd-analyze verify` checks that Documentation=man: pages exist.
+    "man-db",
     "qemu-system-x86",
     "qemu-utils",
     "openssh-client",
@@ -421,6 +423,11 @@ fn prepare_root(base: &Path, root: &Path) -> Result<()> {
     )?;
     fs::write(root.join("etc/hostname"), format!("{MACHINE}\n"))?;
     fs::write(root.join("etc/machine-id"), format!("{}\n", random_id()?))?;
+    // debootstrap leaves no /etc/hosts (the installer writes it).
+    fs::write(
+        root.join("etc/hosts"),
+        format!("127.0.0.1\tlocalhost\n127.0.1.1\t{MACHINE}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+    )?;
     Ok(())
 }
 

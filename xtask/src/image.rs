@@ -43,7 +43,14 @@ pub fn ensure_default() -> Result<Image> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "vmctl-guest", "--bin", "vmctl-guest-agent"]),
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vmctl-guest",
+                "--bin",
+                "vmctl-guest-agent",
+            ]),
     )?;
     let key = content_key()?;
     let images = target_dir().join("images");

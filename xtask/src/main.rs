@@ -30,6 +30,8 @@ enum Task {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// Build the default guest image (cached by content) and print its directory.
+    Image,
     /// Manage the systemd development host.
     Host {
         #[command(subcommand)]
@@ -127,6 +129,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.changed.len(),
                 report.unchanged
             );
+        }
+        Task::Image => {
+            deps::ensure_build_machine()?;
+            println!("{}", xtask::image::ensure_default()?.dir.display());
         }
         Task::Host { action } => return host_action(action),
         Task::Test { keep_host } => test(keep_host)?,

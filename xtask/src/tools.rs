@@ -14,12 +14,17 @@ pub const VHOST_DEVICE_VSOCK: (&str, &str) = ("vhost-device-vsock", "0.3.0");
 
 /// Installs `krate@version` unless cached; returns the binary's path.
 pub fn ensure((krate, version): (&str, &str)) -> Result<PathBuf> {
-    let root = target_dir().join("tools").join(format!("{krate}-{version}"));
+    let root = target_dir()
+        .join("tools")
+        .join(format!("{krate}-{version}"));
     let binary = root.join("bin").join(krate);
     if binary.exists() {
         return Ok(binary);
     }
-    eprintln!("xtask: building {krate} {version} (once, cached in {})", root.display());
+    eprintln!(
+        "xtask: building {krate} {version} (once, cached in {})",
+        root.display()
+    );
     cmd::run(
         Command::new(env!("CARGO"))
             .args(["install", "--quiet", "--locked"])
