@@ -23,7 +23,12 @@ fn installed_units() -> Vec<String> {
 /// `systemctl CMD UNITS...`, forgetting earlier rapid restarts first: the
 /// tests start and stop vmctld more often than StartLimitBurst= allows.
 fn systemctl(args: &[&str]) -> Run {
-    host(&["systemctl", "reset-failed", "vmctld.service", "vmctld.socket"]);
+    host(&[
+        "systemctl",
+        "reset-failed",
+        "vmctld.service",
+        "vmctld.socket",
+    ]);
     let mut argv = vec!["systemctl"];
     argv.extend_from_slice(args);
     host(&argv)
