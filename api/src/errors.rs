@@ -14,6 +14,14 @@ pub const INVALID_NAME: &str = "io.vmctl.Manager.InvalidName";
 pub const PERMISSION_DENIED: &str = "io.vmctl.Manager.PermissionDenied";
 /// `io.vmctl.Manager.QuotaExceeded (resource, limit, requested)`.
 pub const QUOTA_EXCEEDED: &str = "io.vmctl.Manager.QuotaExceeded";
+/// `io.vmctl.Manager.VMExists (name)`.
+pub const VM_EXISTS: &str = "io.vmctl.Manager.VMExists";
+/// `io.vmctl.Manager.NoSuchImage (image)`.
+pub const NO_SUCH_IMAGE: &str = "io.vmctl.Manager.NoSuchImage";
+/// `io.vmctl.Manager.InvalidSize (what, value, reason)`.
+pub const INVALID_SIZE: &str = "io.vmctl.Manager.InvalidSize";
+/// `io.vmctl.Manager.UnitFailed (unit, result)`.
+pub const UNIT_FAILED: &str = "io.vmctl.Manager.UnitFailed";
 /// `io.vmctl.Manager.InternalError (message)`.
 pub const INTERNAL_ERROR: &str = "io.vmctl.Manager.InternalError";
 
@@ -65,6 +73,21 @@ impl fmt::Display for ErrorReply {
             NO_SUCH_VM => write!(f, "no VM named {:?}", p("name"))?,
             INVALID_NAME => write!(f, "invalid VM name {:?}: {}", p("name"), p("reason"))?,
             PERMISSION_DENIED => write!(f, "permission denied for action {}", p("action"))?,
+            VM_EXISTS => write!(f, "a VM named {:?} exists already", p("name"))?,
+            NO_SUCH_IMAGE => write!(
+                f,
+                "no image {:?} (expected root.raw, vmlinuz and initrd.img in /var/lib/vmctl/images/{})",
+                p("image"),
+                p("image")
+            )?,
+            INVALID_SIZE => write!(f, "invalid {} {}: {}", p("what"), p("value"), p("reason"))?,
+            UNIT_FAILED => write!(
+                f,
+                "{} failed (result: {}); see journalctl -u {}",
+                p("unit"),
+                p("result"),
+                p("unit")
+            )?,
             QUOTA_EXCEEDED => write!(
                 f,
                 "quota exceeded for {}: limit {}, requested {}",
@@ -109,6 +132,10 @@ mod tests {
             INVALID_NAME,
             PERMISSION_DENIED,
             QUOTA_EXCEEDED,
+            VM_EXISTS,
+            NO_SUCH_IMAGE,
+            INVALID_SIZE,
+            UNIT_FAILED,
             INTERNAL_ERROR,
         ] {
             let short = name.strip_prefix("io.vmctl.Manager.").unwrap();

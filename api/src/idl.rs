@@ -40,6 +40,10 @@ mod tests {
             [
                 "NoSuchVM",
                 "InvalidName",
+                "VMExists",
+                "NoSuchImage",
+                "InvalidSize",
+                "UnitFailed",
                 "PermissionDenied",
                 "QuotaExceeded",
                 "InternalError"

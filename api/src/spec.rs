@@ -36,6 +36,33 @@ pub enum VmmChoice {
     Qemu,
 }
 
+impl VmmChoice {
+    /// The name as in the spec and the API: `auto`, `cloud-hypervisor`,
+    /// `qemu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::CloudHypervisor => "cloud-hypervisor",
+            Self::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cloud-hypervisor" => Ok(Self::CloudHypervisor),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(format!(
+                "unknown VMM {other:?}: expected auto, cloud-hypervisor or qemu"
+            )),
+        }
+    }
+}
+
 /// The stored definition of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {

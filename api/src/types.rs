@@ -23,6 +23,72 @@ pub struct Vm {
     pub ipv4: Option<String>,
 }
 
+/// Everything vmctld knows about one VM (the IDL type `VMDetails`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDetails {
+    /// Unique name.
+    pub name: String,
+    /// Lifecycle state, as in [`Vm::state`].
+    pub state: String,
+    /// Unix user ID of the owner.
+    pub owner_uid: u32,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+    /// Size of the root disk in bytes.
+    pub disk_bytes: u64,
+    /// The image the root disk was made from.
+    pub image: String,
+    /// `auto`, `cloud-hypervisor` or `qemu`.
+    pub vmm: String,
+    /// 128-bit ID as 32 lowercase hex digits.
+    pub id: String,
+    /// The guest's vsock context ID.
+    pub cid: u32,
+    /// The unit running the VM, `vm@NAME.service`.
+    pub unit: String,
+    /// IPv4 address on the host bridge, if allocated.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+}
+
+/// The parameters of `Create`; omitted values get the daemon's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateParams {
+    /// The new VM's name.
+    pub name: String,
+    /// Image name (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Number of virtual CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Guest memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Root disk size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// `auto`, `cloud-hypervisor` or `qemu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<crate::spec::VmmChoice>,
+}
+
+/// The reply parameters of `Create` and `Describe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailsReply {
+    /// The VM.
+    pub vm: VmDetails,
+}
+
+/// The parameters of the methods that take only a VM name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameParams {
+    /// The VM's name.
+    pub name: String,
+}
+
 /// The reply parameters of `GetVersion`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetVersionReply {
