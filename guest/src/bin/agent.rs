@@ -1,0 +1,84 @@
+//! `vmctl-guest-agent`: serves the vmctl agent protocol on vsock port 1024
+//! inside a guest (see `PROTOCOL.md`), and says hello to the host when the
+//! guest is up.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
+use vmctl_guest::protocol::{write_frame, Control, Frame};
+use vmctl_guest::{agent, AGENT_PORT, HELLO_PORT, HOST_CID};
+
+#[derive(Parser)]
+#[command(version, about = "The vmctl guest agent")]
+struct Args {
+    /// Listen on this Unix socket instead of vsock (tests, debugging).
+    #[arg(long, value_name = "PATH")]
+    listen_unix: Option<PathBuf>,
+    /// The vsock port to listen on.
+    #[arg(long, default_value_t = AGENT_PORT)]
+    port: u32,
+    /// The host vsock port to say hello to; 0 disables the hello.
+    #[arg(long, default_value_t = HELLO_PORT)]
+    hello_port: u32,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(path) = &args.listen_unix {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        ready();
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(agent::serve_connection(stream));
+        }
+    }
+    let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, args.port))
+        .with_context(|| format!("cannot listen on vsock port {}", args.port))?;
+    eprintln!("listening on vsock port {}", args.port);
+    ready();
+    if args.hello_port != 0 {
+        tokio::spawn(say_hello(args.hello_port));
+    }
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(agent::serve_connection(stream));
+            }
+            Err(e) => {
+                eprintln!("<3>accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn ready() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells the host the guest is up; retried briefly, since the host may be
+/// slow to listen. Failure is logged, not fatal: the agent still serves.
+async fn say_hello(port: u32) {
+    let hello = Frame::Control(Control::Hello(agent::hello()));
+    for attempt in 1..=30 {
+        match VsockStream::connect(VsockAddr::new(HOST_CID, port)).await {
+            Ok(mut stream) => match write_frame(&mut stream, &hello).await {
+                Ok(()) => {
+                    eprintln!("said hello to the host (port {port})");
+                    return;
+                }
+                Err(e) => eprintln!("<4>hello to host port {port} failed: {e}"),
+            },
+            Err(e) if attempt == 30 => {
+                eprintln!("<4>cannot reach host vsock port {port}: {e}; giving up")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
