@@ -62,8 +62,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
 
     let mut manager = Manager::new(Registry::new(&options.state_dir));
-    if let Some((_, conn)) = &bus {
-        manager = manager.with_systemd(Systemd::new(conn.clone()));
+    if let Some(systemd) = systemd_client(bus.as_ref()).await {
+        manager = manager.with_systemd(systemd);
     }
     let manager = Arc::new(manager);
 
@@ -100,6 +100,32 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// How vmctld talks to systemd: on the system bus (production) through
+/// systemd's private socket, which needs no capability (see
+/// [`crate::units`]), falling back to the bus; on a test bus through that
+/// bus; with `--no-dbus` not at all.
+async fn systemd_client(bus: Option<&(&BusChoice, zbus::Connection)>) -> Option<Systemd> {
+    let (choice, conn) = bus?;
+    if **choice == BusChoice::System {
+        match Systemd::connect_private().await {
+            Ok(systemd) => {
+                tracing::info!("systemd: connected to {}", crate::units::PRIVATE_SOCKET);
+                return Some(systemd);
+            }
+            Err(e) => tracing::warn!(
+                "systemd: cannot connect to {} ({e}); using the system bus, where \
+                 changing units needs privileges vmctld lacks",
+                crate::units::PRIVATE_SOCKET
+            ),
+        }
+    }
+    let systemd = Systemd::new(conn.clone());
+    if let Err(e) = systemd.subscribe().await {
+        tracing::warn!("systemd: cannot subscribe to job signals: {e}");
+    }
+    Some(systemd)
 }
 
 /// Sends a notification to systemd; a no-op when not run by systemd.

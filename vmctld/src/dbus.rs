@@ -4,15 +4,37 @@
 //! `List` returns `a(ssuuts)`: name, state, owner UID, vCPUs, memory in
 //! bytes and IPv4 address (empty when none; D-Bus has no null), which
 //! `busctl call` prints as one readable line per VM.
+//!
+//! `Create(s name, a{sv} options) -> a{sv}` takes the optional settings by
+//! name, as systemd's `StartTransientUnit` does, so busctl users write only
+//! what they change:
+//!
+//! ```sh
+//! busctl call org.vmctl.Manager1 /org/vmctl/Manager1 org.vmctl.Manager1 \
+//!     Create 'sa{sv}' blog 2 vcpus u 2 memory_bytes t 2147483648
+//! ```
+//!
+//! Options: `image` (s), `vcpus` (u), `memory_bytes` (t), `disk_bytes`
+//! (t), `vmm` (s); any integer type is accepted for the numbers.
+//! `Describe(s) -> a{sv}` and Create's reply have the fields of the varlink
+//! `VMDetails`. `Start`, `Stop`, `Restart` and `Remove` take the name and
+//! return when systemd's job is done: a TCG boot may take minutes, so call
+//! them with `busctl --timeout=5min`.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use vmctl_api::{
     names::{DBUS_NAME, DBUS_PATH},
-    Vm,
+    CreateParams, Vm, VmDetails,
 };
-use zbus::{fdo::DBusProxy, interface, message::Header, zvariant::Type, Connection};
+use zbus::{
+    fdo::DBusProxy,
+    interface,
+    message::Header,
+    zvariant::{OwnedValue, Type, Value},
+    Connection,
+};
 
 use crate::{Caller, Manager, ManagerError};
 
@@ -32,6 +54,16 @@ pub enum DbusError {
     PermissionDenied(String),
     /// See [`ManagerError::QuotaExceeded`].
     QuotaExceeded(String),
+    /// See [`ManagerError::VmExists`].
+    VMExists(String),
+    /// See [`ManagerError::NoSuchImage`].
+    NoSuchImage(String),
+    /// See [`ManagerError::InvalidSize`].
+    InvalidSize(String),
+    /// See [`ManagerError::UnitFailed`].
+    UnitFailed(String),
+    /// An argument of the call is malformed (unknown option, wrong type).
+    InvalidArgs(String),
     /// See [`ManagerError::Internal`].
     InternalError(String),
 }
@@ -44,6 +76,10 @@ impl From<ManagerError> for DbusError {
             ManagerError::InvalidName { .. } => Self::InvalidName(text),
             ManagerError::PermissionDenied { .. } => Self::PermissionDenied(text),
             ManagerError::QuotaExceeded { .. } => Self::QuotaExceeded(text),
+            ManagerError::VmExists { .. } => Self::VMExists(text),
+            ManagerError::NoSuchImage { .. } => Self::NoSuchImage(text),
+            ManagerError::InvalidSize { .. } => Self::InvalidSize(text),
+            ManagerError::UnitFailed { .. } => Self::UnitFailed(text),
             ManagerError::Internal { .. } => Self::InternalError(text),
         }
     }
@@ -110,11 +146,166 @@ impl ManagerObject {
         Ok(vms.into_iter().map(DbusVm::from).collect())
     }
 
+    /// Defines a new VM; see the module documentation for the options.
+    async fn create(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<HashMap<String, OwnedValue>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        let params = create_params(name, &options)?;
+        let vm = self.manager.create(&caller, params).await?;
+        Ok(details_dict(vm))
+    }
+
+    /// Starts the VM and returns when its unit is up.
+    async fn start(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.start(&caller, &name).await?)
+    }
+
+    /// Stops the VM and returns when its unit is down.
+    async fn stop(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.stop(&caller, &name).await?)
+    }
+
+    /// Restarts the VM and returns when its unit is up again.
+    async fn restart(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.restart(&caller, &name).await?)
+    }
+
+    /// Stops and deletes the VM.
+    async fn remove(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.remove(&caller, &name).await?)
+    }
+
+    /// Everything known about the VM, as a dictionary.
+    async fn describe(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<HashMap<String, OwnedValue>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(details_dict(self.manager.describe(&caller, &name).await?))
+    }
+
     /// The version of vmctld, as a property for `busctl introspect`.
     #[zbus(property)]
     async fn version(&self) -> String {
         self.manager.version().to_string()
     }
+}
+
+/// Decodes `Create`'s options dictionary.
+pub fn create_params(
+    name: String,
+    options: &HashMap<String, OwnedValue>,
+) -> Result<CreateParams, DbusError> {
+    let mut params = CreateParams {
+        name,
+        ..Default::default()
+    };
+    for (key, value) in options {
+        let bad = |expected: &str| {
+            DbusError::InvalidArgs(format!(
+                "option {key:?} must be {expected}, got signature {}",
+                value.value_signature()
+            ))
+        };
+        match key.as_str() {
+            "image" => params.image = Some(string(value).ok_or_else(|| bad("a string (s)"))?),
+            "vmm" => {
+                let vmm = string(value).ok_or_else(|| bad("a string (s)"))?;
+                params.vmm = Some(vmm.parse().map_err(DbusError::InvalidArgs)?);
+            }
+            "vcpus" => {
+                let n = integer(value).ok_or_else(|| bad("an integer"))?;
+                params.vcpus = Some(u32::try_from(n).map_err(|_| bad("a 32-bit count"))?);
+            }
+            "memory_bytes" => {
+                params.memory_bytes = Some(integer(value).ok_or_else(|| bad("an integer"))?)
+            }
+            "disk_bytes" => {
+                params.disk_bytes = Some(integer(value).ok_or_else(|| bad("an integer"))?)
+            }
+            other => {
+                return Err(DbusError::InvalidArgs(format!(
+                "unknown option {other:?}: expected image, vcpus, memory_bytes, disk_bytes or vmm"
+            )))
+            }
+        }
+    }
+    Ok(params)
+}
+
+fn string(value: &Value<'_>) -> Option<String> {
+    match value {
+        Value::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A non-negative integer of any D-Bus integer type.
+fn integer(value: &Value<'_>) -> Option<u64> {
+    match *value {
+        Value::U8(n) => Some(n.into()),
+        Value::U16(n) => Some(n.into()),
+        Value::U32(n) => Some(n.into()),
+        Value::U64(n) => Some(n),
+        Value::I16(n) => u64::try_from(n).ok(),
+        Value::I32(n) => u64::try_from(n).ok(),
+        Value::I64(n) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// A VM's details as `a{sv}` with the field names of `VMDetails`.
+pub fn details_dict(vm: VmDetails) -> HashMap<String, OwnedValue> {
+    let mut dict = HashMap::new();
+    let mut put = |key: &str, value: Value<'_>| {
+        if let Ok(value) = OwnedValue::try_from(value) {
+            dict.insert(key.to_string(), value);
+        }
+    };
+    put("name", Value::from(vm.name));
+    put("state", Value::from(vm.state));
+    put("owner_uid", Value::U32(vm.owner_uid));
+    put("vcpus", Value::U32(vm.vcpus));
+    put("memory_bytes", Value::U64(vm.memory_bytes));
+    put("disk_bytes", Value::U64(vm.disk_bytes));
+    put("image", Value::from(vm.image));
+    put("vmm", Value::from(vm.vmm));
+    put("id", Value::from(vm.id));
+    put("cid", Value::U32(vm.cid));
+    put("unit", Value::from(vm.unit));
+    put("ipv4", Value::from(vm.ipv4.unwrap_or_default()));
+    dict
 }
 
 /// The credentials of the message's sender, asked from the bus daemon.
@@ -192,6 +383,17 @@ mod tests {
                 limit: 1,
                 requested: 2,
             },
+            ManagerError::VmExists { name: "a".into() },
+            ManagerError::NoSuchImage { image: "i".into() },
+            ManagerError::InvalidSize {
+                what: "memory".into(),
+                value: "1 B".into(),
+                reason: "r".into(),
+            },
+            ManagerError::UnitFailed {
+                unit: "vm@a.service".into(),
+                result: "timeout".into(),
+            },
             ManagerError::internal("boom"),
         ] {
             let expected = e.dbus_name();
@@ -200,6 +402,29 @@ mod tests {
             assert_eq!(d.name().as_str(), expected);
             assert_eq!(d.description(), Some(text.as_str()));
         }
+    }
+
+    #[test]
+    fn create_options() {
+        let mut options = HashMap::new();
+        options.insert("vcpus".to_string(), OwnedValue::from(2u32));
+        options.insert("memory_bytes".to_string(), OwnedValue::from(1u64 << 30));
+        options.insert(
+            "vmm".to_string(),
+            OwnedValue::try_from(Value::from("qemu")).unwrap(),
+        );
+        let p = create_params("blog".into(), &options).unwrap();
+        assert_eq!(p.vcpus, Some(2));
+        assert_eq!(p.memory_bytes, Some(1 << 30));
+        assert_eq!(p.vmm, Some(vmctl_api::spec::VmmChoice::Qemu));
+        options.insert("colour".to_string(), OwnedValue::from(1u32));
+        assert!(matches!(
+            create_params("blog".into(), &options),
+            Err(DbusError::InvalidArgs(_))
+        ));
+        let mut options = HashMap::new();
+        options.insert("vcpus".to_string(), OwnedValue::from(-1i32));
+        assert!(create_params("blog".into(), &options).is_err());
     }
 
     #[test]

@@ -39,6 +39,36 @@ pub enum ManagerError {
         /// What the caller would have in total after the request.
         requested: i64,
     },
+    /// A VM of this name exists already.
+    #[error("a VM named {name:?} exists already")]
+    VmExists {
+        /// The requested name.
+        name: String,
+    },
+    /// No usable image of this name.
+    #[error("no image {image:?} (expected root.raw, vmlinuz and initrd.img in its directory)")]
+    NoSuchImage {
+        /// The requested image.
+        image: String,
+    },
+    /// A size or count out of range.
+    #[error("invalid {what} {value}: {reason}")]
+    InvalidSize {
+        /// `vcpus`, `memory` or `disk`.
+        what: String,
+        /// The rejected value, as a person would write it.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+    /// A systemd job on the VM's unit did not succeed.
+    #[error("{unit} failed (result: {result}); see journalctl -u {unit}")]
+    UnitFailed {
+        /// The unit, `vm@NAME.service`.
+        unit: String,
+        /// The job result (`failed`, `timeout`, ...).
+        result: String,
+    },
     /// vmctld failed internally (I/O, corrupt state, ...).
     #[error("internal error: {message}")]
     Internal {
@@ -55,6 +85,10 @@ impl ManagerError {
             Self::InvalidName { .. } => "InvalidName",
             Self::PermissionDenied { .. } => "PermissionDenied",
             Self::QuotaExceeded { .. } => "QuotaExceeded",
+            Self::VmExists { .. } => "VMExists",
+            Self::NoSuchImage { .. } => "NoSuchImage",
+            Self::InvalidSize { .. } => "InvalidSize",
+            Self::UnitFailed { .. } => "UnitFailed",
             Self::Internal { .. } => "InternalError",
         }
     }
@@ -66,6 +100,10 @@ impl ManagerError {
             Self::InvalidName { .. } => errors::INVALID_NAME,
             Self::PermissionDenied { .. } => errors::PERMISSION_DENIED,
             Self::QuotaExceeded { .. } => errors::QUOTA_EXCEEDED,
+            Self::VmExists { .. } => errors::VM_EXISTS,
+            Self::NoSuchImage { .. } => errors::NO_SUCH_IMAGE,
+            Self::InvalidSize { .. } => errors::INVALID_SIZE,
+            Self::UnitFailed { .. } => errors::UNIT_FAILED,
             Self::Internal { .. } => errors::INTERNAL_ERROR,
         }
     }
@@ -86,6 +124,14 @@ impl ManagerError {
                 limit,
                 requested,
             } => json!({ "resource": resource, "limit": limit, "requested": requested }),
+            Self::VmExists { name } => json!({ "name": name }),
+            Self::NoSuchImage { image } => json!({ "image": image }),
+            Self::InvalidSize {
+                what,
+                value,
+                reason,
+            } => json!({ "what": what, "value": value, "reason": reason }),
+            Self::UnitFailed { unit, result } => json!({ "unit": unit, "result": result }),
             Self::Internal { message } => json!({ "message": message }),
         }
     }
@@ -131,6 +177,17 @@ mod tests {
                 limit: 1,
                 requested: 2,
             },
+            ManagerError::VmExists { name: "a".into() },
+            ManagerError::NoSuchImage { image: "x".into() },
+            ManagerError::InvalidSize {
+                what: "memory".into(),
+                value: "1 B".into(),
+                reason: "r".into(),
+            },
+            ManagerError::UnitFailed {
+                unit: "vm@a.service".into(),
+                result: "failed".into(),
+            },
             ManagerError::internal("boom"),
         ]
     }
@@ -145,6 +202,10 @@ mod tests {
                 "io.vmctl.Manager.InvalidName",
                 "io.vmctl.Manager.PermissionDenied",
                 "io.vmctl.Manager.QuotaExceeded",
+                "io.vmctl.Manager.VMExists",
+                "io.vmctl.Manager.NoSuchImage",
+                "io.vmctl.Manager.InvalidSize",
+                "io.vmctl.Manager.UnitFailed",
                 "io.vmctl.Manager.InternalError",
             ]
         );
@@ -160,6 +221,10 @@ mod tests {
                 "org.vmctl.Manager1.Error.InvalidName",
                 "org.vmctl.Manager1.Error.PermissionDenied",
                 "org.vmctl.Manager1.Error.QuotaExceeded",
+                "org.vmctl.Manager1.Error.VMExists",
+                "org.vmctl.Manager1.Error.NoSuchImage",
+                "org.vmctl.Manager1.Error.InvalidSize",
+                "org.vmctl.Manager1.Error.UnitFailed",
                 "org.vmctl.Manager1.Error.InternalError",
             ]
         );

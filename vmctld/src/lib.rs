@@ -9,10 +9,14 @@
 
 pub mod activation;
 pub mod caller;
+pub mod cid;
 pub mod cli;
 pub mod daemon;
 pub mod dbus;
+pub mod disk;
 pub mod error;
+pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod manager;
 pub mod registry;

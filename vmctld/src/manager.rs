@@ -5,7 +5,11 @@
 //! (Create, Start, ...) are added as methods returning
 //! `Result<_, ManagerError>`; the front ends then only translate.
 
-use vmctl_api::{spec::VmSpec, Vm};
+use tokio::sync::{Mutex, MutexGuard};
+use vmctl_api::{
+    spec::{Layout, VmSpec},
+    Vm,
+};
 
 use crate::{units::Systemd, Caller, ManagerError, Registry};
 
@@ -17,15 +21,26 @@ pub const STATE_UNKNOWN: &str = "unknown";
 #[derive(Debug)]
 pub struct Manager {
     registry: Registry,
+    layout: Layout,
     systemd: Option<Systemd>,
+    /// Serialises the steps of Create and Remove that allocate or free
+    /// names and CIDs.
+    lock: Mutex<()>,
 }
 
 impl Manager {
     /// A manager over `registry`, without systemd (states are `unknown`).
     pub fn new(registry: Registry) -> Self {
+        let state_dir = registry
+            .vms_dir()
+            .parent()
+            .unwrap_or(registry.vms_dir())
+            .to_path_buf();
         Self {
             registry,
+            layout: Layout::under(state_dir, Layout::default().runtime_dir),
             systemd: None,
+            lock: Mutex::new(()),
         }
     }
 
@@ -38,6 +53,28 @@ impl Manager {
     /// The registry this manager owns.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Where the VMs' files live.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The systemd client, when vmctld has one.
+    pub fn systemd(&self) -> Option<&Systemd> {
+        self.systemd.as_ref()
+    }
+
+    pub(crate) async fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// The state of VM `name` (`unknown` without systemd).
+    pub async fn vm_state(&self, name: &str) -> String {
+        match &self.systemd {
+            Some(systemd) => systemd.vm_state(name).await,
+            None => STATE_UNKNOWN.to_string(),
+        }
     }
 
     /// The version of vmctld.
@@ -54,10 +91,7 @@ impl Manager {
             .into_iter()
             .filter(|spec| caller.is_root() || spec.owner_uid == caller.uid)
         {
-            let state = match &self.systemd {
-                Some(systemd) => systemd.vm_state(&spec.name).await,
-                None => STATE_UNKNOWN.to_string(),
-            };
+            let state = self.vm_state(&spec.name).await;
             vms.push(public_view(spec, state));
         }
         Ok(vms)

@@ -6,7 +6,9 @@
 //! on each query; there is no cache that could go stale.
 
 use std::{
-    fs, io,
+    fs::{self, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -70,6 +72,59 @@ impl Registry {
         }
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(specs)
+    }
+}
+
+impl Registry {
+    /// The file of VM `name` (which must be a valid name).
+    pub fn spec_file(&self, name: &str) -> PathBuf {
+        self.vms_dir.join(format!("{name}.json"))
+    }
+
+    /// The spec of VM `name`, `None` when there is none.
+    pub fn get(&self, name: &str) -> Result<Option<VmSpec>, ManagerError> {
+        let path = self.spec_file(name);
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ManagerError::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+            Ok(_) => {}
+        }
+        read_spec(&path)
+            .map(Some)
+            .map_err(|e| ManagerError::internal(format!("bad VM spec {}: {e}", path.display())))
+    }
+
+    /// Writes `spec` atomically (a 0600 temporary file renamed over the
+    /// spec), creating the directory (0700) when needed. Returns the path.
+    pub fn write(&self, spec: &VmSpec) -> Result<PathBuf, ManagerError> {
+        let path = self.spec_file(&spec.name);
+        let tmp = self.vms_dir.join(format!(".{}.json.tmp", spec.name));
+        let result = (|| -> io::Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.vms_dir)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut json = serde_json::to_vec_pretty(spec)?;
+            json.push(b'\n');
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        result.map(|()| path.clone()).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            ManagerError::internal(format!("cannot write {}: {e}", path.display()))
+        })
     }
 }
 

@@ -27,19 +27,30 @@
 //! 7. zlink sends the reply (or nothing, if the call was `oneway`) and
 //!    waits for the connection's next call.
 //!
+//! zlink serves every connection from one task and awaits `handle` before
+//! reading the next call from anyone. Create, Start, Stop, Restart and
+//! Remove may take minutes (a disk copy, a TCG boot), so they are not
+//! awaited in `handle`: they become a one-item reply stream, which the
+//! server polls alongside every other connection, so `vmctl list` answers
+//! while `vmctl start` waits. The single reply carries no `continues`, as
+//! for any plain call.
+//!
 //! `GetInterfaceDescription` returns the IDL file embedded from
 //! `api/io.vmctl.Manager.varlink`, byte for byte.
 
 use std::{os::fd::OwnedFd, sync::Arc};
 
+use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
-use vmctl_api::{errors, idl, names::VARLINK_INTERFACE, ErrorReply, GetVersionReply, ListReply};
+use serde_json::{json, Map, Value};
+use vmctl_api::{
+    errors, idl, names::VARLINK_INTERFACE, spec::VmmChoice, CreateParams, DetailsReply, ErrorReply,
+    GetVersionReply, ListReply, NameParams,
+};
 use zlink::{
-    futures_util::stream::Empty,
-    service::{HandleResult, Infallible, MethodReply, ReplyStreamItem},
+    service::{HandleResult, MethodReply, ReplyStreamItem},
     tokio::unix,
-    Call, Connection, Server, Service,
+    Call, Connection, Reply, Server, Service,
 };
 
 use crate::{Caller, Manager};
@@ -106,22 +117,53 @@ pub struct VarlinkService {
 /// The result of one method: reply parameters or an error reply.
 type Outcome = Result<Value, ErrorReply>;
 
+/// How a call is answered: now, or by a future polled by the server
+/// alongside the other connections (the long operations).
+pub enum Answer {
+    /// The outcome is known.
+    Now(Outcome),
+    /// The outcome comes when the future completes.
+    Later(BoxFuture<'static, Outcome>),
+}
+
+impl Answer {
+    /// Waits for the outcome (tests, and callers that may block).
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Self::Now(outcome) => outcome,
+            Self::Later(future) => future.await,
+        }
+    }
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Self {
+        Self::Now(outcome)
+    }
+}
+
 impl VarlinkService {
     /// A service answering with `manager`.
     pub fn new(manager: Arc<Manager>) -> Self {
         Self { manager }
     }
 
-    /// Dispatches one call by interface and member name (steps 4 to 6).
+    /// Dispatches one call and waits for its outcome (steps 4 to 6).
     pub async fn dispatch(&self, caller: &Caller, call: &RawCall) -> Outcome {
+        self.answer(caller, call).await.outcome().await
+    }
+
+    /// Dispatches one call by interface and member name; long operations
+    /// are returned unfinished.
+    pub async fn answer(&self, caller: &Caller, call: &RawCall) -> Answer {
         let (interface, member) = call.method.rsplit_once('.').unwrap_or(("", ""));
         match interface {
-            VARLINK_SERVICE_INTERFACE => self.varlink_service(member, call),
+            VARLINK_SERVICE_INTERFACE => self.varlink_service(member, call).into(),
             VARLINK_INTERFACE => self.manager_call(caller, member, call).await,
-            _ => Err(ErrorReply::new(
+            _ => Answer::Now(Err(ErrorReply::new(
                 errors::INTERFACE_NOT_FOUND,
                 json!({ "interface": interface }),
-            )),
+            ))),
         }
     }
 
@@ -162,27 +204,117 @@ impl VarlinkService {
     }
 
     /// `io.vmctl.Manager.*`.
-    async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Outcome {
+    async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Answer {
+        let manager = self.manager.clone();
+        let caller = *caller;
         match member {
-            "GetVersion" => {
-                check_parameters(call, &[])?;
+            "GetVersion" => Answer::Now(check_parameters(call, &[]).and_then(|()| {
                 to_value(GetVersionReply {
                     version: self.manager.version().to_string(),
                     interface_version: idl::INTERFACE_VERSION,
                 })
-            }
-            "List" => {
-                check_parameters(call, &[])?;
-                let vms = self
-                    .manager
-                    .list(caller)
-                    .await
-                    .map_err(|e| e.to_varlink())?;
-                to_value(ListReply { vms })
-            }
-            _ => Err(method_not_found(call)),
+            })),
+            "List" => Answer::Now(match check_parameters(call, &[]) {
+                Err(e) => Err(e),
+                Ok(()) => match self.manager.list(&caller).await {
+                    Ok(vms) => to_value(ListReply { vms }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "Describe" => Answer::Now(match name_parameter(call) {
+                Err(e) => Err(e),
+                Ok(name) => match self.manager.describe(&caller, &name).await {
+                    Ok(vm) => to_value(DetailsReply { vm }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "Create" => match create_parameters(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok(params) => Answer::Later(
+                    async move {
+                        match manager.create(&caller, params).await {
+                            Ok(vm) => to_value(DetailsReply { vm }),
+                            Err(e) => Err(e.to_varlink()),
+                        }
+                    }
+                    .boxed(),
+                ),
+            },
+            "Start" | "Stop" | "Restart" | "Remove" => match name_parameter(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok(name) => {
+                    let member = member.to_string();
+                    Answer::Later(
+                        async move {
+                            let result = match member.as_str() {
+                                "Start" => manager.start(&caller, &name).await,
+                                "Stop" => manager.stop(&caller, &name).await,
+                                "Restart" => manager.restart(&caller, &name).await,
+                                _ => manager.remove(&caller, &name).await,
+                            };
+                            result.map(|()| json!({})).map_err(|e| e.to_varlink())
+                        }
+                        .boxed(),
+                    )
+                }
+            },
+            _ => Answer::Now(Err(method_not_found(call))),
         }
     }
+}
+
+/// The `name` parameter of the methods that take only a name.
+fn name_parameter(call: &RawCall) -> Result<String, ErrorReply> {
+    check_parameters(call, &["name"])?;
+    let input: NameParams = parameters(call, "name")?;
+    Ok(input.name)
+}
+
+/// `Create`'s parameters, each checked so that a bad one is named.
+fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
+    const NAMES: [&str; 6] = [
+        "name",
+        "image",
+        "vcpus",
+        "memory_bytes",
+        "disk_bytes",
+        "vmm",
+    ];
+    check_parameters(call, &NAMES)?;
+    let map = match &call.parameters {
+        Some(Value::Object(map)) => map.clone(),
+        _ => Map::new(),
+    };
+    fn field<T: for<'de> Deserialize<'de>>(
+        map: &Map<String, Value>,
+        key: &str,
+    ) -> Result<Option<T>, ErrorReply> {
+        match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|_| invalid_parameter(key)),
+        }
+    }
+    let vmm = match field::<String>(&map, "vmm")? {
+        None => None,
+        Some(v) => Some(
+            v.parse::<VmmChoice>()
+                .map_err(|_| invalid_parameter("vmm"))?,
+        ),
+    };
+    Ok(CreateParams {
+        name: field(&map, "name")?.ok_or_else(|| invalid_parameter("name"))?,
+        image: field(&map, "image")?,
+        vcpus: field(&map, "vcpus")?,
+        memory_bytes: field(&map, "memory_bytes")?,
+        disk_bytes: field(&map, "disk_bytes")?,
+        vmm,
+    })
+}
+
+fn invalid_parameter(name: &str) -> ErrorReply {
+    ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }))
 }
 
 fn method_not_found(call: &RawCall) -> ErrorReply {
@@ -219,8 +351,8 @@ impl Service<unix::Stream> for VarlinkService {
     type MethodCall<'de> = RawCall;
     type ReplyParams<'ser> = Value;
     type ReplyStreamParams = Value;
-    type ReplyStreamError = Infallible;
-    type ReplyStream = Empty<ReplyStreamItem<Value, Infallible>>;
+    type ReplyStreamError = ErrorReply;
+    type ReplyStream = BoxStream<'static, ReplyStreamItem<Value, ErrorReply>>;
     type ReplyError<'ser> = ErrorReply;
     type Upgrade = ();
 
@@ -243,9 +375,21 @@ impl Service<unix::Stream> for VarlinkService {
             }
         };
         tracing::debug!(method = %call.method().method, uid = caller.uid, pid = caller.pid, "varlink call");
-        let reply = match self.dispatch(&caller, call.method()).await {
-            Ok(params) => MethodReply::Single(Some(params)),
-            Err(error) => MethodReply::Error(error),
+        let reply = match self.answer(&caller, call.method()).await {
+            Answer::Now(Ok(params)) => MethodReply::Single(Some(params)),
+            Answer::Now(Err(error)) => MethodReply::Error(error),
+            // A oneway call wants no reply: run it here (rare, and it is
+            // what the caller asked for).
+            Answer::Later(future) if call.oneway() => {
+                let _ = future.await;
+                MethodReply::Single(None)
+            }
+            Answer::Later(future) => MethodReply::Multi(
+                future
+                    .map(|outcome| (outcome.map(|params| Reply::new(Some(params))), Vec::new()))
+                    .into_stream()
+                    .boxed(),
+            ),
         };
         (reply, Vec::new())
     }
@@ -304,7 +448,19 @@ mod tests {
         let ours = zlink::idl::Interface::try_from(idl::INTERFACE_DESCRIPTION).unwrap();
         assert_eq!(ours.name().to_string(), VARLINK_INTERFACE);
         let methods: Vec<String> = ours.methods().map(|m| m.name().to_string()).collect();
-        assert_eq!(methods, ["GetVersion", "List"]);
+        assert_eq!(
+            methods,
+            [
+                "GetVersion",
+                "List",
+                "Create",
+                "Start",
+                "Stop",
+                "Restart",
+                "Remove",
+                "Describe"
+            ]
+        );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();
         assert_eq!(errors, idl::declared_errors());
 

@@ -1,0 +1,471 @@
+//! Create, start, stop, restart, remove and describe VMs: the service-layer
+//! operations behind both APIs, as methods of [`Manager`].
+
+use std::{
+    fs,
+    io::{self, Read},
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use vmctl_api::{
+    spec::{unit_name, VmSpec},
+    validate_vm_name, CreateParams, VmDetails,
+};
+
+use crate::{
+    cid,
+    disk::{self, CopyMethod},
+    limits::{self, UnitLimits},
+    units::Systemd,
+    Caller, Manager, ManagerError,
+};
+
+/// The image used when `Create` names none.
+pub const DEFAULT_IMAGE: &str = "default";
+
+/// The files an image directory must hold.
+pub const IMAGE_FILES: [&str; 3] = ["root.raw", "vmlinuz", "initrd.img"];
+
+/// A polkit action (see `polkit/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `org.vmctl.vm.create`.
+    Create,
+    /// `org.vmctl.vm.manage-own`: start, stop, remove one's own VMs.
+    ManageOwn,
+}
+
+impl Action {
+    /// The polkit action ID.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Create => "org.vmctl.vm.create",
+            Self::ManageOwn => "org.vmctl.vm.manage-own",
+        }
+    }
+}
+
+/// Files and directories made so far by a `Create`, removed again when it
+/// fails (on drop) unless [`Rollback::commit`] was called.
+#[derive(Debug, Default)]
+struct Rollback {
+    paths: Vec<PathBuf>,
+}
+
+impl Rollback {
+    fn add(&mut self, path: PathBuf) {
+        self.paths.push(path);
+    }
+
+    fn commit(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        for path in self.paths.iter().rev() {
+            let result = if path.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            if let Err(e) = result {
+                tracing::warn!("rollback: cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Manager {
+    /// Decides whether `caller` may perform `action`. Root always may;
+    /// everybody else is refused until polkit is asked here (one place, so
+    /// the polkit check slots in without touching the operations).
+    pub fn authorize(&self, caller: &Caller, action: Action) -> Result<(), ManagerError> {
+        if caller.is_root() {
+            Ok(())
+        } else {
+            Err(ManagerError::PermissionDenied {
+                action: action.id().to_string(),
+            })
+        }
+    }
+
+    /// The spec of VM `name` as `caller` may see it: a VM that does not
+    /// exist and one the caller does not own are both `NoSuchVM`.
+    fn visible_spec(&self, caller: &Caller, name: &str) -> Result<VmSpec, ManagerError> {
+        let missing = || ManagerError::NoSuchVm { name: name.into() };
+        validate_vm_name(name).map_err(|_| missing())?;
+        match self.registry().get(name)? {
+            Some(spec) if caller.is_root() || spec.owner_uid == caller.uid => Ok(spec),
+            _ => Err(missing()),
+        }
+    }
+
+    fn systemd_or_error(&self, unit: &str) -> Result<&Systemd, ManagerError> {
+        self.systemd().ok_or_else(|| {
+            ManagerError::internal(format!(
+                "vmctld has no connection to systemd, cannot manage {unit}"
+            ))
+        })
+    }
+
+    /// Defines a new VM (stopped): validates everything first, then makes
+    /// the root disk, the spec and the unit limits; any failure undoes
+    /// every step, so there is never a half-created VM.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        params: CreateParams,
+    ) -> Result<VmDetails, ManagerError> {
+        self.authorize(caller, Action::Create)?;
+        let name = params.name;
+        validate_vm_name(&name)?;
+        let image = params.image.unwrap_or_else(|| DEFAULT_IMAGE.to_string());
+        let vcpus = params.vcpus.unwrap_or(limits::DEFAULT_VCPUS);
+        limits::check_vcpus(vcpus)?;
+        let memory = params.memory_bytes.unwrap_or(limits::DEFAULT_MEMORY);
+        limits::check_memory(memory, limits::host_memory())?;
+        let image_root = self.image_root(&image)?;
+        let image_size = fs::metadata(&image_root)
+            .map_err(|e| {
+                ManagerError::internal(format!("cannot read {}: {e}", image_root.display()))
+            })?
+            .len();
+        let disk_bytes = params
+            .disk_bytes
+            .unwrap_or_else(|| limits::DEFAULT_DISK.max(image_size));
+        limits::check_disk(disk_bytes, image_size)?;
+
+        // One create or remove at a time: names and CIDs stay unique.
+        let _guard = self.lock().await;
+        if self.registry().get(&name)?.is_some() {
+            return Err(ManagerError::VmExists { name });
+        }
+        let cid = cid::smallest_free(self.registry().list()?.iter().map(|s| s.cid));
+        let spec = VmSpec {
+            name: name.clone(),
+            id: random_id()?,
+            owner_uid: caller.uid,
+            vcpus,
+            memory_bytes: memory,
+            disk_bytes,
+            image,
+            vmm: params.vmm.unwrap_or_default(),
+            cid,
+        };
+
+        let mut rollback = Rollback::default();
+        let disk_dir = self.layout().disk_dir(&name);
+        make_disk_dir(&disk_dir)?;
+        rollback.add(disk_dir);
+        let root = self.layout().root_disk(&name);
+        let method = tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || disk::copy_disk(&image_root, &root, disk_bytes)
+        })
+        .await
+        .map_err(ManagerError::internal)?
+        .map_err(|e| ManagerError::internal(format!("cannot make {}: {e}", root.display())))?;
+        tracing::info!(
+            "{name}: root disk {} ({})",
+            root.display(),
+            match method {
+                CopyMethod::Reflink => "reflink",
+                CopyMethod::Sparse => "sparse copy",
+            }
+        );
+        rollback.add(self.registry().write(&spec)?);
+
+        if let Some(systemd) = self.systemd() {
+            let unit = spec.unit();
+            if let Err(e) = systemd
+                .set_limits(&unit, &UnitLimits::for_vm(vcpus, memory))
+                .await
+            {
+                // Some properties may have been written before the error.
+                if let Err(revert) = systemd.revert(&unit).await {
+                    tracing::warn!("rollback: {revert}");
+                }
+                return Err(e);
+            }
+        } else {
+            tracing::warn!("{name}: no systemd connection, unit limits not set");
+        }
+        rollback.commit();
+        tracing::info!("created VM {name} (cid {cid}) for uid {}", caller.uid);
+        Ok(self.details(spec).await)
+    }
+
+    /// The root disk of `image`, checking that the image is complete.
+    fn image_root(&self, image: &str) -> Result<PathBuf, ManagerError> {
+        let no_such = || ManagerError::NoSuchImage {
+            image: image.to_string(),
+        };
+        // Image names follow the VM name rules: no paths, no dots.
+        validate_vm_name(image).map_err(|_| no_such())?;
+        let dir = self.layout().image_dir(image);
+        if IMAGE_FILES.iter().all(|f| dir.join(f).is_file()) {
+            Ok(dir.join("root.raw"))
+        } else {
+            Err(no_such())
+        }
+    }
+
+    /// Starts VM `name` and waits until its unit is up.
+    pub async fn start(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
+        let unit = self.manageable_unit(caller, name)?;
+        self.systemd_or_error(&unit)?.start(&unit).await
+    }
+
+    /// Stops VM `name` and waits until its unit is down.
+    pub async fn stop(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
+        let unit = self.manageable_unit(caller, name)?;
+        self.systemd_or_error(&unit)?.stop(&unit).await
+    }
+
+    /// Restarts VM `name` and waits until its unit is up again.
+    pub async fn restart(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
+        let unit = self.manageable_unit(caller, name)?;
+        self.systemd_or_error(&unit)?.restart(&unit).await
+    }
+
+    fn manageable_unit(&self, caller: &Caller, name: &str) -> Result<String, ManagerError> {
+        let spec = self.visible_spec(caller, name)?;
+        self.authorize(caller, Action::ManageOwn)?;
+        Ok(spec.unit())
+    }
+
+    /// Deletes VM `name`: stops its unit (waiting), forgets its failed
+    /// state, removes its limit drop-ins, then its disks and spec. The files
+    /// go even when systemd no longer knows the unit.
+    pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
+        let unit = self.manageable_unit(caller, name)?;
+        if let Some(systemd) = self.systemd() {
+            systemd.stop(&unit).await?;
+            systemd.reset_failed(&unit).await?;
+            systemd.revert(&unit).await?;
+        }
+        let _guard = self.lock().await;
+        remove_path(&self.layout().disk_dir(name))?;
+        remove_path(&self.registry().spec_file(name))?;
+        tracing::info!("removed VM {name}");
+        Ok(())
+    }
+
+    /// Everything known about VM `name`.
+    pub async fn describe(&self, caller: &Caller, name: &str) -> Result<VmDetails, ManagerError> {
+        let spec = self.visible_spec(caller, name)?;
+        Ok(self.details(spec).await)
+    }
+
+    async fn details(&self, spec: VmSpec) -> VmDetails {
+        let state = self.vm_state(&spec.name).await;
+        VmDetails {
+            unit: unit_name(&spec.name),
+            name: spec.name,
+            state,
+            owner_uid: spec.owner_uid,
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory_bytes,
+            disk_bytes: spec.disk_bytes,
+            image: spec.image,
+            vmm: spec.vmm.as_str().to_string(),
+            id: spec.id,
+            cid: spec.cid,
+            ipv4: None,
+        }
+    }
+}
+
+/// Creates the VM's disk directory (0700); it must not exist yet (a
+/// leftover would be taken over otherwise).
+fn make_disk_dir(dir: &Path) -> Result<(), ManagerError> {
+    let parent = dir.parent().unwrap_or(dir);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .and_then(|()| fs::DirBuilder::new().mode(0o700).create(dir))
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => ManagerError::internal(format!(
+                "{} exists although no VM of that name does; remove it first",
+                dir.display()
+            )),
+            _ => ManagerError::internal(format!("cannot create {}: {e}", dir.display())),
+        })
+}
+
+fn remove_path(path: &Path) -> Result<(), ManagerError> {
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ManagerError::internal(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A random 128-bit ID as 32 lowercase hex digits (a valid machine ID).
+fn random_id() -> Result<String, ManagerError> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ManagerError::internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Registry;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use vmctl_api::sizes::{GIB, MIB};
+
+    /// A manager on a temp state dir with a sparse 64 MiB image `default`.
+    fn setup() -> (tempfile::TempDir, Manager) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manager::new(Registry::new(dir.path()));
+        let image = m.layout().image_dir("default");
+        fs::create_dir_all(&image).unwrap();
+        let root = fs::File::create(image.join("root.raw")).unwrap();
+        root.set_len(64 * MIB).unwrap();
+        fs::write(image.join("vmlinuz"), b"k").unwrap();
+        fs::write(image.join("initrd.img"), b"i").unwrap();
+        (dir, m)
+    }
+
+    fn params(name: &str) -> CreateParams {
+        CreateParams {
+            name: name.into(),
+            memory_bytes: Some(256 * MIB),
+            ..Default::default()
+        }
+    }
+
+    /// Everything under the state dir except the images.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["vms", "disks"] {
+            if let Ok(entries) = fs::read_dir(dir.join(sub)) {
+                for e in entries {
+                    out.push(e.unwrap().path().display().to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn creates_spec_and_sparse_disk_with_fresh_cids() {
+        let (dir, m) = setup();
+        let a = m.create(&Caller::ROOT, params("a")).await.unwrap();
+        assert_eq!((a.cid, a.vcpus, a.disk_bytes), (3, 1, 4 * GIB));
+        assert_eq!(a.unit, "vm@a.service");
+        assert_eq!(a.id.len(), 32);
+        let b = m.create(&Caller::ROOT, params("b")).await.unwrap();
+        assert_eq!(b.cid, 4);
+        assert_ne!(a.id, b.id);
+        let disk = fs::metadata(m.layout().root_disk("a")).unwrap();
+        assert_eq!(disk.len(), 4 * GIB);
+        assert!(disk.blocks() * 512 < MIB, "not sparse");
+        let spec = fs::metadata(m.layout().spec_file("a")).unwrap();
+        assert_eq!(spec.permissions().mode() & 0o777, 0o600);
+        assert_eq!(m.describe(&Caller::ROOT, "a").await.unwrap(), a);
+
+        m.remove(&Caller::ROOT, "a").await.unwrap();
+        let c = m.create(&Caller::ROOT, params("c")).await.unwrap();
+        assert_eq!(c.cid, 3, "freed CID is reused");
+        drop(dir);
+    }
+
+    #[tokio::test]
+    async fn bad_input_creates_nothing() {
+        let (dir, m) = setup();
+        let cases: Vec<(CreateParams, &str)> = vec![
+            (params("../x"), "InvalidName"),
+            (
+                CreateParams {
+                    image: Some("nope".into()),
+                    ..params("x")
+                },
+                "NoSuchImage",
+            ),
+            (
+                CreateParams {
+                    image: Some("../default".into()),
+                    ..params("x")
+                },
+                "NoSuchImage",
+            ),
+            (
+                CreateParams {
+                    memory_bytes: Some(1 << 50),
+                    ..params("x")
+                },
+                "InvalidSize",
+            ),
+            (
+                CreateParams {
+                    vcpus: Some(0),
+                    ..params("x")
+                },
+                "InvalidSize",
+            ),
+            (
+                CreateParams {
+                    disk_bytes: Some(MIB),
+                    ..params("x")
+                },
+                "InvalidSize",
+            ),
+        ];
+        for (p, error) in cases {
+            let e = m.create(&Caller::ROOT, p).await.unwrap_err();
+            assert_eq!(e.short_name(), error, "{e}");
+        }
+        assert_eq!(files(dir.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn failure_after_the_disk_copy_is_rolled_back() {
+        let (dir, m) = setup();
+        // The spec cannot be written (its directory is a file), after the
+        // disk was made.
+        fs::write(dir.path().join("vms"), b"in the way").unwrap();
+        let e = m.create(&Caller::ROOT, params("x")).await.unwrap_err();
+        assert_eq!(e.short_name(), "InternalError", "{e}");
+        assert!(!m.layout().disk_dir("x").exists());
+        assert!(!dir.path().join("vms/.x.json.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_permissions() {
+        let (_dir, m) = setup();
+        m.create(&Caller::ROOT, params("a")).await.unwrap();
+        let e = m.create(&Caller::ROOT, params("a")).await.unwrap_err();
+        assert_eq!(e, ManagerError::VmExists { name: "a".into() });
+        let user = Caller { uid: 1000, pid: 1 };
+        let e = m.create(&user, params("b")).await.unwrap_err();
+        assert_eq!(
+            e,
+            ManagerError::PermissionDenied {
+                action: "org.vmctl.vm.create".into()
+            }
+        );
+        // Not the owner: the VM is invisible.
+        let e = m.remove(&user, "a").await.unwrap_err();
+        assert_eq!(e, ManagerError::NoSuchVm { name: "a".into() });
+        let e = m.remove(&Caller::ROOT, "zzz").await.unwrap_err();
+        assert_eq!(e, ManagerError::NoSuchVm { name: "zzz".into() });
+        // Without systemd, start says so instead of pretending.
+        let e = m.start(&Caller::ROOT, "a").await.unwrap_err();
+        assert!(e.to_string().contains("systemd"), "{e}");
+    }
+}
