@@ -1,0 +1,270 @@
+//! QEMU command line, built as a vector of arguments (never a shell string).
+//!
+//! Option values that QEMU parses as `key=value,...` lists have their commas
+//! doubled (QEMU's escape), so paths and credentials containing `,` are safe.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::accel::ResolvedAccel;
+use crate::config::{Machine, VmConfig};
+
+/// Where the QEMU driver puts its sockets, all inside `runtime_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuPaths {
+    /// QMP control socket (QEMU listens).
+    pub qmp: PathBuf,
+    /// vhost-user socket between QEMU and `vhost-device-vsock` (the helper listens).
+    pub vhost_vsock: PathBuf,
+}
+
+impl QemuPaths {
+    /// The standard layout below `cfg.runtime_dir`.
+    pub fn for_config(cfg: &VmConfig) -> Self {
+        QemuPaths {
+            qmp: cfg.runtime_dir.join("qmp.sock"),
+            vhost_vsock: cfg.runtime_dir.join("vhost-vsock.sock"),
+        }
+    }
+}
+
+/// Double every `,` so QEMU's option parser takes it literally.
+fn esc(value: &OsStr) -> OsString {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsStr::from_bytes(&out).to_owned()
+}
+
+/// `prefix` followed by the escaped path.
+fn opt_path(prefix: &str, path: &Path) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(esc(path.as_os_str()));
+    s
+}
+
+/// Build QEMU's argument vector (without the program name).
+///
+/// The guest starts paused (`-S`); the driver sends QMP `cont` to boot it.
+pub fn qemu_args(cfg: &VmConfig, accel: ResolvedAccel, paths: &QemuPaths) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+    let (machine, bus) = match cfg.machine {
+        Machine::Q35 => ("q35", "pci"),
+        Machine::Microvm => ("microvm", "device"),
+    };
+    push(&["-name", &format!("guest={},debug-threads=on", cfg.name)]);
+    push(&["-nodefaults", "-no-user-config", "-nographic"]);
+    let accel_name = match accel {
+        ResolvedAccel::Kvm => "kvm",
+        ResolvedAccel::Tcg => "tcg",
+    };
+    if cfg.vsock.is_some() && cfg.machine == Machine::Microvm {
+        // microvm has no NUMA: hand the shared backend to the machine directly.
+        push(&["-machine", &format!("{machine},memory-backend=mem")]);
+    } else {
+        push(&["-machine", machine]);
+    }
+    push(&["-accel", accel_name]);
+    if accel == ResolvedAccel::Kvm {
+        push(&["-cpu", "host"]);
+    }
+    push(&["-smp", &cfg.vcpus.to_string()]);
+    push(&["-m", &format!("{}M", cfg.memory_mib())]);
+
+    // Direct kernel boot.
+    a.push("-kernel".into());
+    a.push(cfg.kernel.clone().into_os_string());
+    if let Some(initrd) = &cfg.initrd {
+        a.push("-initrd".into());
+        a.push(initrd.clone().into_os_string());
+    }
+    if !cfg.cmdline.is_empty() {
+        a.push("-append".into());
+        a.push(cfg.cmdline.clone().into());
+    }
+
+    for (i, disk) in cfg.disks.iter().enumerate() {
+        let mut drive = opt_path(
+            "if=none,format=raw,cache=none,aio=threads,file=",
+            &disk.path,
+        );
+        drive.push(format!(",id=disk{i}"));
+        if disk.read_only {
+            drive.push(",readonly=on");
+        }
+        a.push("-drive".into());
+        a.push(drive);
+        a.push("-device".into());
+        a.push(format!("virtio-blk-{bus},drive=disk{i}").into());
+    }
+
+    for (i, net) in cfg.net.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", net.tap).into());
+        a.push("-device".into());
+        a.push(format!("virtio-net-{bus},netdev=net{i},mac={}", net.mac).into());
+    }
+
+    a.push("-object".into());
+    a.push("rng-random,id=rng0,filename=/dev/urandom".into());
+    a.push("-device".into());
+    a.push(format!("virtio-rng-{bus},rng=rng0").into());
+
+    if let Some(serial) = &cfg.serial_socket {
+        a.push("-chardev".into());
+        let c = opt_path("socket,id=serial0,server=on,wait=off,path=", serial);
+        a.push(c);
+        a.push("-serial".into());
+        a.push("chardev:serial0".into());
+    }
+
+    if cfg.vsock.is_some() {
+        // vhost-user needs guest memory the helper process can map.
+        a.push("-object".into());
+        a.push(
+            format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.memory_mib()
+            )
+            .into(),
+        );
+        if cfg.machine == Machine::Q35 {
+            a.push("-numa".into());
+            a.push("node,memdev=mem".into());
+        }
+        a.push("-chardev".into());
+        a.push(opt_path("socket,id=vsock0,path=", &paths.vhost_vsock));
+        a.push("-device".into());
+        a.push(format!("vhost-user-vsock-{bus},chardev=vsock0").into());
+    }
+
+    for oem in cfg.oem_strings() {
+        a.push("-smbios".into());
+        let mut v = OsString::from("type=11,value=");
+        v.push(esc(OsStr::new(&oem)));
+        a.push(v);
+    }
+
+    a.push("-qmp".into());
+    let mut q = opt_path("unix:", &paths.qmp);
+    q.push(",server=on,wait=off");
+    a.push(q);
+    a.push("-S".into());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::sample;
+
+    fn strs(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The value following the first occurrence of `flag`.
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn full_config_tcg() {
+        let cfg = sample();
+        let paths = QemuPaths::for_config(&cfg);
+        let a = strs(&qemu_args(&cfg, ResolvedAccel::Tcg, &paths));
+        let expected: Vec<&str> = vec![
+            "-name", "guest=blog,debug-threads=on",
+            "-nodefaults", "-no-user-config", "-nographic",
+            "-machine", "q35", "-accel", "tcg",
+            "-smp", "2", "-m", "1024M",
+            "-kernel", "/var/lib/vmctl/kernel/vmlinuz",
+            "-initrd", "/var/lib/vmctl/kernel/initrd.img",
+            "-append", "console=ttyS0 root=/dev/vda rw",
+            "-drive", "if=none,format=raw,cache=none,aio=threads,file=/var/lib/vmctl/volumes/blog.raw,id=disk0",
+            "-device", "virtio-blk-pci,drive=disk0",
+            "-drive", "if=none,format=raw,cache=none,aio=threads,file=/var/lib/vmctl/seed,,1.raw,id=disk1,readonly=on",
+            "-device", "virtio-blk-pci,drive=disk1",
+            "-netdev", "tap,id=net0,ifname=vmt-blog,script=no,downscript=no",
+            "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-chardev", "socket,id=serial0,server=on,wait=off,path=/run/vmctl/vm/blog/serial",
+            "-serial", "chardev:serial0",
+            "-object", "memory-backend-memfd,id=mem,size=1024M,share=on",
+            "-numa", "node,memdev=mem",
+            "-chardev", "socket,id=vsock0,path=/run/vmctl/vm/blog/vhost-vsock.sock",
+            "-device", "vhost-user-vsock-pci,chardev=vsock0",
+            "-smbios", "type=11,value=io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA x@y",
+            "-qmp", "unix:/run/vmctl/vm/blog/qmp.sock,server=on,wait=off",
+            "-S",
+        ];
+        assert_eq!(a, expected);
+        assert!(!a.contains(&"-cpu".to_owned()));
+    }
+
+    #[test]
+    fn kvm_minimal_without_vsock_net_initrd() {
+        let mut cfg = sample();
+        cfg.initrd = None;
+        cfg.vsock = None;
+        cfg.net.clear();
+        cfg.serial_socket = None;
+        cfg.credentials.clear();
+        let a = strs(&qemu_args(
+            &cfg,
+            ResolvedAccel::Kvm,
+            &QemuPaths::for_config(&cfg),
+        ));
+        assert_eq!(after(&a, "-accel"), ["kvm"]);
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+        for absent in [
+            "-initrd", "-netdev", "-numa", "-smbios", "-serial", "-chardev",
+        ] {
+            assert!(after(&a, absent).is_empty(), "{absent} present: {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.contains("vhost-user")));
+        assert_eq!(a.last().unwrap(), "-S");
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_and_machine_memory_backend() {
+        let mut cfg = sample();
+        cfg.machine = Machine::Microvm;
+        let a = strs(&qemu_args(
+            &cfg,
+            ResolvedAccel::Tcg,
+            &QemuPaths::for_config(&cfg),
+        ));
+        assert_eq!(after(&a, "-machine"), ["microvm,memory-backend=mem"]);
+        assert!(after(&a, "-numa").is_empty());
+        assert!(a.contains(&"vhost-user-vsock-device,chardev=vsock0".to_owned()));
+        assert!(a.contains(&"virtio-blk-device,drive=disk0".to_owned()));
+    }
+
+    #[test]
+    fn commas_in_credentials_are_escaped() {
+        let mut cfg = sample();
+        cfg.credentials[0].value = "a,b".into();
+        let a = strs(&qemu_args(
+            &cfg,
+            ResolvedAccel::Tcg,
+            &QemuPaths::for_config(&cfg),
+        ));
+        assert_eq!(
+            after(&a, "-smbios"),
+            ["type=11,value=io.systemd.credential:ssh.authorized_keys.root=a,,b"]
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! QEMU driver: builds the command line ([`argv`]), starts QEMU paused
+//! (`-S`), and controls it over QMP ([`qmp`]).
+//!
+//! Start-up sequence:
+//! 1. Validate the config, resolve acceleration ([`crate::Accel::resolve`]).
+//! 2. With vsock: start `vhost-device-vsock --guest-cid N --socket VHOST
+//!    --uds-path HOST.sock` and wait for its vhost-user socket.
+//! 3. Start QEMU with `-S` and `-qmp unix:...,server=on,wait=off`.
+//! 4. Connect QMP and do the capabilities handshake.
+//! 5. [`Vmm::boot`] sends `cont`.
+
+pub mod argv;
+pub mod qmp;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use crate::error::{io_err, Result};
+use crate::process;
+use crate::{VmConfig, VmState, Vmm};
+pub use argv::{qemu_args, QemuPaths};
+pub use qmp::{Qmp, QmpEvent, QmpStatus};
+
+/// How long QEMU and the vsock helper get to create their sockets.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Programs the QEMU driver runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuBinaries {
+    /// QEMU system emulator (default `qemu-system-x86_64`, found on `PATH`).
+    pub qemu: PathBuf,
+    /// vhost-user vsock backend (default `vhost-device-vsock`).
+    pub vhost_device_vsock: PathBuf,
+}
+
+impl Default for QemuBinaries {
+    fn default() -> Self {
+        QemuBinaries {
+            qemu: "qemu-system-x86_64".into(),
+            vhost_device_vsock: "vhost-device-vsock".into(),
+        }
+    }
+}
+
+/// A VM run by QEMU.
+#[derive(Debug)]
+pub struct QemuVm {
+    child: Child,
+    vsock_helper: Option<Child>,
+    qmp: Qmp,
+    events: Option<mpsc::UnboundedReceiver<QmpEvent>>,
+}
+
+impl QemuVm {
+    /// [`Vmm::spawn`] with explicit program paths.
+    pub async fn spawn_with(config: &VmConfig, bins: &QemuBinaries) -> Result<QemuVm> {
+        config.validate()?;
+        let accel = config.accel.resolve();
+        let paths = QemuPaths::for_config(config);
+        std::fs::create_dir_all(&config.runtime_dir).map_err(io_err(format!(
+            "creating runtime directory {}",
+            config.runtime_dir.display()
+        )))?;
+        process::remove_stale(&paths.qmp)?;
+
+        let vsock_helper = match &config.vsock {
+            None => None,
+            Some(vsock) => {
+                process::remove_stale(&paths.vhost_vsock)?;
+                process::remove_stale(&vsock.socket)?;
+                let args = vec![
+                    "--guest-cid".into(),
+                    vsock.cid.to_string().into(),
+                    "--socket".into(),
+                    paths.vhost_vsock.clone().into_os_string(),
+                    "--uds-path".into(),
+                    vsock.socket.clone().into_os_string(),
+                ];
+                let mut helper = process::spawn(&bins.vhost_device_vsock, &args)?;
+                process::wait_for_socket(
+                    &mut helper,
+                    "vhost-device-vsock",
+                    &paths.vhost_vsock,
+                    STARTUP_TIMEOUT,
+                )
+                .await?;
+                Some(helper)
+            }
+        };
+
+        let mut child = process::spawn(&bins.qemu, &qemu_args(config, accel, &paths))?;
+        process::wait_for_socket(&mut child, "qemu", &paths.qmp, STARTUP_TIMEOUT).await?;
+        let (qmp, events) = Qmp::connect_with_retry(&paths.qmp, STARTUP_TIMEOUT).await?;
+        Ok(QemuVm {
+            child,
+            vsock_helper,
+            qmp,
+            events: Some(events),
+        })
+    }
+
+    /// The QMP session, for commands the trait does not cover.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+
+    /// Take the QMP event stream (`SHUTDOWN`, `POWERDOWN`, `STOP`, `RESUME`, ...).
+    /// Returns `None` after the first call.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<QmpEvent>> {
+        self.events.take()
+    }
+
+    /// Process id of QEMU (for machined registration), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn stop_helper(&mut self) -> Result<()> {
+        if let Some(helper) = &mut self.vsock_helper {
+            process::kill(helper).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Map a QMP run state to [`VmState`].
+pub fn state_from_qmp(status: &str) -> VmState {
+    match status {
+        "prelaunch" => VmState::Created,
+        "running" => VmState::Running,
+        "paused" => VmState::Paused,
+        "shutdown" => VmState::Shutdown,
+        other => VmState::Other(other.to_owned()),
+    }
+}
+
+impl Vmm for QemuVm {
+    async fn spawn(config: &VmConfig) -> Result<Self> {
+        QemuVm::spawn_with(config, &QemuBinaries::default()).await
+    }
+    async fn boot(&mut self) -> Result<()> {
+        self.qmp.cont().await
+    }
+    async fn pause(&mut self) -> Result<()> {
+        self.qmp.stop().await
+    }
+    async fn resume(&mut self) -> Result<()> {
+        self.qmp.cont().await
+    }
+    async fn power_button(&mut self) -> Result<()> {
+        self.qmp.system_powerdown().await
+    }
+    async fn shutdown(&mut self) -> Result<()> {
+        self.qmp.quit().await
+    }
+    async fn kill(&mut self) -> Result<()> {
+        process::kill(&mut self.child).await?;
+        self.stop_helper().await
+    }
+    async fn info(&mut self) -> Result<VmState> {
+        Ok(state_from_qmp(&self.qmp.query_status().await?.status))
+    }
+    async fn wait(&mut self) -> Result<ExitStatus> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(io_err("waiting for qemu"))?;
+        self.stop_helper().await?;
+        Ok(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qmp_states() {
+        assert_eq!(state_from_qmp("prelaunch"), VmState::Created);
+        assert_eq!(state_from_qmp("running"), VmState::Running);
+        assert_eq!(state_from_qmp("paused"), VmState::Paused);
+        assert_eq!(state_from_qmp("shutdown"), VmState::Shutdown);
+        assert_eq!(
+            state_from_qmp("inmigrate"),
+            VmState::Other("inmigrate".into())
+        );
+    }
+}
