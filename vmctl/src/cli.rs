@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use vmctl_api::names::{VARLINK_ADDRESS_ENV, VARLINK_SOCKET_PATH};
+use vmctl_api::{
+    names::{VARLINK_ADDRESS_ENV, VARLINK_SOCKET_PATH},
+    sizes::parse_size,
+    spec::VmmChoice,
+};
 
 /// Manage the virtual machines of this host through vmctld.
 #[derive(Debug, Parser)]
@@ -35,6 +39,84 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Define a new VM (stopped); start it with `vmctl start NAME` or
+    /// `systemctl start vm@NAME`.
+    ///
+    /// Its root disk is a copy of the image's (a reflink where the file
+    /// system can, else a sparse copy) grown to --disk. Its limits
+    /// (MemoryMax=, CPUQuotaPerSecUSec=, TasksMax=) are set on
+    /// vm@NAME.service, so `systemctl show vm@NAME` tells the truth.
+    /// Sizes take K/M/G/T suffixes (binary: 1G = 1024M). A name starting
+    /// with `-` goes after `--`.
+    Create {
+        /// The VM's name: a hostname label (a-z, 0-9, -).
+        name: String,
+        /// The image to copy the root disk from (a directory under
+        /// /var/lib/vmctl/images) [default: default].
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// Number of virtual CPUs, 1 to 64 [default: 1].
+        #[arg(long, value_name = "N")]
+        cpus: Option<u32>,
+        /// Guest memory, at least 128M and at most the host's memory
+        /// [default: 1G].
+        #[arg(long, value_name = "SIZE", value_parser = memory_size)]
+        memory: Option<u64>,
+        /// Root disk size, at least the image's [default: 4G or the image
+        /// size if larger].
+        #[arg(long, value_name = "SIZE", value_parser = disk_size)]
+        disk: Option<u64>,
+        /// The VMM: auto picks cloud-hypervisor where it is installed and
+        /// KVM works, else QEMU [default: auto].
+        #[arg(long, value_name = "VMM", value_parser = vmm)]
+        vmm: Option<VmmChoice>,
+        /// Print the new VM as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a VM; returns when the guest is up (minutes without KVM).
+    Start {
+        /// The VM's name.
+        name: String,
+    },
+    /// Stop a VM (a clean guest power-off); returns when it is down.
+    Stop {
+        /// The VM's name.
+        name: String,
+    },
+    /// Restart a VM; returns when the guest is up again.
+    Restart {
+        /// The VM's name.
+        name: String,
+    },
+    /// Stop and delete a VM: its disks, its definition and its unit limits.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The VM's name.
+        name: String,
+    },
+    /// Show everything vmctld knows about a VM.
+    Describe {
+        /// The VM's name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a running VM (root only for now); exits with its
+    /// exit code, or 128 + the signal that killed it.
+    Exec {
+        /// The VM's name.
+        name: String,
+        /// The command and its arguments (after `--` if they start with `-`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Open a login shell in a running VM on a terminal (root only for now).
+    Shell {
+        /// The VM's name.
+        name: String,
+    },
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs {
@@ -42,6 +124,18 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+fn memory_size(text: &str) -> Result<u64, String> {
+    parse_size("memory", text).map_err(|e| e.to_string())
+}
+
+fn disk_size(text: &str) -> Result<u64, String> {
+    parse_size("disk", text).map_err(|e| e.to_string())
+}
+
+fn vmm(text: &str) -> Result<VmmChoice, String> {
+    text.parse()
 }
 
 #[cfg(test)]
@@ -52,5 +146,48 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_parses_sizes() {
+        let cli = Cli::try_parse_from([
+            "vmctl", "create", "blog", "--cpus", "2", "--memory", "1GiB", "--disk", "2048M",
+            "--vmm", "qemu",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Create {
+                name,
+                cpus,
+                memory,
+                disk,
+                vmm,
+                ..
+            } => {
+                assert_eq!(name, "blog");
+                assert_eq!(cpus, Some(2));
+                assert_eq!(memory, Some(1 << 30));
+                assert_eq!(disk, Some(2 << 30));
+                assert_eq!(vmm, Some(VmmChoice::Qemu));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_size_names_the_value() {
+        let e = Cli::try_parse_from(["vmctl", "create", "x", "--memory", "lots"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("invalid memory size \"lots\""), "{text}");
+    }
+
+    #[test]
+    fn dash_names_after_double_dash_and_exec_args() {
+        let cli = Cli::try_parse_from(["vmctl", "create", "--", "-rf"]).unwrap();
+        assert!(matches!(cli.command, Command::Create { name, .. } if name == "-rf"));
+        let cli = Cli::try_parse_from(["vmctl", "exec", "blog", "--", "ls", "-l"]).unwrap();
+        assert!(matches!(cli.command, Command::Exec { command, .. } if command == ["ls", "-l"]));
+        let cli = Cli::try_parse_from(["vmctl", "exec", "blog", "uname", "-r"]).unwrap();
+        assert!(matches!(cli.command, Command::Exec { command, .. } if command == ["uname", "-r"]));
     }
 }

@@ -3,12 +3,14 @@
 mod cli;
 mod client;
 mod docs;
+mod exec;
 mod output;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmctl_api::{names::VARLINK_INTERFACE, GetVersionReply, ListReply};
+use serde_json::{json, Value};
+use vmctl_api::{names::VARLINK_INTERFACE, CreateParams, DetailsReply, GetVersionReply, ListReply};
 
 use cli::{Cli, Command};
 use client::Client;
@@ -22,8 +24,11 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = runtime.block_on(run(cli));
+    // exec may leave a blocking stdin read behind: do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
 }
@@ -35,14 +40,17 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn method(name: &str) -> String {
+    format!("{VARLINK_INTERFACE}.{name}")
+}
+
+/// Runs the command; returns the exit code.
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Version => {
             println!("vmctl {}", env!("CARGO_PKG_VERSION"));
             let mut client = Client::connect(&cli.address).await?;
-            let v: GetVersionReply = client
-                .call(&format!("{VARLINK_INTERFACE}.GetVersion"), None)
-                .await?;
+            let v: GetVersionReply = client.call(&method("GetVersion"), None).await?;
             println!(
                 "vmctld {} (interface version {})",
                 v.version, v.interface_version
@@ -50,16 +58,70 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::List { json } => {
             let mut client = Client::connect(&cli.address).await?;
-            let reply: ListReply = client
-                .call(&format!("{VARLINK_INTERFACE}.List"), None)
-                .await?;
+            let reply: ListReply = client.call(&method("List"), None).await?;
             if json {
                 println!("{}", output::vm_json(&reply.vms));
             } else {
                 print!("{}", output::vm_table(&reply.vms));
             }
         }
+        Command::Create {
+            name,
+            image,
+            cpus,
+            memory,
+            disk,
+            vmm,
+            json,
+        } => {
+            let params = CreateParams {
+                name,
+                image,
+                vcpus: cpus,
+                memory_bytes: memory,
+                disk_bytes: disk,
+                vmm,
+            };
+            let mut client = Client::connect(&cli.address).await?;
+            let reply: DetailsReply = client
+                .call(&method("Create"), Some(serde_json::to_value(&params)?))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply.vm)?);
+            } else {
+                print!("{}", output::created(&reply.vm));
+            }
+        }
+        Command::Start { name } => name_call(&cli.address, "Start", name).await?,
+        Command::Stop { name } => name_call(&cli.address, "Stop", name).await?,
+        Command::Restart { name } => name_call(&cli.address, "Restart", name).await?,
+        Command::Rm { name } => name_call(&cli.address, "Remove", name).await?,
+        Command::Describe { name, json } => {
+            let mut client = Client::connect(&cli.address).await?;
+            let reply: DetailsReply = client
+                .call(&method("Describe"), Some(json!({ "name": name })))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply.vm)?);
+            } else {
+                print!("{}", output::details(&reply.vm));
+            }
+        }
+        Command::Exec { name, command } => {
+            return exec::exec(&cli.address, &name, command).await;
+        }
+        Command::Shell { name } => return exec::shell(&cli.address, &name).await,
         Command::GenerateDocs { out } => docs::generate(&out)?,
     }
+    Ok(0)
+}
+
+/// Calls a method that takes only the VM name and replies nothing. It may
+/// take minutes (a boot under TCG): there is no timeout.
+async fn name_call(address: &std::path::Path, name_of: &str, name: String) -> anyhow::Result<()> {
+    let mut client = Client::connect(address).await?;
+    let _: Value = client
+        .call(&method(name_of), Some(json!({ "name": name })))
+        .await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! How results are shown: tables for people, JSON for programs.
 
-use vmctl_api::Vm;
+use vmctl_api::{Vm, VmDetails};
 
 /// The column headers of `vmctl list`.
 pub const LIST_HEADER: [&str; 6] = ["NAME", "STATE", "OWNER", "VCPUS", "MEMORY", "IPV4"];
@@ -49,6 +49,44 @@ pub fn vm_json(vms: &[Vm]) -> String {
     serde_json::to_string_pretty(vms).expect("VM records always serialize")
 }
 
+/// What `vmctl create` says about the new VM.
+pub fn created(vm: &VmDetails) -> String {
+    format!(
+        "Created VM {} ({}): {} vCPU{}, {} memory, {} disk from image {}.\n\
+         Start it with: vmctl start {} (or systemctl start vm@{})\n",
+        vm.name,
+        vm.unit,
+        vm.vcpus,
+        if vm.vcpus == 1 { "" } else { "s" },
+        human_bytes(vm.memory_bytes),
+        human_bytes(vm.disk_bytes),
+        vm.image,
+        vm.name,
+        vm.name
+    )
+}
+
+/// `vmctl describe`: one `key: value` line per field, aligned.
+pub fn details(vm: &VmDetails) -> String {
+    let rows = [
+        ("Name", vm.name.clone()),
+        ("State", vm.state.clone()),
+        ("Unit", vm.unit.clone()),
+        ("Owner", vm.owner_uid.to_string()),
+        ("vCPUs", vm.vcpus.to_string()),
+        ("Memory", human_bytes(vm.memory_bytes)),
+        ("Disk", human_bytes(vm.disk_bytes)),
+        ("Image", vm.image.clone()),
+        ("VMM", vm.vmm.clone()),
+        ("ID", vm.id.clone()),
+        ("CID", vm.cid.to_string()),
+        ("IPv4", vm.ipv4.clone().unwrap_or_else(|| "-".into())),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{:>7}: {v}\n", k))
+        .collect()
+}
+
 /// Bytes in binary units, e.g. `512M`, `2G`, `1.5G`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
@@ -95,6 +133,31 @@ mod tests {
              blog           running  1000   2      2G      10.77.0.2\n\
              a-longer-name  running  1000   2      2G      -\n"
         );
+    }
+
+    #[test]
+    fn describes() {
+        let vm = VmDetails {
+            name: "blog".into(),
+            state: "stopped".into(),
+            owner_uid: 0,
+            vcpus: 2,
+            memory_bytes: 1 << 30,
+            disk_bytes: 4 << 30,
+            image: "default".into(),
+            vmm: "auto".into(),
+            id: "ab".repeat(16),
+            cid: 3,
+            unit: "vm@blog.service".into(),
+            ipv4: None,
+        };
+        let text = details(&vm);
+        assert!(
+            text.starts_with("   Name: blog\n  State: stopped\n"),
+            "{text}"
+        );
+        assert!(text.contains(" Memory: 1G\n"), "{text}");
+        assert!(created(&vm).contains("2 vCPUs, 1G memory, 4G disk"));
     }
 
     #[test]

@@ -529,6 +529,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bad_create_parameters_are_named() {
+        let s = service();
+        for (params, bad) in [
+            (json!({"name": "x", "vmm": "vmware"}), "vmm"),
+            (json!({"name": "x", "vcpus": -1}), "vcpus"),
+            (json!({"name": "x", "memory_bytes": "1G"}), "memory_bytes"),
+            (json!({"image": "default"}), "name"),
+            (json!({"name": "x", "cpus": 2}), "cpus"),
+        ] {
+            let e = s
+                .dispatch(&Caller::ROOT, &call("io.vmctl.Manager.Create", params))
+                .await
+                .unwrap_err();
+            assert_eq!(e.error, errors::INVALID_PARAMETER);
+            assert_eq!(e.parameters.unwrap()["parameter"], bad);
+        }
+    }
+
+    #[tokio::test]
     async fn get_info_lists_interfaces() {
         let reply = service()
             .dispatch(

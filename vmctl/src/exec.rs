@@ -1,0 +1,189 @@
+//! `vmctl exec` and `vmctl shell`: run commands in a running VM through its
+//! guest agent, reached directly over the VM's hybrid-vsock socket
+//! (`/run/vmctl/vm/NAME/vsock`, `CONNECT 1024`). The socket belongs to
+//! root, so for now these are root-only; unprivileged access through
+//! vmctld is a later step.
+
+use std::{io::IsTerminal, os::fd::AsFd, path::Path};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use tokio::sync::mpsc;
+use vmctl_api::{names::VARLINK_INTERFACE, spec::Layout, DetailsReply};
+use vmctl_guest::{
+    client::{AgentClient, ClientError, ExitStatus},
+    protocol::{Control, ExecRequest, PtySize},
+};
+
+use crate::client::Client;
+
+/// The guest's login shell of root, as a login shell (the agent runs argv
+/// directly, so the lookup needs a tiny guest-side script).
+const LOGIN_SHELL: &str = r#"s=$(getent passwd root | cut -d: -f7); exec "${s:-/bin/sh}" -l"#;
+
+/// Runs `command` in VM `name` with this process's stdin, stdout and
+/// stderr; returns its exit code (128 + signal if a signal killed it).
+pub async fn exec(address: &Path, name: &str, command: Vec<String>) -> anyhow::Result<u8> {
+    let agent = connect(address, name).await?;
+    let request = ExecRequest {
+        argv: command,
+        ..Default::default()
+    };
+    let status = agent
+        .exec(
+            request,
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            tokio::io::stderr(),
+            None,
+        )
+        .await
+        .context("exec failed")?;
+    Ok(exit_code(status))
+}
+
+/// Opens root's login shell in VM `name` on a pseudo-terminal: the local
+/// terminal in raw mode, window size changes forwarded.
+pub async fn shell(address: &Path, name: &str) -> anyhow::Result<u8> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("vmctl shell needs a terminal; use vmctl exec {name} -- COMMAND instead");
+    }
+    let agent = connect(address, name).await?;
+    let term = std::env::var("TERM").unwrap_or_else(|_| "vt220".into());
+    let request = ExecRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), LOGIN_SHELL.into()],
+        env: vec![("TERM".into(), term)],
+        pty: Some(window_size()),
+        ..Default::default()
+    };
+    let (control_tx, control_rx) = mpsc::channel(8);
+    let resizer = tokio::spawn(forward_resizes(control_tx));
+    let status = {
+        let _raw = RawMode::enable(&stdin)?;
+        agent
+            .exec(
+                request,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                tokio::io::stderr(),
+                Some(control_rx),
+            )
+            .await
+    };
+    resizer.abort();
+    Ok(exit_code(status.context("shell failed")?))
+}
+
+/// Checks with vmctld that VM `name` exists and runs, then reaches its
+/// agent.
+async fn connect(
+    address: &Path,
+    name: &str,
+) -> anyhow::Result<AgentClient<tokio::net::UnixStream>> {
+    let mut client = Client::connect(address).await?;
+    let reply: DetailsReply = client
+        .call(
+            &format!("{VARLINK_INTERFACE}.Describe"),
+            Some(json!({ "name": name })),
+        )
+        .await?;
+    let not_running = |state: &str| {
+        anyhow::anyhow!(
+            "VM {name} is not running (state: {state}); start it with systemctl start vm@{name}"
+        )
+    };
+    let state = reply.vm.state.as_str();
+    if !matches!(state, "running" | "unknown") {
+        return Err(not_running(state));
+    }
+    let socket = Layout::default().vsock_socket(name);
+    match AgentClient::connect(&socket).await {
+        Ok(agent) => Ok(agent),
+        Err(ClientError::Connect { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            bail!(
+                "cannot open {}: {source}; vmctl exec and shell need root for now",
+                socket.display()
+            )
+        }
+        Err(ClientError::Connect { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(not_running(state))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach the guest agent of VM {name}")),
+    }
+}
+
+/// The process exit code for how the command ended.
+fn exit_code(status: ExitStatus) -> u8 {
+    u8::try_from(status.as_shell_code().clamp(0, 255)).unwrap_or(255)
+}
+
+/// The size of the local terminal (80x24 when unknown).
+fn window_size() -> PtySize {
+    match rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
+        Ok(ws) if ws.ws_row > 0 && ws.ws_col > 0 => PtySize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        },
+        _ => PtySize { rows: 24, cols: 80 },
+    }
+}
+
+/// Sends the terminal's new size on every SIGWINCH.
+async fn forward_resizes(control: mpsc::Sender<Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut winch) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        if control.send(Control::Resize(window_size())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The terminal in raw mode until dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enable(stdin: &std::io::Stdin) -> anyhow::Result<Self> {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let saved = tcgetattr(stdin.as_fd()).context("cannot read the terminal settings")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(stdin.as_fd(), OptionalActions::Now, &raw)
+            .context("cannot put the terminal in raw mode")?;
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(ExitStatus::Code(7)), 7);
+        assert_eq!(exit_code(ExitStatus::Signal(9)), 137);
+        assert_eq!(exit_code(ExitStatus::Code(300)), 255);
+    }
+}
