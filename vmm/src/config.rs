@@ -167,7 +167,7 @@ impl VmConfig {
         if !(1..=255).contains(&self.vcpus) {
             return Err(ConfigError::InvalidVcpus(self.vcpus));
         }
-        if self.memory_bytes < MIN_MEMORY_BYTES || self.memory_bytes % MIB != 0 {
+        if self.memory_bytes < MIN_MEMORY_BYTES || !self.memory_bytes.is_multiple_of(MIB) {
             return Err(ConfigError::InvalidMemory(self.memory_bytes));
         }
         absolute("kernel", &self.kernel)?;

@@ -101,6 +101,7 @@ impl Driver {
 
 /// A VM run by either driver, chosen at run time.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one value per launcher process: boxing buys nothing
 pub enum AnyVm {
     /// Run by QEMU.
     Qemu(qemu::QemuVm),

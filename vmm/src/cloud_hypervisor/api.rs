@@ -317,7 +317,7 @@ impl ChApi {
             .write_all(req.as_bytes())
             .await
             .map_err(|e| proto(format!("write failed: {e}")))?;
-        let resp = read_response(&mut stream).await.map_err(|m| proto(m))?;
+        let resp = read_response(&mut stream).await.map_err(proto)?;
         if (200..300).contains(&resp.status) {
             Ok(resp)
         } else {
