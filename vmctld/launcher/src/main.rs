@@ -1,1 +1,255 @@
-fn main() {}
+//! `vmctl-launch NAME`: the launcher `vm@NAME.service` runs for one VM.
+//!
+//! What it does, step by step:
+//!
+//! 1. Validates the name and reads the VM's spec (`Layout::spec_file`), its
+//!    image's kernel and initramfs and its root disk. Anything missing or
+//!    invalid is an error on stderr (the journal) that names the file and
+//!    the fix; the launcher exits non-zero, so the unit fails and nothing
+//!    hangs.
+//! 2. Reports each step as `STATUS=` over sd-notify.
+//! 3. Picks the VMM (QEMU; KVM when `kvm_intel`/`kvm_amd` make it usable,
+//!    else TCG) and turns the spec into its configuration: vCPUs, memory,
+//!    direct kernel boot with `console=ttyS0 root=/dev/vda rw
+//!    systemd.firstboot=off systemd.machine_id=<id> panic=-1 quiet`, the
+//!    root disk read-write, vsock with the spec's CID behind the hybrid-vsock
+//!    socket `Layout::vsock_socket`. The serial console is relayed to the
+//!    launcher's stderr line by line (`console: ...` in the journal) and to
+//!    clients of the Unix socket `Layout::console_socket`.
+//! 4. Listens on `<vsock socket>_1025` before boot, starts
+//!    vhost-device-vsock and QEMU as its children.
+//! 5. Waits for the guest agent's `hello` on that socket, at most
+//!    `--boot-timeout`; then `READY=1` and `STATUS=Running: guest <kernel
+//!    release>`. A VMM that exits first, or the timeout, fails the launch
+//!    (the VMM is killed).
+//! 6. Registers the VM with systemd-machined (`RegisterMachine`, class
+//!    `vm`, leader = the VMM); without a system bus or machined it logs a
+//!    warning and goes on.
+//! 7. Runs until the VMM exits or SIGTERM/SIGINT arrives. On a signal:
+//!    `STOPPING=1`, the ACPI power button over QMP, then up to
+//!    `--stop-timeout` for the guest to power off before the VMM is killed.
+//!    Exit 0 after a clean power-off (also one the guest started itself);
+//!    non-zero when the VMM failed, crashed or had to be killed, so the unit
+//!    ends `failed` and `Restart=on-failure` works.
+//! 8. Logs to stderr, without timestamps or colours when `JOURNAL_STREAM`
+//!    says stderr is the journal.
+
+mod inputs;
+mod lifecycle;
+mod machined;
+mod plan;
+mod vmm;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sd_notify::NotifyState;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+use vmctl_api::spec::{Layout, HELLO_PORT};
+
+use crate::lifecycle::Outcome;
+use crate::plan::VmPlan;
+use crate::vmm::Running;
+
+/// Runs one VM for `vm@NAME.service`.
+#[derive(Debug, Parser)]
+#[command(name = "vmctl-launch", version, about)]
+struct Args {
+    /// The VM's name (the unit's instance, `%i`).
+    name: String,
+    /// vmctld's state directory (specs, disks, images).
+    #[arg(long, default_value = "/var/lib/vmctl")]
+    state_dir: PathBuf,
+    /// The runtime directory (the VM's sockets go to `<this>/vm/NAME/`).
+    #[arg(long, default_value = "/run/vmctl")]
+    runtime_dir: PathBuf,
+    /// Seconds to wait for the guest agent's hello.
+    #[arg(long, default_value_t = 240)]
+    boot_timeout: u64,
+    /// Seconds to wait for the guest to power off before killing the VMM.
+    #[arg(long, default_value_t = 60)]
+    stop_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(&args));
+    if outcome == Outcome::PoweredOff {
+        info!("VM {}: {}", args.name, outcome.describe());
+    } else {
+        error!("VM {}: {}", args.name, outcome.describe());
+    }
+    ExitCode::from(outcome.exit_code())
+}
+
+fn init_logging() {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if journal {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Tells systemd something; outside systemd (no `NOTIFY_SOCKET`) a no-op.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        warn!("sd_notify failed: {e}");
+    }
+}
+
+fn status(text: &str) {
+    info!("{text}");
+    notify(&[NotifyState::Status(text)]);
+}
+
+async fn run(args: &Args) -> Outcome {
+    // QEMU resolves paths itself: make them absolute.
+    let (state_dir, runtime_dir) = match (
+        std::path::absolute(&args.state_dir),
+        std::path::absolute(&args.runtime_dir),
+    ) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Error(format!("bad directory: {e}")),
+    };
+    let layout = Layout::under(state_dir, runtime_dir);
+    status("Reading the VM spec");
+    let inputs = match inputs::load(&layout, &args.name) {
+        Ok(i) => i,
+        Err(e) => return Outcome::Error(e),
+    };
+    let vmm = match plan::select_vmm(inputs.spec.vmm, plan::kvm_usable()) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Error(e),
+    };
+    let plan = VmPlan::new(&inputs, &layout, vmm);
+    if let Err(e) = std::fs::create_dir_all(&plan.runtime_dir) {
+        return Outcome::Error(format!("cannot create {}: {e}", plan.runtime_dir.display()));
+    }
+    let hello_path = plan.host_port_socket(HELLO_PORT);
+    let _ = std::fs::remove_file(&hello_path);
+    let hello_listener = match UnixListener::bind(&hello_path) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Error(format!("cannot listen on {}: {e}", hello_path.display())),
+    };
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Error(format!("cannot handle signals: {e}")),
+    };
+
+    status(&format!(
+        "Starting {vmm:?} with {} vCPUs, {} MiB",
+        plan.vcpus, plan.memory_mib
+    ));
+    let console = layout.console_socket(&args.name);
+    let mut running = match Running::start(&plan, &console).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Error(e),
+    };
+
+    status("Booting: waiting for the guest agent");
+    let boot_timeout = Duration::from_secs(args.boot_timeout);
+    let hello = tokio::select! {
+        hello = tokio::time::timeout(boot_timeout, wait_hello(&hello_listener)) => hello,
+        exited = running.wait() => {
+            running.stop_helper().await;
+            return match exited.map(Outcome::from_vmm_exit) {
+                Ok(Outcome::PoweredOff) => Outcome::Error("the VMM exited before the guest was ready".into()),
+                Ok(other) => Outcome::Error(format!("before the guest was ready, {}", other.describe())),
+                Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
+            };
+        }
+        _ = sigterm.recv() => return stop(&mut running, args.stop_timeout).await,
+        _ = sigint.recv() => return stop(&mut running, args.stop_timeout).await,
+    };
+    let Ok(hello) = hello else {
+        running.kill().await;
+        return Outcome::BootTimedOut;
+    };
+    let running_status = format!("Running: guest {}", hello.kernel_release);
+    info!("{running_status}");
+    notify(&[NotifyState::Ready, NotifyState::Status(&running_status)]);
+
+    if let (Some(leader), Some(id)) = (running.pid(), inputs::machine_id_bytes(&inputs.spec.id)) {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            machined::register(&args.name, id, leader),
+        )
+        .await
+        {
+            Ok(Ok(())) => info!("registered with systemd-machined"),
+            Ok(Err(e)) => warn!("not registered with systemd-machined: {e}"),
+            Err(_) => warn!("not registered with systemd-machined: no answer within 5 s"),
+        }
+    }
+
+    tokio::select! {
+        exited = running.wait() => {
+            running.stop_helper().await;
+            match exited {
+                Ok(s) => Outcome::from_vmm_exit(s),
+                Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
+            }
+        }
+        _ = sigterm.recv() => stop(&mut running, args.stop_timeout).await,
+        _ = sigint.recv() => stop(&mut running, args.stop_timeout).await,
+    }
+}
+
+/// Waits for the guest agent's hello, ignoring connections that are not one.
+async fn wait_hello(listener: &UnixListener) -> vmctl_guest::protocol::Hello {
+    loop {
+        match vmctl_guest::client::accept_hello(listener).await {
+            Ok(hello) => return hello,
+            Err(e) => {
+                warn!("ignoring a connection on the hello port: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Powers the guest off: ACPI power button, then a kill after `timeout_secs`.
+async fn stop(running: &mut Running, timeout_secs: u64) -> Outcome {
+    notify(&[NotifyState::Stopping, NotifyState::Status("Stopping")]);
+    info!("stopping: pressing the ACPI power button");
+    if let Err(e) = running.power_button().await {
+        warn!("power button failed: {e}");
+    }
+    let outcome =
+        match tokio::time::timeout(Duration::from_secs(timeout_secs), running.wait()).await {
+            Ok(Ok(s)) => Outcome::from_vmm_exit(s),
+            Ok(Err(e)) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
+            Err(_) => {
+                running.kill().await;
+                Outcome::StopTimedOut
+            }
+        };
+    running.stop_helper().await;
+    outcome
+}

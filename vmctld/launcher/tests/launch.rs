@@ -1,0 +1,319 @@
+//! The real `vmctl-launch` binary outside systemd, against real QEMU (TCG
+//! here) and vhost-device-vsock, with `NOTIFY_SOCKET` pointing at a datagram
+//! socket this test reads.
+//!
+//! Guest-booting tests need a guest image directory
+//! (`{root.raw,vmlinuz,initrd.img}`) in `VMCTL_TEST_IMAGE_DIR` (set by
+//! `cargo xtask test`); they are skipped, loudly, without it. When the
+//! image has no guest agent yet, `VMCTL_TEST_FAKE_HELLO=1` makes the test
+//! send the agent's hello itself once the guest's login prompt appears.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const NAME: &str = "t1";
+
+struct Vm {
+    dir: tempfile::TempDir,
+    child: Child,
+    notify: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn qemu_available() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn vhost_device_vsock() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VMCTL_VHOST_DEVICE_VSOCK") {
+        return Some(p.into());
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/tools/vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
+    if built.exists() {
+        return Some(built);
+    }
+    let on_path = Command::new("vhost-device-vsock")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    on_path.then(|| "vhost-device-vsock".into())
+}
+
+/// Writes a spec, an image and a disk under a temp dir; `image` provides
+/// the files, or `None` makes an empty (unbootable) kernel.
+fn prepare(image: Option<&Path>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for sub in ["vms", "images/default", "disks/t1"] {
+        std::fs::create_dir_all(state.join(sub)).unwrap();
+    }
+    std::fs::write(
+        state.join("vms/t1.json"),
+        r#"{"name":"t1","id":"0123456789abcdef0123456789abcdef","owner_uid":0,"vcpus":2,
+            "memory_bytes":1073741824,"disk_bytes":0,"image":"default","cid":3}"#,
+    )
+    .unwrap();
+    let img = state.join("images/default");
+    let disk = state.join("disks/t1/root.raw");
+    match image {
+        Some(src) => {
+            std::fs::copy(src.join("vmlinuz"), img.join("vmlinuz")).unwrap();
+            if src.join("initrd.img").exists() {
+                std::fs::copy(src.join("initrd.img"), img.join("initrd.img")).unwrap();
+            }
+            let ok = Command::new("cp")
+                .arg("--sparse=always")
+                .arg(src.join("root.raw"))
+                .arg(&disk)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "copying the root disk failed");
+        }
+        None => {
+            std::fs::write(img.join("vmlinuz"), b"").unwrap();
+            std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        }
+    }
+    dir
+}
+
+fn lines_of<R: std::io::Read + Send + 'static>(r: R, echo: bool) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("launcher: {line}");
+            }
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn launch(dir: tempfile::TempDir, boot_timeout: u64, stop_timeout: u64) -> Vm {
+    let notify_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    let (tx, notify) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            eprintln!("notify: {msg:?}");
+            if tx.send(msg).is_err() {
+                break;
+            }
+        }
+    });
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmctl-launch"));
+    cmd.arg(NAME)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .arg("--boot-timeout")
+        .arg(boot_timeout.to_string())
+        .arg("--stop-timeout")
+        .arg(stop_timeout.to_string())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(v) = vhost_device_vsock() {
+        cmd.env("VMCTL_VHOST_DEVICE_VSOCK", v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap(), true);
+    Vm {
+        dir,
+        child,
+        notify,
+        stderr,
+    }
+}
+
+impl Vm {
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("vmctl-launch did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `READY=1`, sending a fake hello if asked to; returns all
+    /// notify messages seen so far.
+    fn wait_ready(&mut self, limit: Duration) -> Vec<String> {
+        let fake = std::env::var_os("VMCTL_TEST_FAKE_HELLO").is_some();
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if fake {
+                while let Ok(line) = self.stderr.try_recv() {
+                    if line.contains("login:") {
+                        self.send_hello();
+                    }
+                }
+            }
+            if let Ok(msg) = self.notify.recv_timeout(Duration::from_millis(200)) {
+                let ready = msg.lines().any(|l| l == "READY=1");
+                seen.push(msg);
+                if ready {
+                    return seen;
+                }
+            }
+            if let Some(s) = self.child.try_wait().unwrap() {
+                panic!("vmctl-launch exited before READY=1: {s}; notify: {seen:?}");
+            }
+        }
+        panic!("no READY=1 within {limit:?}; notify: {seen:?}");
+    }
+
+    fn send_hello(&self) {
+        let path = self.dir.path().join("run/vm/t1/vsock_1025");
+        let mut s = UnixStream::connect(path).unwrap();
+        let payload = br#"{"type":"hello","version":"test","kernel_release":"fake","boot_id":"b","uptime_secs":1}"#;
+        let mut frame = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(1);
+        frame.extend_from_slice(payload);
+        s.write_all(&frame).unwrap();
+    }
+
+    /// Processes whose command line mentions this test's directory.
+    fn leftovers(&self) -> Vec<String> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&needle) {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    }
+
+    /// The QEMU child of the launcher.
+    fn qemu_pid(&self) -> i32 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let qemu = children.split_whitespace().find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|comm| comm.starts_with("qemu-system"))
+        });
+        qemu.expect("a qemu-system child of the launcher")
+            .parse()
+            .unwrap()
+    }
+}
+
+fn image_dir() -> Option<PathBuf> {
+    match std::env::var_os("VMCTL_TEST_IMAGE_DIR") {
+        Some(d) => Some(d.into()),
+        None => {
+            eprintln!("SKIPPED: VMCTL_TEST_IMAGE_DIR is not set (run `cargo xtask test`, or point it at a directory with root.raw, vmlinuz, initrd.img)");
+            None
+        }
+    }
+}
+
+fn tools_available() -> bool {
+    let ok = qemu_available() && vhost_device_vsock().is_some();
+    if !ok {
+        eprintln!("SKIPPED: qemu-system-x86_64 or vhost-device-vsock is not installed");
+    }
+    ok
+}
+
+#[test]
+fn missing_spec_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmctl-launch"))
+        .arg("nope")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vms/nope.json") && err.contains("vmctl create nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unbootable_kernel_fails_and_leaves_nothing_running() {
+    if !tools_available() {
+        return;
+    }
+    let mut vm = launch(prepare(None), 15, 5);
+    let status = vm.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn ready_then_sigterm_powers_off_cleanly() {
+    let Some(image) = image_dir() else { return };
+    if !tools_available() {
+        return;
+    }
+    let mut vm = launch(prepare(Some(&image)), 240, 60);
+    let seen = vm.wait_ready(Duration::from_secs(260));
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=Running: guest ")),
+        "{seen:?}"
+    );
+    let pid = Pid::from_raw(vm.child.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = vm.wait_exit(Duration::from_secs(75));
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stopping: Vec<String> = vm.notify.try_iter().collect();
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "{stopping:?}"
+    );
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn killed_vmm_fails_the_launcher() {
+    let Some(image) = image_dir() else { return };
+    if !tools_available() {
+        return;
+    }
+    let mut vm = launch(prepare(Some(&image)), 240, 60);
+    vm.wait_ready(Duration::from_secs(260));
+    kill(Pid::from_raw(vm.qemu_pid()), Signal::SIGKILL).unwrap();
+    let status = vm.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "{status}");
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
