@@ -2,7 +2,9 @@
 //! close. Generic over the stream so the same code serves vsock in a guest
 //! and a Unix socket in tests.
 
-use crate::protocol::{read_frame, write_frame, Control, ExecRequest, Frame, Hello, PtySize};
+use crate::protocol::{
+    read_frame, write_frame, Control, ExecRequest, Frame, Hello, PtySize, Stats, MAX_PAYLOAD,
+};
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -38,6 +40,29 @@ where
     let writer_task = tokio::spawn(write_frames(writer, rx));
     match read_frame(&mut reader).await {
         Ok(Some(Frame::Control(Control::Exec(req)))) => exec(req, reader, &tx).await,
+        Ok(Some(Frame::Control(Control::Push { path, mode }))) => {
+            let reply = match push(&path, mode, &mut reader).await {
+                Ok(()) => Control::Done,
+                Err(e) => Control::Error {
+                    message: format!("cannot write {path}: {e}"),
+                },
+            };
+            let _ = tx.send(Frame::Control(reply)).await;
+        }
+        Ok(Some(Frame::Control(Control::Pull { path }))) => {
+            if let Err(e) = pull(&path, &tx).await {
+                send_error(&tx, format!("cannot read {path}: {e}")).await;
+            }
+        }
+        Ok(Some(Frame::Control(Control::GetStats))) => {
+            let reply = match stats() {
+                Ok(s) => Control::Stats(s),
+                Err(e) => Control::Error {
+                    message: format!("cannot read /proc: {e}"),
+                },
+            };
+            let _ = tx.send(Frame::Control(reply)).await;
+        }
         Ok(Some(Frame::Control(Control::Health))) => {
             let _ = tx.send(Frame::Control(Control::Hello(hello()))).await;
         }
@@ -64,6 +89,107 @@ where
     }
     drop(tx);
     let _ = writer_task.await;
+}
+
+/// Receives a file into a temporary sibling of `path`, then renames it into
+/// place so readers never see half a file.
+async fn push<R: AsyncRead + Unpin>(path: &str, mode: u32, input: &mut R) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = std::path::Path::new(path);
+    if !target.is_absolute() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path must be absolute",
+        ));
+    }
+    let tmp = target.with_file_name(format!(
+        ".{}.vmctl-push",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        loop {
+            match read_frame(input).await {
+                Ok(Some(Frame::Stdin(data))) => file.write_all(&data).await?,
+                Ok(Some(Frame::StdinEof)) => break,
+                Ok(other) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("expected file data, got {other:?}"),
+                    ))
+                }
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+        file.sync_all().await?;
+        // Set explicitly: the mode given at creation is masked by the umask.
+        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777)).await?;
+        tokio::fs::rename(&tmp, target).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+/// Sends a file as `file`, `stdout` chunks, `done`.
+async fn pull(path: &str, tx: &mpsc::Sender<Frame>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let info = Control::File {
+        mode: meta.permissions().mode() & 0o7777,
+        size: meta.len(),
+    };
+    if tx.send(Frame::Control(info)).await.is_err() {
+        return Ok(());
+    }
+    let mut buf = vec![0u8; MAX_PAYLOAD.min(256 * 1024)];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if tx.send(Frame::Stdout(buf[..n].to_vec())).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx.send(Frame::Control(Control::Done)).await;
+    Ok(())
+}
+
+/// Memory, load and uptime from `/proc`.
+pub fn stats() -> std::io::Result<Stats> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|k| k * 1024)
+            .unwrap_or(0)
+    };
+    let loadavg = std::fs::read_to_string("/proc/loadavg")?;
+    let mut load = [0.0; 3];
+    for (slot, field) in load.iter_mut().zip(loadavg.split_whitespace()) {
+        *slot = field.parse().unwrap_or(0.0);
+    }
+    Ok(Stats {
+        mem_total_bytes: kib("MemTotal"),
+        mem_available_bytes: kib("MemAvailable"),
+        load,
+        uptime_secs: hello().uptime_secs,
+    })
 }
 
 async fn send_error(tx: &mpsc::Sender<Frame>, message: String) {

@@ -6,7 +6,9 @@
 //! write `CONNECT <port>\n`, read `OK <port>\n`, then the stream is the
 //! guest connection.
 
-use crate::protocol::{read_frame, write_frame, Control, ExecRequest, Frame, Hello, ProtocolError};
+use crate::protocol::{
+    read_frame, write_frame, Control, ExecRequest, Frame, Hello, ProtocolError, Stats, MAX_PAYLOAD,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -166,6 +168,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentClient<S> {
         match read_frame(&mut self.stream).await? {
             Some(Frame::Control(Control::Hello(h))) => Ok(h),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reports the guest's memory, load and uptime.
+    pub async fn stats(mut self) -> Result<Stats, ClientError> {
+        write_frame(&mut self.stream, &Frame::Control(Control::GetStats))
+            .await
+            .map_err(ProtocolError::Io)?;
+        match read_frame(&mut self.stream).await? {
+            Some(Frame::Control(Control::Stats(s))) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Writes everything `data` yields to the absolute guest `path` with
+    /// permission bits `mode`; the file is replaced atomically.
+    pub async fn push<R: AsyncRead + Unpin>(
+        mut self,
+        path: &str,
+        mode: u32,
+        mut data: R,
+    ) -> Result<(), ClientError> {
+        let request = Frame::Control(Control::Push {
+            path: path.to_owned(),
+            mode,
+        });
+        let sent = async {
+            write_frame(&mut self.stream, &request).await?;
+            let mut buf = vec![0u8; MAX_PAYLOAD.min(256 * 1024)];
+            loop {
+                let n = data.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                write_frame(&mut self.stream, &Frame::Stdin(buf[..n].to_vec())).await?;
+            }
+            write_frame(&mut self.stream, &Frame::StdinEof).await
+        }
+        .await;
+        // If the agent gave up early its error explains more than our
+        // failed write: read it first.
+        match read_frame(&mut self.stream).await {
+            Ok(Some(Frame::Control(Control::Done))) if sent.is_ok() => Ok(()),
+            Ok(Some(Frame::Control(Control::Error { message }))) => {
+                Err(ClientError::Agent(message))
+            }
+            other => match sent {
+                Err(e) => Err(ProtocolError::Io(e).into()),
+                Ok(()) => Err(unexpected(other?)),
+            },
+        }
+    }
+
+    /// Copies the guest file at `path` into `out`; returns its permission
+    /// bits.
+    pub async fn pull<W: AsyncWrite + Unpin>(
+        mut self,
+        path: &str,
+        mut out: W,
+    ) -> Result<u32, ClientError> {
+        let request = Frame::Control(Control::Pull {
+            path: path.to_owned(),
+        });
+        write_frame(&mut self.stream, &request)
+            .await
+            .map_err(ProtocolError::Io)?;
+        let mode = match read_frame(&mut self.stream).await? {
+            Some(Frame::Control(Control::File { mode, .. })) => mode,
+            other => return Err(unexpected(other)),
+        };
+        loop {
+            match read_frame(&mut self.stream).await? {
+                Some(Frame::Stdout(d)) => write_out(&mut out, &d).await?,
+                Some(Frame::Control(Control::Done)) => return Ok(mode),
+                other => return Err(unexpected(other)),
+            }
         }
     }
 

@@ -67,8 +67,21 @@ pub struct Hello {
     pub uptime_secs: u64,
 }
 
+/// Resource figures of the guest, read from `/proc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `MemTotal` in bytes.
+    pub mem_total_bytes: u64,
+    /// `MemAvailable` in bytes.
+    pub mem_available_bytes: u64,
+    /// Load averages over 1, 5 and 15 minutes.
+    pub load: [f64; 3],
+    /// Seconds since the guest booted.
+    pub uptime_secs: u64,
+}
+
 /// A control message (frame kind 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
     /// The guest is up (agent → host).
@@ -101,6 +114,33 @@ pub enum Control {
         /// Reboot instead of powering off.
         reboot: bool,
     },
+    /// Write a file (host → agent). Its content follows in `stdin` frames
+    /// ended by `stdin-eof`; the agent answers `done` or `error`.
+    Push {
+        /// Absolute path in the guest; replaced atomically.
+        path: String,
+        /// Permission bits (e.g. `0o644`).
+        mode: u32,
+    },
+    /// Read a file (host → agent). The agent answers `file`, the content in
+    /// `stdout` frames, then `done` (or `error` at any point).
+    Pull {
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// The file being pulled (agent → host).
+    File {
+        /// Permission bits.
+        mode: u32,
+        /// Size in bytes when the transfer started.
+        size: u64,
+    },
+    /// A push or pull completed (agent → host).
+    Done,
+    /// Ask for resource figures (host → agent); answered with `stats`.
+    GetStats,
+    /// Resource figures of the guest (agent → host).
+    Stats(Stats),
     /// The request failed (agent → host).
     Error {
         /// What went wrong.
@@ -109,7 +149,7 @@ pub enum Control {
 }
 
 /// One frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// A control message.
     Control(Control),
@@ -215,6 +255,30 @@ mod tests {
                 signal: None,
             }),
             Frame::Control(Control::Health),
+            Frame::Control(Control::Push {
+                path: "/etc/motd".into(),
+                mode: 0o640,
+            }),
+            Frame::Control(Control::Pull {
+                path: "/etc/motd".into(),
+            }),
+            Frame::Control(Control::File {
+                mode: 0o640,
+                size: 12,
+            }),
+            Frame::Control(Control::Done),
+            Frame::Control(Control::GetStats),
+            Frame::Control(Control::Stats(Stats {
+                mem_total_bytes: 1 << 30,
+                mem_available_bytes: 1 << 29,
+                load: [0.5, 0.25, 0.0],
+                uptime_secs: 42,
+            })),
+            Frame::Control(Control::Resize(PtySize {
+                rows: 50,
+                cols: 132,
+            })),
+            Frame::Control(Control::Shutdown { reboot: true }),
             Frame::Stdin(b"hi\n".to_vec()),
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(Vec::new()),

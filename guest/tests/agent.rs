@@ -231,3 +231,61 @@ async fn hybrid_vsock_handshake() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/vsock"), "{err}");
 }
+
+#[tokio::test]
+async fn files_push_and_pull_round_trip_with_mode() {
+    let agent = start_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.sh");
+    let path = path.to_str().unwrap();
+    // Bigger than one chunk, with every byte value.
+    let content: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .push(path, 0o750, content.as_slice())
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    let mode = AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .pull(path, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(mode, 0o750);
+    assert!(back == content, "pulled content differs");
+    use std::os::unix::fs::PermissionsExt;
+    let local = std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(local, 0o750);
+
+    let err = AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .pull("/nonexistent/file", Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/file"), "{err}");
+
+    let err = AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .push("/nonexistent/dir/file", 0o644, &b"x"[..])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/dir/file"), "{err}");
+}
+
+#[tokio::test]
+async fn stats_come_from_proc() {
+    let agent = start_agent();
+    let stats = AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .stats()
+        .await
+        .unwrap();
+    assert!(stats.mem_total_bytes > 0);
+    assert!(stats.mem_available_bytes <= stats.mem_total_bytes);
+    assert!(stats.uptime_secs > 0);
+}
