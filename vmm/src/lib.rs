@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod accel;
 pub mod cloud_hypervisor;
 pub mod config;

@@ -130,3 +130,62 @@ async fn invalid_config_is_rejected_before_anything_starts() {
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert!(!cfg.runtime_dir.exists());
 }
+
+/// `vhost-device-vsock` on PATH or in cargo's bin directory.
+fn vhost_device_vsock() -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("vhost-device-vsock"))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_vm_with_vhost_user_vsock_helper() {
+    if !qemu_present() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; vsock wiring not exercised");
+        return;
+    }
+    let Some(helper) = vhost_device_vsock() else {
+        eprintln!("SKIPPED: vhost-device-vsock not found (cargo install vhost-device-vsock); vsock wiring not exercised");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.vsock = Some(vmctl_vmm::Vsock {
+        cid: 3,
+        socket: dir.path().join("vm.vsock"),
+    });
+    write_halt_kernel(&cfg.kernel);
+    let bins = QemuBinaries {
+        vhost_device_vsock: helper,
+        ..QemuBinaries::default()
+    };
+    // QEMU only starts when it can connect to the helper's vhost-user socket
+    // and map the shared memfd guest memory.
+    let mut vm = QemuVm::spawn_with(&cfg, &bins)
+        .await
+        .expect("spawn qemu + helper");
+    // (the helper unlinks its vhost-user socket once QEMU has connected)
+    vm.boot().await.unwrap();
+    assert_eq!(vm.info().await.unwrap(), VmState::Running);
+    // The hybrid-vsock host socket appears once the device is set up.
+    let host_sock = cfg.vsock.as_ref().unwrap().socket.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !host_sock.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("helper never created the hybrid vsock socket");
+    vm.shutdown().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), vm.wait())
+        .await
+        .expect("qemu exits after shutdown")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
