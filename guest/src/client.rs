@@ -72,6 +72,20 @@ impl ExitStatus {
     }
 }
 
+/// The host end of a VMM's hybrid-vsock Unix socket.
+pub struct HybridVsock;
+
+impl HybridVsock {
+    /// How long [`HybridVsock::connect`] waits for the VMM's answer.
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Connects to guest `port` through the VMM socket `unix_path`
+    /// (`CONNECT <port>\n` / `OK <n>\n`), waiting at most [`Self::TIMEOUT`].
+    pub async fn connect(unix_path: &Path, port: u32) -> Result<UnixStream, ClientError> {
+        connect_hybrid_vsock(unix_path, port, Self::TIMEOUT).await
+    }
+}
+
 /// Connects to guest `port` through the hybrid-vsock socket at `path`.
 pub async fn connect_hybrid_vsock(
     path: &Path,
@@ -138,7 +152,7 @@ pub struct AgentClient<S> {
 impl AgentClient<UnixStream> {
     /// Reaches the agent of the VM whose hybrid-vsock socket is `path`.
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = connect_hybrid_vsock(path, crate::AGENT_PORT, Duration::from_secs(10)).await?;
+        let stream = HybridVsock::connect(path, crate::AGENT_PORT).await?;
         Ok(AgentClient { stream })
     }
 

@@ -5,7 +5,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmctl_guest::client::{connect_hybrid_vsock, AgentClient, ClientError, ExitStatus};
-use vmctl_guest::protocol::{ExecRequest, PtySize};
+use vmctl_guest::protocol::{Control, ExecRequest, PtySize};
 
 struct Agent {
     child: Child,
@@ -288,4 +288,57 @@ async fn stats_come_from_proc() {
     assert!(stats.mem_total_bytes > 0);
     assert!(stats.mem_available_bytes <= stats.mem_total_bytes);
     assert!(stats.uptime_secs > 0);
+}
+
+#[tokio::test]
+async fn kill_requests_reach_the_command_and_its_signal_is_reported() {
+    let agent = start_agent();
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    // Keep stdin open so only the kill can end the session.
+    let (_stdin_keep, stdin) = tokio::io::duplex(64);
+    let client = AgentClient::over_unix(&agent.socket).await.unwrap();
+    let exec = tokio::spawn(client.exec(
+        argv(&["sleep", "30"]),
+        stdin,
+        Vec::new(),
+        Vec::new(),
+        Some(control_rx),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    control_tx.send(Control::Kill { signal: 9 }).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), exec)
+        .await
+        .expect("the kill must end the command")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, ExitStatus::Signal(9));
+}
+
+#[tokio::test]
+async fn pty_resize_reaches_the_terminal() {
+    let agent = start_agent();
+    let mut req = argv(&["sh", "-c", "read x; stty size"]);
+    req.pty = Some(PtySize { rows: 24, cols: 80 });
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(4);
+    let (mut stdin_tx, stdin) = tokio::io::duplex(64);
+    let client = AgentClient::over_unix(&agent.socket).await.unwrap();
+    let mut out = Vec::new();
+    let exec = client.exec(req, stdin, &mut out, Vec::new(), Some(control_rx));
+    let driver = async {
+        control_tx
+            .send(Control::Resize(PtySize {
+                rows: 40,
+                cols: 120,
+            }))
+            .await
+            .unwrap();
+        // The resize goes out before the line that lets `stty` run.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stdin_tx.write_all(b"go\n").await.unwrap();
+        drop(stdin_tx);
+    };
+    let (status, ()) = tokio::join!(exec, driver);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status.unwrap(), ExitStatus::Code(0), "{out}");
+    assert!(out.contains("40 120"), "{out}");
 }
