@@ -193,7 +193,7 @@ pub fn stats() -> std::io::Result<Stats> {
 }
 
 async fn send_error(tx: &mpsc::Sender<Frame>, message: String) {
-    eprintln!("<4>request failed: {message}");
+    tracing::warn!("request failed: {message}");
     let _ = tx.send(Frame::Control(Control::Error { message })).await;
 }
 
@@ -311,7 +311,7 @@ async fn exec<S: AsyncRead>(req: ExecRequest, mut input: ReadHalf<S>, tx: &mpsc:
                         pty::resize(fd, size);
                     }
                 }
-                Ok(Some(other)) => eprintln!("<4>ignoring unexpected frame during exec: {other:?}"),
+                Ok(Some(other)) => tracing::warn!("ignoring unexpected frame during exec: {other:?}"),
                 // The host went away: the command goes with it.
                 Ok(None) | Err(_) => {
                     reading = false;
@@ -341,7 +341,7 @@ async fn exec<S: AsyncRead>(req: ExecRequest, mut input: ReadHalf<S>, tx: &mpsc:
 
 fn signal_child(pid: u32, signal: i32) {
     let Ok(signal) = nix::sys::signal::Signal::try_from(signal) else {
-        eprintln!("<4>ignoring invalid signal number {signal}");
+        tracing::warn!("ignoring invalid signal number {signal}");
         return;
     };
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);

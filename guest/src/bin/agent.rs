@@ -27,6 +27,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    init_logging();
     if let Some(path) = &args.listen_unix {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
@@ -39,7 +40,7 @@ async fn main() -> Result<()> {
     }
     let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, args.port))
         .with_context(|| format!("cannot listen on vsock port {}", args.port))?;
-    eprintln!("listening on vsock port {}", args.port);
+    tracing::info!("listening on vsock port {}", args.port);
     ready();
     if args.hello_port != 0 {
         tokio::spawn(say_hello(args.hello_port));
@@ -50,10 +51,26 @@ async fn main() -> Result<()> {
                 tokio::spawn(agent::serve_connection(stream));
             }
             Err(e) => {
-                eprintln!("<3>accept failed: {e}");
+                tracing::error!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Logs to stderr; under systemd (`JOURNAL_STREAM` set) without timestamps
+/// or colours, since the journal adds its own. `RUST_LOG` filters.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
     }
 }
 
@@ -69,13 +86,13 @@ async fn say_hello(port: u32) {
         match VsockStream::connect(VsockAddr::new(HOST_CID, port)).await {
             Ok(mut stream) => match write_frame(&mut stream, &hello).await {
                 Ok(()) => {
-                    eprintln!("said hello to the host (port {port})");
+                    tracing::info!("said hello to the host (port {port})");
                     return;
                 }
-                Err(e) => eprintln!("<4>hello to host port {port} failed: {e}"),
+                Err(e) => tracing::warn!("hello to host port {port} failed: {e}"),
             },
             Err(e) if attempt == 30 => {
-                eprintln!("<4>cannot reach host vsock port {port}: {e}; giving up")
+                tracing::warn!("cannot reach host vsock port {port}: {e}; giving up")
             }
             Err(_) => {}
         }
