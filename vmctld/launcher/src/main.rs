@@ -8,8 +8,8 @@
 //!    the fix; the launcher exits non-zero, so the unit fails and nothing
 //!    hangs.
 //! 2. Reports each step as `STATUS=` over sd-notify.
-//! 3. Picks the VMM (QEMU; KVM when `kvm_intel`/`kvm_amd` make it usable,
-//!    else TCG) and turns the spec into its configuration: vCPUs, memory,
+//! 3. Picks the VMM through vmctl-vmm (`auto`: cloud-hypervisor when it is
+//!    installed and KVM is usable, else QEMU with KVM or TCG) and turns the spec into its configuration: vCPUs, memory,
 //!    direct kernel boot with `console=ttyS0 root=/dev/vda rw
 //!    systemd.firstboot=off systemd.machine_id=<id> panic=-1 quiet`, the
 //!    root disk read-write, vsock with the spec's CID behind the hybrid-vsock
@@ -53,7 +53,6 @@ use tracing::{error, info, warn};
 use vmctl_api::spec::{Layout, HELLO_PORT};
 
 use crate::lifecycle::Outcome;
-use crate::plan::VmPlan;
 use crate::vmm::Running;
 
 /// Runs one VM for `vm@NAME.service`.
@@ -140,15 +139,15 @@ async fn run(args: &Args) -> Outcome {
         Ok(i) => i,
         Err(e) => return Outcome::Error(e),
     };
-    let vmm = match plan::select_vmm(inputs.spec.vmm, plan::kvm_usable()) {
-        Ok(v) => v,
-        Err(e) => return Outcome::Error(e),
-    };
-    let plan = VmPlan::new(&inputs, &layout, vmm);
-    if let Err(e) = std::fs::create_dir_all(&plan.runtime_dir) {
-        return Outcome::Error(format!("cannot create {}: {e}", plan.runtime_dir.display()));
+    let driver = plan::select_driver(inputs.spec.vmm);
+    let config = plan::vm_config(&inputs, &layout);
+    if let Err(e) = std::fs::create_dir_all(&config.runtime_dir) {
+        return Outcome::Error(format!(
+            "cannot create {}: {e}",
+            config.runtime_dir.display()
+        ));
     }
-    let hello_path = plan.host_port_socket(HELLO_PORT);
+    let hello_path = plan::host_port_socket(&layout.vsock_socket(&args.name), HELLO_PORT);
     let _ = std::fs::remove_file(&hello_path);
     let hello_listener = match UnixListener::bind(&hello_path) {
         Ok(l) => l,
@@ -163,11 +162,12 @@ async fn run(args: &Args) -> Outcome {
     };
 
     status(&format!(
-        "Starting {vmm:?} with {} vCPUs, {} MiB",
-        plan.vcpus, plan.memory_mib
+        "Starting {driver:?} with {} vCPUs, {} MiB",
+        config.vcpus,
+        config.memory_mib()
     ));
     let console = layout.console_socket(&args.name);
-    let mut running = match Running::start(&plan, &console).await {
+    let mut running = match Running::start(&config, driver, &console).await {
         Ok(r) => r,
         Err(e) => return Outcome::Error(e),
     };
@@ -177,7 +177,6 @@ async fn run(args: &Args) -> Outcome {
     let hello = tokio::select! {
         hello = tokio::time::timeout(boot_timeout, wait_hello(&hello_listener)) => hello,
         exited = running.wait() => {
-            running.stop_helper().await;
             return match exited.map(Outcome::from_vmm_exit) {
                 Ok(Outcome::PoweredOff) => Outcome::Error("the VMM exited before the guest was ready".into()),
                 Ok(other) => Outcome::Error(format!("before the guest was ready, {}", other.describe())),
@@ -210,7 +209,6 @@ async fn run(args: &Args) -> Outcome {
 
     tokio::select! {
         exited = running.wait() => {
-            running.stop_helper().await;
             match exited {
                 Ok(s) => Outcome::from_vmm_exit(s),
                 Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
@@ -250,6 +248,5 @@ async fn stop(running: &mut Running, timeout_secs: u64) -> Outcome {
                 Outcome::StopTimedOut
             }
         };
-    running.stop_helper().await;
     outcome
 }

@@ -1,182 +1,126 @@
-//! Steps 4 and 7: the VMM processes (QEMU and its vhost-device-vsock
-//! helper), the power button over QMP, and the serial console relay.
+//! Steps 4 and 7: the running VMM (through vmctl-vmm) and the serial
+//! console relay.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, mpsc};
-
-use crate::plan::VmPlan;
+use vmctl_vmm::qemu::{QemuBinaries, QemuVm};
+use vmctl_vmm::{AnyVm, Driver, VmConfig, Vmm};
 
 /// Environment variable naming the `vhost-device-vsock` binary (else `PATH`).
 pub const VHOST_VSOCK_ENV: &str = "VMCTL_VHOST_DEVICE_VSOCK";
 /// Environment variable naming the QEMU binary (else `qemu-system-x86_64`).
 pub const QEMU_ENV: &str = "VMCTL_QEMU";
 
-/// The running VMM and its helper; both are killed when this is dropped.
+/// The running VM; the VMM and its helpers are killed when this is dropped.
 pub struct Running {
-    /// QEMU.
-    pub vmm: Child,
-    helper: Child,
-    qmp: PathBuf,
+    vm: AnyVm,
 }
 
 impl Running {
-    /// Starts vhost-device-vsock, waits for its socket, starts QEMU, and
-    /// relays the serial console to stderr and to clients of `console`.
-    pub async fn start(plan: &VmPlan, console: &Path) -> Result<Running, String> {
-        for stale in [
-            plan.vhost_vsock_socket(),
-            plan.vsock_socket.clone(),
-            plan.qmp_socket(),
-            console.to_path_buf(),
-        ] {
-            let _ = std::fs::remove_file(stale);
-        }
-        let helper_bin =
-            std::env::var_os(VHOST_VSOCK_ENV).unwrap_or_else(|| "vhost-device-vsock".into());
-        let mut helper = Command::new(&helper_bin)
-            .args(plan.vhost_vsock_args())
-            .stdin(Stdio::null())
-            // Own process group: a terminal's Ctrl-C reaches the launcher
-            // only, which then powers the guest off.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start {}: {e}; install vhost-device-vsock (cargo install vhost-device-vsock) or set {VHOST_VSOCK_ENV}",
-                    Path::new(&helper_bin).display()
-                )
-            })?;
-        let vhost = plan.vhost_vsock_socket();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !vhost.exists() {
-            if let Some(status) = helper.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("vhost-device-vsock exited early: {status}"));
+    /// Spawns the VMM, attaches the console relay, and boots the guest.
+    pub async fn start(
+        config: &VmConfig,
+        driver: Driver,
+        console: &Path,
+    ) -> Result<Running, String> {
+        let vm = match driver {
+            Driver::Qemu => {
+                let defaults = QemuBinaries::default();
+                let bins = QemuBinaries {
+                    qemu: env_path(QEMU_ENV).unwrap_or(defaults.qemu),
+                    vhost_device_vsock: env_path(VHOST_VSOCK_ENV)
+                        .unwrap_or(defaults.vhost_device_vsock),
+                };
+                QemuVm::spawn_with(config, &bins).await.map(AnyVm::Qemu)
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "vhost-device-vsock did not create {} within 10 s",
-                    vhost.display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Driver::CloudHypervisor => driver.spawn(config).await,
         }
-        let qemu_bin = std::env::var_os(QEMU_ENV).unwrap_or_else(|| "qemu-system-x86_64".into());
-        let mut vmm = Command::new(&qemu_bin)
-            .args(plan.qemu_args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            // Own process group: a terminal's Ctrl-C reaches the launcher
-            // only, which then powers the guest off.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start {}: {e}; install QEMU (qemu-system-x86) or set {QEMU_ENV}",
-                    Path::new(&qemu_bin).display()
-                )
-            })?;
-        let stdin = vmm.stdin.take().expect("piped stdin");
-        let stdout = vmm.stdout.take().expect("piped stdout");
-        let listener = UnixListener::bind(console)
-            .map_err(|e| format!("cannot listen on {}: {e}", console.display()))?;
-        relay_console(stdout, stdin, listener);
-        Ok(Running {
-            vmm,
-            helper,
-            qmp: plan.qmp_socket(),
-        })
+        .map_err(|e| format!("cannot start the VMM ({driver:?}): {e}"))?;
+        let mut running = Running { vm };
+        if let Some(serial) = &config.serial_socket {
+            let _ = std::fs::remove_file(console);
+            let listener = UnixListener::bind(console)
+                .map_err(|e| format!("cannot listen on {}: {e}", console.display()))?;
+            let stream = connect_serial(serial).await?;
+            relay_console(stream, listener);
+        }
+        running
+            .vm
+            .boot()
+            .await
+            .map_err(|e| format!("cannot boot the guest: {e}"))?;
+        Ok(running)
     }
 
     /// The VMM's process ID (the machine's leader for machined).
     pub fn pid(&self) -> Option<u32> {
-        self.vmm.id()
+        match &self.vm {
+            AnyVm::Qemu(vm) => vm.pid(),
+            AnyVm::CloudHypervisor(vm) => vm.pid(),
+        }
     }
 
     /// Presses the ACPI power button.
-    pub async fn power_button(&self) -> Result<(), String> {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            qmp_command(&self.qmp, "system_powerdown"),
-        )
-        .await
-        .map_err(|_| format!("QMP {}: no answer within 5 s", self.qmp.display()))?
+    pub async fn power_button(&mut self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.vm.power_button()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the VMM did not answer within 5 s".into()),
+        }
     }
 
-    /// Kills QEMU and the helper and reaps both.
+    /// Kills the VMM and its helpers and reaps them.
     pub async fn kill(&mut self) {
-        let _ = self.vmm.kill().await;
-        self.stop_helper().await;
+        if let Err(e) = self.vm.kill().await {
+            tracing::warn!("killing the VMM: {e}");
+        }
     }
 
-    /// Stops the helper once QEMU has gone.
-    pub async fn stop_helper(&mut self) {
-        let _ = self.helper.kill().await;
-    }
-
-    /// Waits for QEMU to exit.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.vmm.wait().await
+    /// Waits for the VMM to exit (helpers are stopped afterwards).
+    pub async fn wait(&mut self) -> Result<ExitStatus, String> {
+        self.vm.wait().await.map_err(|e| e.to_string())
     }
 }
 
-/// Sends one QMP command and waits for its `return`.
-async fn qmp_command(socket: &Path, command: &str) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("QMP {}: {e}", socket.display());
-    let stream = UnixStream::connect(socket).await.map_err(err)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    // Greeting, then capabilities negotiation, then the command.
-    for cmd in ["qmp_capabilities", command] {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .map_err(err)?
-                .ok_or_else(|| format!("QMP {}: connection closed", socket.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| format!("QMP {}: bad message {line:?}: {e}", socket.display()))?;
-            if let Some(e) = v.get("error") {
-                return Err(format!("QMP {}: {e}", socket.display()));
-            }
-            if v.get("QMP").is_some() || v.get("return").is_some() {
-                break;
-            }
-        }
-        let msg = format!("{{\"execute\":\"{cmd}\"}}\n");
-        write.write_all(msg.as_bytes()).await.map_err(err)?;
-    }
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// The VMM creates its serial socket while it starts; give it a moment.
+async fn connect_serial(serial: &Path) -> Result<UnixStream, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let line = lines
-            .next_line()
-            .await
-            .map_err(err)?
-            .ok_or_else(|| format!("QMP {}: connection closed", socket.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(e) = v.get("error") {
-            return Err(format!("QMP {}: {command}: {e}", socket.display()));
-        }
-        if v.get("return").is_some() {
-            return Ok(());
+        match UnixStream::connect(serial).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "cannot connect to the serial console {}: {e}",
+                    serial.display()
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
 
-/// Copies the guest's serial output line by line to stderr (the journal)
-/// and raw to every connected console client; client input goes to the
-/// guest.
-fn relay_console(
-    mut from_guest: tokio::process::ChildStdout,
-    mut to_guest: tokio::process::ChildStdin,
-    listener: UnixListener,
-) {
+/// Writes one console line to stderr (the journal); a closed stderr is
+/// ignored rather than fatal.
+fn log_console_line(line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let _ = writeln!(std::io::stderr(), "console: {}", text.trim_end());
+}
+
+/// Copies the guest's serial output line by line to stderr and raw to every
+/// connected console client; client input goes to the guest.
+fn relay_console(serial: UnixStream, listener: UnixListener) {
+    let (mut from_guest, mut to_guest) = serial.into_split();
     let (out_tx, _) = broadcast::channel::<Vec<u8>>(256);
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(64);
     let out = out_tx.clone();
@@ -192,7 +136,7 @@ fn relay_console(
             for &b in &buf[..n] {
                 match b {
                     b'\n' => {
-                        eprintln!("console: {}", String::from_utf8_lossy(&line).trim_end());
+                        log_console_line(&line);
                         line.clear();
                     }
                     b'\r' => {}
@@ -201,7 +145,7 @@ fn relay_console(
             }
         }
         if !line.is_empty() {
-            eprintln!("console: {}", String::from_utf8_lossy(&line));
+            log_console_line(&line);
         }
     });
     tokio::spawn(async move {

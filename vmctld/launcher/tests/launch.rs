@@ -172,7 +172,7 @@ impl Vm {
         while Instant::now() < deadline {
             if fake {
                 while let Ok(line) = self.stderr.try_recv() {
-                    if line.contains("login:") {
+                    if line.contains(" ttyS0") {
                         self.send_hello();
                     }
                 }
