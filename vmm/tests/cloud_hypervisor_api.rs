@@ -2,8 +2,11 @@
 //!
 //! `stand_in` below is a small in-test HTTP server standing in for
 //! cloud-hypervisor (which is not installable on the CI machines): it records
-//! every request and keeps the VM state machine the API documents. The last
-//! test drives the real `cloud-hypervisor` binary when it is on PATH.
+//! every request and keeps the VM state machine the API documents (status
+//! codes and JSON-array error bodies as cloud-hypervisor's `vmm/src/api/http`
+//! sends them: 404 before `vm.create`, 500 for other API errors). It can
+//! answer with `Transfer-Encoding: chunked` too. The last test drives the real
+//! `cloud-hypervisor` binary when it is on PATH.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use vmctl_vmm::cloud_hypervisor::api::ChVmConfig;
+use vmctl_vmm::cloud_hypervisor::api::{ChVmConfig, ChVmState};
 use vmctl_vmm::cloud_hypervisor::{ChApi, ChVm};
 use vmctl_vmm::{Error, VmConfig, VmState, Vmm};
 
@@ -25,8 +28,9 @@ struct Recorded {
 
 type Log = Arc<Mutex<Vec<Recorded>>>;
 
-/// Stand-in for cloud-hypervisor's API server.
-fn stand_in(socket: &Path) -> Log {
+/// Stand-in for cloud-hypervisor's API server; `chunked` sends every reply
+/// body with `Transfer-Encoding: chunked` instead of `Content-Length`.
+fn stand_in(socket: &Path, chunked: bool) -> Log {
     let listener = UnixListener::bind(socket).unwrap();
     let log: Log = Arc::default();
     let state = Arc::new(Mutex::new(None::<&'static str>));
@@ -36,13 +40,18 @@ fn stand_in(socket: &Path) -> Log {
             let (stream, _) = listener.accept().await.unwrap();
             let log = log2.clone();
             let state = state.clone();
-            tokio::spawn(async move { serve(stream, log, state).await });
+            tokio::spawn(async move { serve(stream, log, state, chunked).await });
         }
     });
     log
 }
 
-async fn serve(mut s: UnixStream, log: Log, state: Arc<Mutex<Option<&'static str>>>) {
+async fn serve(
+    mut s: UnixStream,
+    log: Log,
+    state: Arc<Mutex<Option<&'static str>>>,
+    chunked: bool,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let end = loop {
@@ -84,7 +93,7 @@ async fn serve(mut s: UnixStream, log: Log, state: Arc<Mutex<Option<&'static str
     });
 
     let (status, reply) = route(&method, &path, &state);
-    respond(&mut s, status, &reply).await;
+    respond(&mut s, status, &reply, chunked).await;
 }
 
 /// The stand-in's answer to one request, and its VM state transition.
@@ -99,7 +108,7 @@ fn route(method: &str, path: &str, state: &Mutex<Option<&'static str>>) -> (u16,
         ("GET", "/api/v1/vm.info") => match *st {
             Some(state) => (200, json!({"config": {}, "state": state}).to_string()),
             None => (
-                500,
+                404,
                 r#"["Error from API","The VM info is not available","VM is not created"]"#.into(),
             ),
         },
@@ -107,6 +116,10 @@ fn route(method: &str, path: &str, state: &Mutex<Option<&'static str>>) -> (u16,
             *st = Some("Created");
             (204, String::new())
         }
+        ("PUT", action) if st.is_none() && action != "/api/v1/vmm.shutdown" => (
+            404,
+            r#"["Error from API","VM is not created"]"#.into(),
+        ),
         ("PUT", action) => {
             let next = match (action, *st) {
                 ("/api/v1/vm.boot", Some("Created")) => Some("Running"),
@@ -124,7 +137,7 @@ fn route(method: &str, path: &str, state: &Mutex<Option<&'static str>>) -> (u16,
     }
 }
 
-async fn respond(s: &mut UnixStream, status: u16, body: &str) {
+async fn respond(s: &mut UnixStream, status: u16, body: &str, chunked: bool) {
     let reason = match status {
         200 => "OK",
         204 => "No Content",
@@ -132,14 +145,29 @@ async fn respond(s: &mut UnixStream, status: u16, body: &str) {
         _ => "Internal Server Error",
     };
     let mut resp = format!("HTTP/1.1 {status} {reason}\r\nServer: Cloud Hypervisor API\r\n");
-    if status != 204 {
+    if status == 204 {
+        resp.push_str("\r\n");
+    } else if chunked {
+        resp.push_str("Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // Uneven pieces, so that a JSON value straddles chunk boundaries.
+        let bytes = body.as_bytes();
+        let mut at = 0;
+        for size in [1, 7, 3].into_iter().cycle() {
+            if at >= bytes.len() {
+                break;
+            }
+            let piece = &body[at..(at + size).min(bytes.len())];
+            resp.push_str(&format!("{:x}\r\n{piece}\r\n", piece.len()));
+            at += size;
+        }
+        resp.push_str("0\r\n\r\n");
+    } else {
         resp.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         ));
+        resp.push_str(body);
     }
-    resp.push_str("\r\n");
-    resp.push_str(body);
     s.write_all(resp.as_bytes()).await.unwrap();
 }
 
@@ -165,7 +193,7 @@ fn config(dir: &Path) -> VmConfig {
 async fn rest_client_against_stand_in() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ch-api.sock");
-    let log = stand_in(&sock);
+    let log = stand_in(&sock, false);
     let api = ChApi::new(&sock);
 
     let ping = api.ping().await.unwrap();
@@ -185,17 +213,17 @@ async fn rest_client_against_stand_in() {
             assert_eq!(socket, &sock);
             assert_eq!(
                 (method.as_str(), path.as_str(), *status),
-                ("GET", "/api/v1/vm.info", 500)
+                ("GET", "/api/v1/vm.info", 404)
             );
             assert!(body.contains("VM is not created"), "{body}");
         }
         other => panic!("unexpected error {other:?}"),
     }
-    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    assert!(err.to_string().contains("HTTP 404"), "{err}");
 
     let cfg = config(dir.path());
     api.create(&ChVmConfig::from_config(&cfg)).await.unwrap();
-    assert_eq!(api.info().await.unwrap().state, "Created");
+    assert_eq!(api.info().await.unwrap().state, ChVmState::Created);
     for action in [
         "vm.boot",
         "vm.pause",
@@ -262,14 +290,71 @@ async fn rest_client_against_stand_in() {
 async fn invalid_transition_reports_status_and_body() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ch-api.sock");
-    let _log = stand_in(&sock);
-    let err = ChApi::new(&sock).put("vm.boot").await.unwrap_err();
-    let text = err.to_string();
+    let _log = stand_in(&sock, false);
+    let api = ChApi::new(&sock);
+    let text = api.put("vm.boot").await.unwrap_err().to_string();
     assert!(
-        text.contains("PUT /api/v1/vm.boot returned HTTP 500"),
+        text.contains("PUT /api/v1/vm.boot returned HTTP 404"),
+        "{text}"
+    );
+    assert!(text.contains("VM is not created"), "{text}");
+
+    api.create(&ChVmConfig::from_config(&config(dir.path())))
+        .await
+        .unwrap();
+    let text = api.put("vm.resume").await.unwrap_err().to_string();
+    assert!(
+        text.contains("PUT /api/v1/vm.resume returned HTTP 500"),
         "{text}"
     );
     assert!(text.contains("InvalidStateTransition"), "{text}");
+}
+
+/// Chunked replies (which cloud-hypervisor's server does not send today) are
+/// decoded, for success and error bodies alike.
+#[tokio::test]
+async fn chunked_replies_are_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ch-api.sock");
+    let _log = stand_in(&sock, true);
+    let api = ChApi::new(&sock);
+
+    let ping = api.ping().await.unwrap();
+    assert_eq!(ping.version, "v53.0");
+    assert_eq!(ping.build_version.as_deref(), Some("v53.0-standin"));
+    assert_eq!(ping.pid, Some(4242));
+
+    match api.info().await.unwrap_err() {
+        Error::Http { status, body, .. } => {
+            assert_eq!(status, 404);
+            assert_eq!(
+                body,
+                r#"["Error from API","The VM info is not available","VM is not created"]"#
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+
+    api.create(&ChVmConfig::from_config(&config(dir.path())))
+        .await
+        .unwrap();
+    api.put("vm.boot").await.unwrap();
+    assert_eq!(api.info().await.unwrap().state, ChVmState::Running);
+}
+
+/// A dead socket is a protocol error naming the socket, not an HTTP status.
+#[tokio::test]
+async fn connect_failure_names_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nobody-listens.sock");
+    match ChApi::new(&sock).ping().await.unwrap_err() {
+        Error::HttpProtocol { socket, message } => {
+            assert_eq!(socket, sock);
+            assert!(message.contains("GET /api/v1/vmm.ping"), "{message}");
+            assert!(message.contains("cannot connect"), "{message}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
 }
 
 /// The whole driver against a real cloud-hypervisor, where installed.

@@ -1,23 +1,35 @@
-//! cloud-hypervisor REST API: request bodies and a minimal HTTP/1.1 client.
+//! cloud-hypervisor REST API: request/response bodies and an HTTP/1.1 client.
 //!
-//! Field names follow cloud-hypervisor's OpenAPI document
-//! `vmm/src/api/openapi/cloud-hypervisor.yaml` (API `info.version: 0.3.0`,
-//! as shipped by the cloud-hypervisor v4x-v5x releases). Only the fields vmctl
-//! sets are modelled; everything else keeps cloud-hypervisor's defaults.
+//! The bodies are our own serde structs, checked field by field against
+//! cloud-hypervisor's OpenAPI document `vmm/src/api/openapi/cloud-hypervisor.yaml`
+//! at commit `00f68228812d8dfeb50369c597b18e06cea42b10` of
+//! cloud-hypervisor/cloud-hypervisor (`info.version: 0.3.0`, server
+//! `http://localhost/api/v1`). Only the fields vmctl sets or reads are
+//! modelled; everything else keeps cloud-hypervisor's defaults, and unknown
+//! reply fields are ignored.
 //!
-//! HTTP: one connection per request, `Connection: close`, body length from
-//! `Content-Length` (cloud-hypervisor's server never uses chunked encoding).
+//! Error replies: the server (`vmm/src/api/http/mod.rs`) answers a failed
+//! request with a JSON array of error messages, outermost first; a VM that is
+//! not created yet gives 404, other API errors 500.
+//!
+//! HTTP: hyper's HTTP/1.1 client over one Unix-socket connection per request
+//! (`Connection: close`), so `Content-Length`, chunked and close-delimited
+//! replies are all handled.
 
 use std::path::{Path, PathBuf};
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::config::VmConfig;
 use crate::error::{Error, Result};
 
-/// `VmConfig` schema: body of `PUT /vm.create`.
+/// `VmConfig` schema: body of `PUT /vm.create` (only `payload` is required).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChVmConfig {
     /// `CpusConfig`.
@@ -34,9 +46,9 @@ pub struct ChVmConfig {
     pub net: Vec<NetConfig>,
     /// `RngConfig`.
     pub rng: RngConfig,
-    /// `ConsoleConfig` for the legacy serial port (ttyS0).
-    pub serial: ConsoleConfig,
-    /// `ConsoleConfig` for virtio-console (hvc0).
+    /// `SerialConfig`: the legacy serial port (ttyS0).
+    pub serial: SerialConfig,
+    /// `ConsoleConfig`: virtio-console (hvc0).
     pub console: ConsoleConfig,
     /// `VsockConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,7 +58,7 @@ pub struct ChVmConfig {
     pub platform: Option<PlatformConfig>,
 }
 
-/// `CpusConfig` (`boot_vcpus` and `max_vcpus` are required).
+/// `CpusConfig` (`boot_vcpus` and `max_vcpus` are required, both >= 1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpusConfig {
     /// vCPUs at boot.
@@ -55,17 +67,17 @@ pub struct CpusConfig {
     pub max_vcpus: u32,
 }
 
-/// `MemoryConfig` (`size` is required).
+/// `MemoryConfig` (`size` is required; int64 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryConfig {
     /// Bytes.
     pub size: u64,
-    /// Shared mapping; required for vhost-user devices (virtiofs) and set with vsock.
+    /// Shared mapping (spec default `false`); vhost-user devices need it.
     #[serde(default)]
     pub shared: bool,
 }
 
-/// `PayloadConfig`.
+/// `PayloadConfig` (no required fields; vmctl always boots a kernel).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayloadConfig {
     /// Kernel image path.
@@ -83,7 +95,7 @@ pub struct PayloadConfig {
 pub struct DiskConfig {
     /// Image path.
     pub path: PathBuf,
-    /// Read-only.
+    /// Read-only (spec default `false`).
     #[serde(default)]
     pub readonly: bool,
 }
@@ -104,32 +116,72 @@ pub struct RngConfig {
     pub src: PathBuf,
 }
 
-/// `ConsoleConfig` (`mode` is required).
+/// `SerialConfig` (`mode` is required): the `serial` field of `VmConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsoleConfig {
+pub struct SerialConfig {
     /// Output mode.
     pub mode: ConsoleMode,
+    /// Output file, with `mode: File`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// Unix socket path, with `mode: Socket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
 }
 
-/// `ConsoleConfig.mode` values used here.
+/// `ConsoleConfig` (`mode` is required): the `console` field of `VmConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleConfig {
+    /// Output mode.
+    pub mode: ConsoleMode,
+    /// Output file, with `mode: File`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Unix socket path, with `mode: Socket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl SerialConfig {
+    /// A config with just `mode`.
+    pub fn mode(mode: ConsoleMode) -> Self {
+        SerialConfig {
+            mode,
+            file: None,
+            socket: None,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// A config with just `mode`.
+    pub fn mode(mode: ConsoleMode) -> Self {
+        ConsoleConfig {
+            mode,
+            file: None,
+            socket: None,
+        }
+    }
+}
+
+/// `ConsoleMode`: the whole enum of the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleMode {
     /// No device.
     Off,
-    /// Discard output.
-    Null,
-    /// Unix socket server.
-    Socket,
     /// Pseudo terminal.
     Pty,
     /// The VMM's terminal.
     Tty,
+    /// Write to `file`.
+    File,
+    /// Unix socket server at `socket`.
+    Socket,
+    /// Discard output.
+    Null,
 }
 
-/// `VsockConfig` (`cid` and `socket` are required).
+/// `VsockConfig` (`cid` and `socket` are required; `cid` is int64 >= 3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockConfig {
     /// Guest CID (>= 3).
@@ -145,17 +197,72 @@ pub struct PlatformConfig {
     pub oem_strings: Vec<String>,
 }
 
-/// `VmInfo`: reply of `GET /vm.info` (only what vmctl reads).
+/// `VmState`: `Created`, `Running`, `Shutdown`, `Paused`, `BreakPoint`.
+///
+/// A value the spec does not list (a newer cloud-hypervisor) is kept in
+/// [`ChVmState::Other`] rather than failing the whole `vm.info` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(from = "String")]
+pub enum ChVmState {
+    /// Created, not booted.
+    Created,
+    /// Running.
+    Running,
+    /// Shut down (the VMM process keeps running).
+    Shutdown,
+    /// Paused.
+    Paused,
+    /// Stopped at a debugger breakpoint.
+    BreakPoint,
+    /// Not in the spec.
+    Other(String),
+}
+
+impl ChVmState {
+    /// The wire name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ChVmState::Created => "Created",
+            ChVmState::Running => "Running",
+            ChVmState::Shutdown => "Shutdown",
+            ChVmState::Paused => "Paused",
+            ChVmState::BreakPoint => "BreakPoint",
+            ChVmState::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for ChVmState {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "Created" => ChVmState::Created,
+            "Running" => ChVmState::Running,
+            "Shutdown" => ChVmState::Shutdown,
+            "Paused" => ChVmState::Paused,
+            "BreakPoint" => ChVmState::BreakPoint,
+            _ => ChVmState::Other(s),
+        }
+    }
+}
+
+impl std::fmt::Display for ChVmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `VmInfo`: reply of `GET /vm.info` (only what vmctl reads; the required
+/// `config` echo and `device_tree` are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct VmInfo {
-    /// `Created`, `Running`, `Shutdown`, `Paused`, `BreakPoint`.
-    pub state: String,
-    /// Current guest memory, bytes.
+    /// `VmState`.
+    pub state: ChVmState,
+    /// Current guest memory, bytes (int64).
     #[serde(default)]
     pub memory_actual_size: Option<u64>,
 }
 
-/// `VmmPingResponse`: reply of `GET /vmm.ping`.
+/// `VmmPingResponse`: reply of `GET /vmm.ping` (`version` is required).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct VmmPing {
     /// cloud-hypervisor version.
@@ -163,9 +270,12 @@ pub struct VmmPing {
     /// Build version.
     #[serde(default)]
     pub build_version: Option<String>,
-    /// VMM process id.
+    /// VMM process id (int64).
     #[serde(default)]
     pub pid: Option<i64>,
+    /// Compiled-in features.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 impl ChVmConfig {
@@ -205,19 +315,13 @@ impl ChVmConfig {
                 src: "/dev/urandom".into(),
             },
             serial: match &cfg.serial_socket {
-                Some(path) => ConsoleConfig {
-                    mode: ConsoleMode::Socket,
+                Some(path) => SerialConfig {
                     socket: Some(path.clone()),
+                    ..SerialConfig::mode(ConsoleMode::Socket)
                 },
-                None => ConsoleConfig {
-                    mode: ConsoleMode::Null,
-                    socket: None,
-                },
+                None => SerialConfig::mode(ConsoleMode::Null),
             },
-            console: ConsoleConfig {
-                mode: ConsoleMode::Off,
-                socket: None,
-            },
+            console: ConsoleConfig::mode(ConsoleMode::Off),
             vsock: cfg.vsock.as_ref().map(|v| VsockConfig {
                 cid: v.cid,
                 socket: v.socket.clone(),
@@ -263,7 +367,7 @@ impl ChApi {
         self.parse("vmm.ping", &r.body)
     }
 
-    /// `PUT /api/v1/vm.create`.
+    /// `PUT /api/v1/vm.create` (204 on success).
     pub async fn create(&self, config: &ChVmConfig) -> Result<()> {
         let body = serde_json::to_string(config).map_err(|e| Error::HttpProtocol {
             socket: self.socket.clone(),
@@ -272,7 +376,7 @@ impl ChApi {
         self.call("PUT", "vm.create", Some(&body)).await.map(drop)
     }
 
-    /// `GET /api/v1/vm.info`.
+    /// `GET /api/v1/vm.info` (404 before `vm.create`).
     pub async fn info(&self) -> Result<VmInfo> {
         let r = self.call("GET", "vm.info", None).await?;
         self.parse("vm.info", &r.body)
@@ -298,111 +402,68 @@ impl ChApi {
             socket: self.socket.clone(),
             message: format!("{method} {path}: {message}"),
         };
-        let mut stream = UnixStream::connect(&self.socket)
+        let http_method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| proto(format!("bad method: {e}")))?;
+        let mut req = Request::builder()
+            .method(http_method)
+            .uri(&path)
+            .header(HOST, "localhost")
+            .header(ACCEPT, "application/json")
+            .header(CONNECTION, "close");
+        let payload = match body {
+            Some(body) => {
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(CONTENT_LENGTH, body.len());
+                Bytes::copy_from_slice(body.as_bytes())
+            }
+            None => {
+                if method == "PUT" {
+                    // PUT defines a body: say explicitly that there is none.
+                    req = req.header(CONTENT_LENGTH, 0);
+                }
+                Bytes::new()
+            }
+        };
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| proto(format!("cannot build request: {e}")))?;
+
+        let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| proto(format!("cannot connect: {e}")))?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
-        );
-        if let Some(body) = body {
-            req.push_str("Content-Type: application/json\r\n");
-            req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-            req.push_str(body);
-        } else if method == "PUT" {
-            req.push_str("Content-Length: 0\r\n\r\n");
-        } else {
-            req.push_str("\r\n");
-        }
-        stream
-            .write_all(req.as_bytes())
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| proto(format!("write failed: {e}")))?;
-        let resp = read_response(&mut stream).await.map_err(proto)?;
-        if (200..300).contains(&resp.status) {
-            Ok(resp)
+            .map_err(|e| proto(format!("handshake failed: {e}")))?;
+        // The connection task ends with the exchange (`Connection: close`);
+        // its errors also surface through `send_request` or the body below.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| proto(format!("request failed: {e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| proto(format!("reading the reply body failed: {e}")))?
+            .to_bytes();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        if (200..300).contains(&status) {
+            Ok(Response { status, body })
         } else {
             Err(Error::Http {
                 socket: self.socket.clone(),
                 method: method.into(),
                 path,
-                status: resp.status,
-                body: resp.body,
+                status,
+                body,
             })
         }
     }
-}
-
-/// Read one HTTP/1.1 response: status line, headers, `Content-Length` body
-/// (or up to EOF when there is no length and the status allows a body).
-async fn read_response(stream: &mut UnixStream) -> std::result::Result<Response, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let header_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos;
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before a complete response header".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut content_length = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                content_length = Some(
-                    v.trim()
-                        .parse::<usize>()
-                        .map_err(|_| format!("bad Content-Length {v:?}"))?,
-                );
-            } else if k.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err(format!("unsupported Transfer-Encoding {:?}", v.trim()));
-            }
-        }
-    }
-    let mut body = buf[header_end + 4..].to_vec();
-    match content_length {
-        Some(len) => {
-            while body.len() < len {
-                let n = stream
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| format!("read failed: {e}"))?;
-                if n == 0 {
-                    return Err(format!(
-                        "connection closed after {} of {len} body bytes",
-                        body.len()
-                    ));
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(len);
-        }
-        None if status == 204 || status == 304 || (100..200).contains(&status) => body.clear(),
-        None => {
-            stream
-                .read_to_end(&mut body)
-                .await
-                .map_err(|e| format!("read failed: {e}"))?;
-        }
-    }
-    Ok(Response {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 #[cfg(test)]
@@ -412,11 +473,12 @@ mod tests {
     use serde_json::json;
 
     /// Checked field by field against `components.schemas` of
-    /// cloud-hypervisor.yaml (API 0.3.0): VmConfig.cpus (CpusConfig:
-    /// boot_vcpus, max_vcpus), memory (MemoryConfig: size, shared), payload
-    /// (PayloadConfig: kernel, initramfs, cmdline), disks[] (DiskConfig: path,
-    /// readonly), net[] (NetConfig: tap, mac), rng (RngConfig: src), serial and
-    /// console (ConsoleConfig: mode, socket), vsock (VsockConfig: cid, socket),
+    /// cloud-hypervisor.yaml at commit 00f68228 (API 0.3.0): VmConfig.cpus
+    /// (CpusConfig: boot_vcpus, max_vcpus), memory (MemoryConfig: size,
+    /// shared), payload (PayloadConfig: kernel, initramfs, cmdline), disks[]
+    /// (DiskConfig: path, readonly), net[] (NetConfig: tap, mac), rng
+    /// (RngConfig: src), serial (SerialConfig: mode, file, socket), console
+    /// (ConsoleConfig: mode, file, socket), vsock (VsockConfig: cid, socket),
     /// platform (PlatformConfig: oem_strings).
     #[test]
     fn create_body_matches_schema() {
@@ -491,12 +553,71 @@ mod tests {
     }
 
     #[test]
+    fn console_modes_are_the_spec_enum() {
+        let all = [
+            ConsoleMode::Off,
+            ConsoleMode::Pty,
+            ConsoleMode::Tty,
+            ConsoleMode::File,
+            ConsoleMode::Socket,
+            ConsoleMode::Null,
+        ];
+        assert_eq!(
+            serde_json::to_value(all).unwrap(),
+            json!(["Off", "Pty", "Tty", "File", "Socket", "Null"])
+        );
+        let file = SerialConfig {
+            file: Some("/var/log/vmctl/blog.serial".into()),
+            ..SerialConfig::mode(ConsoleMode::File)
+        };
+        assert_eq!(
+            serde_json::to_value(&file).unwrap(),
+            json!({"mode": "File", "file": "/var/log/vmctl/blog.serial"})
+        );
+        assert_eq!(
+            serde_json::to_value(ConsoleConfig::mode(ConsoleMode::Pty)).unwrap(),
+            json!({"mode": "Pty"})
+        );
+    }
+
+    #[test]
     fn vm_info_parses_documented_reply() {
         let info: VmInfo = serde_json::from_str(
-            r#"{"config": {"cpus": {"boot_vcpus": 1, "max_vcpus": 1}}, "state": "Running", "memory_actual_size": 536870912}"#,
+            r#"{"config": {"cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "payload": {}}, "state": "Running", "memory_actual_size": 536870912, "device_tree": {}}"#,
         )
         .unwrap();
-        assert_eq!(info.state, "Running");
+        assert_eq!(info.state, ChVmState::Running);
         assert_eq!(info.memory_actual_size, Some(536870912));
+        for (wire, state) in [
+            ("Created", ChVmState::Created),
+            ("Running", ChVmState::Running),
+            ("Shutdown", ChVmState::Shutdown),
+            ("Paused", ChVmState::Paused),
+            ("BreakPoint", ChVmState::BreakPoint),
+            ("Hibernating", ChVmState::Other("Hibernating".into())),
+        ] {
+            let info: VmInfo =
+                serde_json::from_value(json!({"config": {}, "state": wire})).unwrap();
+            assert_eq!(info.state, state);
+            assert_eq!(info.state.as_str(), wire);
+        }
+    }
+
+    #[test]
+    fn vmm_ping_parses_documented_reply() {
+        let ping: VmmPing = serde_json::from_value(json!({
+            "build_version": "v48.0-12-gabcdef",
+            "version": "48.0",
+            "pid": 1234,
+            "features": ["kvm", "io_uring"],
+        }))
+        .unwrap();
+        assert_eq!(ping.version, "48.0");
+        assert_eq!(ping.build_version.as_deref(), Some("v48.0-12-gabcdef"));
+        assert_eq!(ping.pid, Some(1234));
+        assert_eq!(ping.features, ["kvm", "io_uring"]);
+        // Only `version` is required.
+        let bare: VmmPing = serde_json::from_value(json!({"version": "48.0"})).unwrap();
+        assert_eq!(bare.features, Vec::<String>::new());
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::process::Child;
 
-use super::api::{ChApi, ChVmConfig};
+use super::api::{ChApi, ChVmConfig, ChVmState};
 use crate::error::{io_err, Error, Result};
 use crate::process;
 use crate::{VmConfig, VmState, Vmm};
@@ -66,14 +66,17 @@ pub fn api_socket(config: &VmConfig) -> PathBuf {
     config.runtime_dir.join("ch-api.sock")
 }
 
-/// Map `VmInfo.state` to [`VmState`].
-pub fn state_from_ch(state: &str) -> VmState {
+/// Map `VmInfo.state` to [`VmState`] (`BreakPoint` and unknown states
+/// become [`VmState::Other`] with the wire name).
+pub fn state_from_ch(state: &ChVmState) -> VmState {
     match state {
-        "Created" => VmState::Created,
-        "Running" => VmState::Running,
-        "Paused" => VmState::Paused,
-        "Shutdown" => VmState::Shutdown,
-        other => VmState::Other(other.to_owned()),
+        ChVmState::Created => VmState::Created,
+        ChVmState::Running => VmState::Running,
+        ChVmState::Paused => VmState::Paused,
+        ChVmState::Shutdown => VmState::Shutdown,
+        other @ (ChVmState::BreakPoint | ChVmState::Other(_)) => {
+            VmState::Other(other.as_str().to_owned())
+        }
     }
 }
 
@@ -122,13 +125,12 @@ mod tests {
 
     #[test]
     fn ch_states() {
-        assert_eq!(state_from_ch("Created"), VmState::Created);
-        assert_eq!(state_from_ch("Running"), VmState::Running);
-        assert_eq!(state_from_ch("Paused"), VmState::Paused);
-        assert_eq!(state_from_ch("Shutdown"), VmState::Shutdown);
-        assert_eq!(
-            state_from_ch("BreakPoint"),
-            VmState::Other("BreakPoint".into())
-        );
+        let ch = |s: &str| state_from_ch(&ChVmState::from(s.to_owned()));
+        assert_eq!(ch("Created"), VmState::Created);
+        assert_eq!(ch("Running"), VmState::Running);
+        assert_eq!(ch("Paused"), VmState::Paused);
+        assert_eq!(ch("Shutdown"), VmState::Shutdown);
+        assert_eq!(ch("BreakPoint"), VmState::Other("BreakPoint".into()));
+        assert_eq!(ch("Hibernating"), VmState::Other("Hibernating".into()));
     }
 }
