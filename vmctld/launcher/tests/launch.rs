@@ -52,9 +52,18 @@ fn vhost_device_vsock() -> Option<PathBuf> {
     on_path.then(|| "vhost-device-vsock".into())
 }
 
-/// Writes a spec, an image and a disk under a temp dir; `image` provides
-/// the files, or `None` makes an empty (unbootable) kernel.
-fn prepare(image: Option<&Path>) -> tempfile::TempDir {
+/// What the test VM boots.
+enum Boot<'a> {
+    /// The image's kernel, initramfs and root disk.
+    Image(&'a Path),
+    /// The image's kernel alone and a blank disk: it never reaches userspace.
+    KernelOnly(&'a Path),
+    /// An empty kernel file.
+    EmptyKernel,
+}
+
+/// Writes a spec, an image and a disk under a temp dir.
+fn prepare(boot: Boot) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     for sub in ["vms", "images/default", "disks/t1"] {
@@ -68,8 +77,8 @@ fn prepare(image: Option<&Path>) -> tempfile::TempDir {
     .unwrap();
     let img = state.join("images/default");
     let disk = state.join("disks/t1/root.raw");
-    match image {
-        Some(src) => {
+    match boot {
+        Boot::Image(src) => {
             std::fs::copy(src.join("vmlinuz"), img.join("vmlinuz")).unwrap();
             if src.join("initrd.img").exists() {
                 std::fs::copy(src.join("initrd.img"), img.join("initrd.img")).unwrap();
@@ -83,7 +92,11 @@ fn prepare(image: Option<&Path>) -> tempfile::TempDir {
                 .success();
             assert!(ok, "copying the root disk failed");
         }
-        None => {
+        Boot::KernelOnly(src) => {
+            std::fs::copy(src.join("vmlinuz"), img.join("vmlinuz")).unwrap();
+            std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        }
+        Boot::EmptyKernel => {
             std::fs::write(img.join("vmlinuz"), b"").unwrap();
             std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
         }
@@ -172,7 +185,7 @@ impl Vm {
         while Instant::now() < deadline {
             if fake {
                 while let Ok(line) = self.stderr.try_recv() {
-                    if line.contains(" ttyS0") {
+                    if line.contains("GNU/Linux") && line.ends_with("ttyS0") {
                         self.send_hello();
                     }
                 }
@@ -273,7 +286,7 @@ fn unbootable_kernel_fails_and_leaves_nothing_running() {
     if !tools_available() {
         return;
     }
-    let mut vm = launch(prepare(None), 15, 5);
+    let mut vm = launch(prepare(Boot::EmptyKernel), 15, 5);
     let status = vm.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "{status}");
     std::thread::sleep(Duration::from_millis(500));
@@ -286,7 +299,7 @@ fn ready_then_sigterm_powers_off_cleanly() {
     if !tools_available() {
         return;
     }
-    let mut vm = launch(prepare(Some(&image)), 240, 60);
+    let mut vm = launch(prepare(Boot::Image(&image)), 240, 60);
     let seen = vm.wait_ready(Duration::from_secs(260));
     assert!(
         seen.iter().any(|m| m.contains("STATUS=Running: guest ")),
@@ -310,10 +323,29 @@ fn killed_vmm_fails_the_launcher() {
     if !tools_available() {
         return;
     }
-    let mut vm = launch(prepare(Some(&image)), 240, 60);
+    let mut vm = launch(prepare(Boot::Image(&image)), 240, 60);
     vm.wait_ready(Duration::from_secs(260));
     kill(Pid::from_raw(vm.qemu_pid()), Signal::SIGKILL).unwrap();
     let status = vm.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "{status}");
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn boot_timeout_kills_the_vmm() {
+    let Some(image) = image_dir() else { return };
+    if !tools_available() {
+        return;
+    }
+    let mut vm = launch(prepare(Boot::KernelOnly(&image)), 20, 5);
+    let start = Instant::now();
+    let status = vm.wait_exit(Duration::from_secs(90));
+    assert!(!status.success(), "{status}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
