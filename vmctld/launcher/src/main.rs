@@ -26,8 +26,10 @@
 //!    `vm`, leader = the VMM); without a system bus or machined it logs a
 //!    warning and goes on.
 //! 7. Runs until the VMM exits or SIGTERM/SIGINT arrives. On a signal:
-//!    `STOPPING=1`, the ACPI power button over QMP, then up to
-//!    `--stop-timeout` for the guest to power off before the VMM is killed.
+//!    `STOPPING=1`, the ACPI power button through the driver (after 10 s
+//!    without effect also the guest agent's `shutdown` and a second press),
+//!    then up to `--stop-timeout` for the guest to power off before the VMM
+//!    is killed.
 //!    Exit 0 after a clean power-off (also one the guest started itself);
 //!    non-zero when the VMM failed, crashed or had to be killed, so the unit
 //!    ends `failed` and `Restart=on-failure` works.
@@ -41,7 +43,7 @@ mod plan;
 mod vmm;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -167,6 +169,7 @@ async fn run(args: &Args) -> Outcome {
         config.memory_mib()
     ));
     let console = layout.console_socket(&args.name);
+    let vsock = layout.vsock_socket(&args.name);
     let mut running = match Running::start(&config, driver, &console).await {
         Ok(r) => r,
         Err(e) => return Outcome::Error(e),
@@ -183,8 +186,8 @@ async fn run(args: &Args) -> Outcome {
                 Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
             };
         }
-        _ = sigterm.recv() => return stop(&mut running, args.stop_timeout).await,
-        _ = sigint.recv() => return stop(&mut running, args.stop_timeout).await,
+        _ = sigterm.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
+        _ = sigint.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
     };
     let Ok(hello) = hello else {
         running.kill().await;
@@ -214,8 +217,8 @@ async fn run(args: &Args) -> Outcome {
                 Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
             }
         }
-        _ = sigterm.recv() => stop(&mut running, args.stop_timeout).await,
-        _ = sigint.recv() => stop(&mut running, args.stop_timeout).await,
+        _ = sigterm.recv() => stop(&mut running, &vsock, args.stop_timeout).await,
+        _ = sigint.recv() => stop(&mut running, &vsock, args.stop_timeout).await,
     }
 }
 
@@ -232,21 +235,50 @@ async fn wait_hello(listener: &UnixListener) -> vmctl_guest::protocol::Hello {
     }
 }
 
-/// Powers the guest off: ACPI power button, then a kill after `timeout_secs`.
-async fn stop(running: &mut Running, timeout_secs: u64) -> Outcome {
+/// How long the guest gets to react to the power button before the guest
+/// agent is asked too (a press during early boot, before systemd-logind
+/// watches the button, is lost).
+const POWER_BUTTON_GRACE: Duration = Duration::from_secs(10);
+
+/// Powers the guest off: ACPI power button; if the guest ignores it, the
+/// guest agent's `shutdown` and a second press; a kill after `timeout_secs`.
+async fn stop(running: &mut Running, vsock: &Path, timeout_secs: u64) -> Outcome {
     notify(&[NotifyState::Stopping, NotifyState::Status("Stopping")]);
     info!("stopping: pressing the ACPI power button");
     if let Err(e) = running.power_button().await {
         warn!("power button failed: {e}");
     }
-    let outcome =
-        match tokio::time::timeout(Duration::from_secs(timeout_secs), running.wait()).await {
-            Ok(Ok(s)) => Outcome::from_vmm_exit(s),
-            Ok(Err(e)) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
-            Err(_) => {
-                running.kill().await;
-                Outcome::StopTimedOut
-            }
+    let timeout = Duration::from_secs(timeout_secs);
+    let graceful = async {
+        if let Ok(exited) =
+            tokio::time::timeout(POWER_BUTTON_GRACE.min(timeout / 2), running.wait()).await
+        {
+            return exited;
+        }
+        warn!("the guest ignored the power button; asking the guest agent to power off");
+        let ask = async {
+            vmctl_guest::client::AgentClient::connect(vsock)
+                .await?
+                .shutdown(false)
+                .await
         };
-    outcome
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("guest agent shutdown failed: {e}"),
+            Err(_) => warn!("guest agent shutdown: no answer within 5 s"),
+        }
+        if let Err(e) = running.power_button().await {
+            warn!("power button failed: {e}");
+        }
+        running.wait().await
+    };
+    let result = tokio::time::timeout(timeout, graceful).await;
+    match result {
+        Ok(Ok(s)) => Outcome::from_vmm_exit(s),
+        Ok(Err(e)) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
+        Err(_) => {
+            running.kill().await;
+            Outcome::StopTimedOut
+        }
+    }
 }
