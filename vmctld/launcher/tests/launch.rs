@@ -214,6 +214,33 @@ impl Vm {
         s.write_all(&frame).unwrap();
     }
 
+    /// A client of the console socket gets the guest's serial output and
+    /// its input reaches the guest: pressing Enter brings a login prompt.
+    fn console_shows_login(&self) {
+        let path = self.dir.path().join("run/vm/t1/console");
+        let mut con = UnixStream::connect(path).unwrap();
+        con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            con.write_all(b"\r").unwrap();
+            match std::io::Read::read(&mut con, &mut buf) {
+                Ok(0) => panic!("console closed"),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("console: {e}"),
+            }
+            if String::from_utf8_lossy(&seen).contains("login:") {
+                return;
+            }
+        }
+        panic!(
+            "no login prompt on the console: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+
     /// Processes whose command line mentions this test's directory.
     fn leftovers(&self) -> Vec<String> {
         let needle = self.dir.path().to_string_lossy().into_owned();
@@ -305,6 +332,7 @@ fn ready_then_sigterm_powers_off_cleanly() {
         seen.iter().any(|m| m.contains("STATUS=Running: guest ")),
         "{seen:?}"
     );
+    vm.console_shows_login();
     let pid = Pid::from_raw(vm.child.id() as i32);
     kill(pid, Signal::SIGTERM).unwrap();
     let status = vm.wait_exit(Duration::from_secs(75));
