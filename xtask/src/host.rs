@@ -20,8 +20,10 @@
 //! this machine's PID 1 is systemd) the machine itself is the host.
 
 use crate::cmd;
+use crate::image::{self, Image};
 use crate::install;
 use crate::paths::{devhost_dir, Profile};
+use crate::tools;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -116,6 +118,7 @@ pub fn up(opts: UpOptions) -> Result<DevHost> {
             prefix: "/usr".into(),
             profile,
         })?;
+        install_vm_assets(Path::new("/"), &image::ensure_default()?)?;
         fs::create_dir_all(devhost_dir())?;
         fs::write(state_file(), "local\n")?;
         DevHost::Local
@@ -133,6 +136,7 @@ pub fn up(opts: UpOptions) -> Result<DevHost> {
             report.changed.len()
         );
         enable_nss_module(&root.join("etc/nsswitch.conf"))?;
+        install_vm_assets(&root, &image::ensure_default()?)?;
         boot(&root)?
     };
     host.wait_until_booted()?;
@@ -428,6 +432,27 @@ fn prepare_root(base: &Path, root: &Path) -> Result<()> {
         root.join("etc/hosts"),
         format!("127.0.0.1\tlocalhost\n127.0.1.1\t{MACHINE}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
     )?;
+    Ok(())
+}
+
+/// What VMs need beyond the package: the default guest image (an
+/// administrator would import it) and vhost-device-vsock, which gives QEMU a
+/// hybrid-vsock socket (it is not packaged in Debian).
+fn install_vm_assets(root: &Path, image: &Image) -> Result<()> {
+    let vsock = tools::ensure(tools::VHOST_DEVICE_VSOCK)?;
+    let bin = root.join("usr/local/bin");
+    fs::create_dir_all(&bin)?;
+    fs::copy(&vsock, bin.join("vhost-device-vsock"))?;
+    let images = root.join("var/lib/vmctl/images/default");
+    fs::create_dir_all(&images)?;
+    for name in Image::FILES {
+        cmd::run(
+            Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(image.dir.join(name))
+                .arg(images.join(name)),
+        )?;
+    }
     Ok(())
 }
 

@@ -92,6 +92,7 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
     let mut entries = vec![
         Entry::binary(out.join("vmctl"), p("bin/vmctl")),
         Entry::binary(out.join("vmctld"), p("libexec/vmctl/vmctld")),
+        Entry::binary(out.join("vmctl-launch"), p("libexec/vmctl/vmctl-launch")),
         Entry::data(
             out.join("libnss_vmctl.so"),
             p(&format!("lib/{}/libnss_vmctl.so.2", multiarch())),

@@ -4,6 +4,7 @@
 //! end-to-end tests use [`host`] directly to run commands inside the
 //! systemd development host.
 
+pub mod bench;
 pub mod cmd;
 pub mod deps;
 pub mod host;

@@ -43,6 +43,12 @@ enum Task {
         #[arg(long)]
         keep_host: bool,
     },
+    /// Benchmark VM start, exec and the launcher against raw QEMU.
+    Bench {
+        /// Measured runs of each side.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+    },
     /// Bring up the host and show vmctl working in it.
     Demo {
         /// Use this machine's own systemd (PID 1 must be systemd).
@@ -137,6 +143,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Host { action } => return host_action(action),
         Task::Test { keep_host } => test(keep_host)?,
         Task::Demo { local } => demo(local)?,
+        Task::Bench { runs } => {
+            deps::ensure_build_machine()?;
+            let host = host::up(UpOptions::default())?;
+            let image = xtask::image::ensure_default()?;
+            let result = xtask::bench::run(&host, &image, runs);
+            host::down()?;
+            result?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -176,8 +190,24 @@ fn cargo() -> Command {
 
 fn test(keep_host: bool) -> Result<()> {
     deps::ensure_build_machine()?;
+    // Component tests boot the real guest image under QEMU and need
+    // vhost-device-vsock on PATH.
+    let image = xtask::image::ensure_default()?;
+    let vsock = xtask::tools::ensure(xtask::tools::VHOST_DEVICE_VSOCK)?;
+    let mut path = vec![vsock
+        .parent()
+        .expect("a binary has a directory")
+        .to_path_buf()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     eprintln!("xtask: == unit and component tests ==");
-    cmd::run(cargo().args(["test", "--workspace", "--exclude", "vmctl-e2e"]))?;
+    cmd::run(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "vmctl-e2e"])
+            .env("VMCTL_TEST_IMAGE_DIR", &image.dir)
+            .env("PATH", std::env::join_paths(path)?),
+    )?;
 
     eprintln!("xtask: == install is idempotent ==");
     install::build(Profile::Dev)?;
@@ -221,32 +251,36 @@ fn demo(local: bool) -> Result<()> {
         local,
         profile: None,
     })?;
-    let steps: &[&[&str]] = &[
-        &["systemctl", "--no-pager", "status", "vmctld.socket"],
-        &["vmctl", "version"],
-        &["vmctl", "list"],
-        &["vmctl", "list", "--json"],
-        &[
-            "busctl",
-            "--system",
-            "call",
-            "org.vmctl.Manager1",
-            "/org/vmctl/Manager1",
-            "org.vmctl.Manager1",
-            "GetVersion",
-        ],
-        &["systemctl", "--no-pager", "status", "vmctld.service"],
-    ];
-    for step in steps {
+    let show = |step: &[&str]| -> Result<()> {
         println!("\n$ {}", step.join(" "));
         let status = host.run(step, None)?;
         if !status.success() {
             bail!("demo step `{}` failed: {status}", step.join(" "));
         }
+        Ok(())
+    };
+    show(&["vmctl", "version"])?;
+    // A leftover demo VM (demo --local run twice) is replaced.
+    if host
+        .output(&["vmctl", "describe", "demo"], None)?
+        .status
+        .success()
+    {
+        show(&["vmctl", "rm", "demo"])?;
     }
-    println!("\nThe development host is running.");
-    println!("  enter it:        cargo xtask host shell");
-    println!("  run a command:   cargo xtask host run -- vmctl list");
-    println!("  stop it:         cargo xtask host down");
+    show(&[
+        "vmctl", "create", "demo", "--cpus", "2", "--memory", "1G", "--disk", "4G",
+    ])?;
+    println!("\n(the guest boots under QEMU; without KVM this takes about a minute)");
+    show(&["systemctl", "start", "vm@demo"])?;
+    show(&["systemctl", "--no-pager", "status", "vm@demo"])?;
+    show(&["vmctl", "list"])?;
+    show(&["vmctl", "exec", "demo", "--", "uname", "-a"])?;
+    show(&["machinectl", "list"])?;
+    println!("\nThe development host is running, and so is VM demo inside it.");
+    println!("  get into the VM:  cargo xtask host run -- vmctl shell demo");
+    println!("  enter the host:   cargo xtask host shell");
+    println!("  stop the VM:      cargo xtask host run -- systemctl stop vm@demo");
+    println!("  stop everything:  cargo xtask host down");
     Ok(())
 }
