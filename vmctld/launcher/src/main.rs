@@ -196,6 +196,16 @@ async fn run(args: &Args) -> Outcome {
     let running_status = format!("Running: guest {}", hello.kernel_release);
     info!("{running_status}");
     notify(&[NotifyState::Ready, NotifyState::Status(&running_status)]);
+    // A guest that reboots says hello again: keep answering, keep STATUS= true.
+    tokio::spawn(async move {
+        loop {
+            let hello = wait_hello(&hello_listener).await;
+            status(&format!(
+                "Running: guest {} (rebooted)",
+                hello.kernel_release
+            ));
+        }
+    });
 
     if let (Some(leader), Some(id)) = (running.pid(), inputs::machine_id_bytes(&inputs.spec.id)) {
         match tokio::time::timeout(
