@@ -36,8 +36,11 @@ fn qemu_available() -> bool {
 }
 
 fn vhost_device_vsock() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VMCTL_VHOST_DEVICE_VSOCK") {
-        return Some(p.into());
+    // The launcher's own variable, or the one vmm's tests use.
+    for var in ["VMCTL_VHOST_DEVICE_VSOCK", "VHOST_DEVICE_VSOCK"] {
+        if let Some(p) = std::env::var_os(var) {
+            return Some(p.into());
+        }
     }
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/tools/vhost-device-vsock-0.3.0/bin/vhost-device-vsock");
