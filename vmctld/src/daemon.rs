@@ -102,25 +102,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     result
 }
 
-/// How vmctld talks to systemd: on the system bus (production) through
-/// systemd's private socket, which needs no capability (see
-/// [`crate::units`]), falling back to the bus; on a test bus through that
-/// bus; with `--no-dbus` not at all.
+/// How vmctld talks to systemd: over the bus it serves on (see
+/// [`crate::units`] for why not systemd's private socket), subscribed to
+/// job signals; with `--no-dbus` not at all.
 async fn systemd_client(bus: Option<&(&BusChoice, zbus::Connection)>) -> Option<Systemd> {
-    let (choice, conn) = bus?;
-    if **choice == BusChoice::System {
-        match Systemd::connect_private().await {
-            Ok(systemd) => {
-                tracing::info!("systemd: connected to {}", crate::units::PRIVATE_SOCKET);
-                return Some(systemd);
-            }
-            Err(e) => tracing::warn!(
-                "systemd: cannot connect to {} ({e}); using the system bus, where \
-                 changing units needs privileges vmctld lacks",
-                crate::units::PRIVATE_SOCKET
-            ),
-        }
-    }
+    let (_, conn) = bus?;
     let systemd = Systemd::new(conn.clone());
     if let Err(e) = systemd.subscribe().await {
         tracing::warn!("systemd: cannot subscribe to job signals: {e}");

@@ -4,23 +4,26 @@
 //! Asked over D-Bus (`org.freedesktop.systemd1`). Any failure to ask for a
 //! state yields `unknown` rather than a guess.
 //!
-//! # Which connection
+//! # Which connection, and why it is allowed
 //!
 //! vmctld runs as root but with an empty capability bounding set
-//! (`units/vmctld.service`). On the system bus, systemd authorises
+//! (`units/vmctld.service`). On the system bus systemd authorises
 //! state-changing calls (`StartUnit`, `SetUnitProperties`, ...) by
-//! CAP_SYS_ADMIN of the sender or, failing that, by polkit, so there they
-//! are refused or depend on polkit rules. systemd's private socket
-//! `/run/systemd/private` is what `systemctl` itself uses as root: only
-//! uid 0 can connect to it (the socket is 0600 root), and systemd trusts
-//! every peer there, no capability needed. So [`Systemd::connect_private`]
-//! is the production path; the bus connection is the fallback (read-only
-//! use, tests with a private bus).
+//! CAP_SYS_ADMIN of the sender and, lacking that, asks polkit, which always
+//! authorises uid 0. So vmctld needs polkit running (it does anyway for its
+//! own callers) but no capability.
 //!
-//! Job results come as `JobRemoved` signals, which systemd sends to every
-//! private connection unconditionally and to bus clients after
-//! `Subscribe()`: we subscribe to the stream before starting the job, so
-//! it cannot be missed.
+//! systemd's private socket `/run/systemd/private` (what `systemctl` uses
+//! as root, trusted without polkit) was tried and does not work with zbus
+//! 5.19: systemd stamps its replies and signals there with the sender
+//! `org.freedesktop.systemd1`, a well-known name, and zbus panics
+//! ("Invalid field reconstruction: Invalid unique name") when it reads the
+//! sender field, which must be a unique name on a bus. Verified in the dev
+//! host (a p2p zbus connection to the socket, first method reply).
+//!
+//! Job results come as `JobRemoved` signals, which systemd sends to bus
+//! clients after `Subscribe()`: we open the signal stream before starting
+//! the job, so its end cannot be missed.
 
 use futures_util::StreamExt;
 use vmctl_api::spec::unit_name;
@@ -30,9 +33,6 @@ use zbus::{
 };
 
 use crate::{limits::UnitLimits, manager::STATE_UNKNOWN, ManagerError};
-
-/// systemd's private D-Bus socket (root only).
-pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
@@ -51,19 +51,6 @@ impl Systemd {
     /// or a peer-to-peer connection to systemd.
     pub fn new(conn: Connection) -> Self {
         Self { conn }
-    }
-
-    /// A peer-to-peer connection to systemd's private socket (see the
-    /// module documentation for why).
-    pub async fn connect_private() -> zbus::Result<Self> {
-        let stream = tokio::net::UnixStream::connect(PRIVATE_SOCKET)
-            .await
-            .map_err(|e| zbus::Error::InputOutput(e.into()))?;
-        let conn = zbus::connection::Builder::unix_stream(stream)
-            .p2p()
-            .build()
-            .await?;
-        Ok(Self::new(conn))
     }
 
     /// Asks systemd to send job signals to this connection (needed on a
