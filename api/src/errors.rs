@@ -80,7 +80,7 @@ impl fmt::Display for ErrorReply {
                 p("image"),
                 p("image")
             )?,
-            INVALID_SIZE => write!(f, "invalid {} {}: {}", p("what"), p("value"), p("reason"))?,
+            INVALID_SIZE => write!(f, "invalid {}: {}", p("what"), p("reason"))?,
             UNIT_FAILED => write!(
                 f,
                 "{} failed (result: {}); see journalctl -u {}",

@@ -52,13 +52,13 @@ pub enum ManagerError {
         image: String,
     },
     /// A size or count out of range.
-    #[error("invalid {what} {value}: {reason}")]
+    #[error("invalid {what}: {reason}")]
     InvalidSize {
         /// `vcpus`, `memory` or `disk`.
         what: String,
         /// The rejected value, as a person would write it.
         value: String,
-        /// What is allowed.
+        /// What is wrong, naming the value and the limit.
         reason: String,
     },
     /// A systemd job on the VM's unit did not succeed.

@@ -65,7 +65,7 @@ pub fn check_vcpus(vcpus: u32) -> Result<(), ManagerError> {
         Err(invalid(
             "vcpus",
             vcpus.to_string(),
-            format!("a VM has 1 to {MAX_VCPUS} vCPUs"),
+            format!("{vcpus} vCPUs is outside 1 to {MAX_VCPUS}"),
         ))
     }
 }
@@ -77,7 +77,11 @@ pub fn check_memory(memory: u64, host_total: Option<u64>) -> Result<(), ManagerE
         return Err(invalid(
             "memory",
             format_size(memory),
-            format!("a VM needs at least {}", format_size(MIN_MEMORY)),
+            format!(
+                "memory {} is below the minimum of {}",
+                format_size(memory),
+                format_size(MIN_MEMORY)
+            ),
         ));
     }
     if let Some(total) = host_total.filter(|total| memory > *total) {
@@ -101,7 +105,8 @@ pub fn check_disk(disk: u64, image_size: u64) -> Result<(), ManagerError> {
             "disk",
             format_size(disk),
             format!(
-                "the image's root disk is {}; the disk must be at least that",
+                "disk {} is smaller than the image's root disk ({})",
+                format_size(disk),
                 format_size(image_size)
             ),
         ));
@@ -110,7 +115,11 @@ pub fn check_disk(disk: u64, image_size: u64) -> Result<(), ManagerError> {
         return Err(invalid(
             "disk",
             format_size(disk),
-            format!("at most {}", format_size(MAX_DISK)),
+            format!(
+                "disk {} exceeds the limit of {}",
+                format_size(disk),
+                format_size(MAX_DISK)
+            ),
         ));
     }
     Ok(())
@@ -167,7 +176,7 @@ mod tests {
         let e = check_memory(100 * TIB, Some(23 * GIB + 400 * MIB)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid memory 100 TiB: memory 100 TiB exceeds this host's 23.4 GiB"
+            "invalid memory: memory 100 TiB exceeds this host's 23.4 GiB"
         );
         assert!(check_memory(64 * MIB, None).is_err());
         assert!(check_memory(GIB, None).is_ok());
