@@ -185,10 +185,17 @@ fn rss_kib(host: &DevHost, pid: &str) -> Result<u64> {
 /// The PID and argv of the process in `unit` whose program contains `needle`.
 fn find_process(host: &DevHost, unit: &str, needle: &str) -> Result<(String, Vec<String>)> {
     let cgroup = host.check(&["systemctl", "show", "-p", "ControlGroup", "--value", unit])?;
-    let procs = host.check(&[
-        "cat",
-        &format!("/sys/fs/cgroup{}/cgroup.procs", cgroup.trim()),
-    ])?;
+    // cgroup v2 at /sys/fs/cgroup, or at /sys/fs/cgroup/unified on hybrid hosts.
+    let cgroup = cgroup.trim();
+    let listing = host.output(
+        &[
+            "cat",
+            &format!("/sys/fs/cgroup{cgroup}/cgroup.procs"),
+            &format!("/sys/fs/cgroup/unified{cgroup}/cgroup.procs"),
+        ],
+        None,
+    )?;
+    let procs = String::from_utf8_lossy(&listing.stdout);
     for pid in procs.split_whitespace() {
         let out = host.output(&["cat", &format!("/proc/{pid}/cmdline")], None)?;
         let argv: Vec<String> = out
