@@ -56,11 +56,12 @@ pub fn build(profile: Profile) -> Result<()> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
+            .args(["build", "--quiet"])
             .args([
-                "build",
-                "--quiet",
                 "-p",
                 "vmctld",
+                "-p",
+                "vmctl-launch",
                 "-p",
                 "vmctl",
                 "-p",
