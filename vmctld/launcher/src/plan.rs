@@ -17,12 +17,14 @@ pub fn select_driver(choice: VmmChoice) -> Driver {
     }
 }
 
-/// The guest kernel command line for machine ID `id`.
-pub fn kernel_cmdline(id: &str) -> String {
+/// The guest kernel command line for VM `name` with machine ID `id`: the
+/// guest takes the VM's name as its hostname.
+pub fn kernel_cmdline(name: &str, id: &str) -> String {
     // `quiet` keeps the serial console (and so TCG boots) fast; systemd
     // still prints its status lines.
     format!(
-        "console=ttyS0 root=/dev/vda rw systemd.firstboot=off systemd.machine_id={id} panic=-1 quiet"
+        "console=ttyS0 root=/dev/vda rw systemd.firstboot=off systemd.machine_id={id} \
+         systemd.hostname={name} panic=-1 quiet"
     )
 }
 
@@ -50,7 +52,7 @@ pub fn vm_config(inputs: &Inputs, layout: &Layout) -> VmConfig {
         memory_bytes: inputs.spec.memory_bytes.div_ceil(1 << 20) << 20,
         kernel: inputs.kernel.clone(),
         initrd: inputs.initrd.clone(),
-        cmdline: kernel_cmdline(&inputs.spec.id),
+        cmdline: kernel_cmdline(&inputs.spec.name, &inputs.spec.id),
         disks: vec![Disk {
             path: inputs.root_disk.clone(),
             read_only: false,
@@ -95,10 +97,11 @@ mod tests {
 
     #[test]
     fn cmdline_has_machine_id_and_root() {
-        let c = kernel_cmdline("0123456789abcdef0123456789abcdef");
+        let c = kernel_cmdline("blog", "0123456789abcdef0123456789abcdef");
         assert!(c.starts_with("console=ttyS0 root=/dev/vda rw systemd.firstboot=off "));
         assert!(c.contains(" systemd.machine_id=0123456789abcdef0123456789abcdef "));
         assert!(c.contains(" panic=-1"));
+        assert!(c.contains(" systemd.hostname=blog "));
     }
 
     #[test]
@@ -135,7 +138,7 @@ mod tests {
         assert_eq!(c.runtime_dir, Path::new("/r/vm/blog"));
         assert_eq!(
             c.cmdline,
-            kernel_cmdline("0123456789abcdef0123456789abcdef")
+            kernel_cmdline("blog", "0123456789abcdef0123456789abcdef")
         );
     }
 }

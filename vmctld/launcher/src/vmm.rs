@@ -113,8 +113,34 @@ async fn connect_serial(serial: &Path) -> Result<UnixStream, String> {
 /// Writes one console line to stderr (the journal); a closed stderr is
 /// ignored rather than fatal.
 fn log_console_line(line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    let _ = writeln!(std::io::stderr(), "console: {}", text.trim_end());
+    let text = printable(&String::from_utf8_lossy(line));
+    if !text.is_empty() {
+        let _ = writeln!(std::io::stderr(), "console: {text}");
+    }
+}
+
+/// The console line without terminal escape sequences and control
+/// characters, which would make journald store it as a binary blob.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte; other escapes: ESC + one char.
+            if chars.next_if_eq(&'[').is_some() {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out.trim_end().to_owned()
 }
 
 /// Copies the guest's serial output line by line to stderr and raw to every
@@ -182,4 +208,18 @@ fn relay_console(serial: UnixStream, listener: UnixListener) {
             });
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn console_lines_lose_colours_and_carriage_returns() {
+        assert_eq!(
+            printable("[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mfoo\u{1b}[0m.\r"),
+            "[  OK  ] Started foo."
+        );
+        assert_eq!(printable("\u{1b}7plain\u{7}"), "plain");
+    }
 }
