@@ -129,6 +129,18 @@ fn a_vm_lives_and_dies_as_a_unit() {
         ("out\n", "err\n")
     );
 
+    // The guest is named after the VM.
+    let hostname = host(&["vmctl", "exec", "blog", "--", "hostname"]).ok();
+    assert_eq!(hostname.stdout.trim(), "blog");
+
+    // The serial console is reachable: Enter brings the guest's login prompt.
+    let console = host(&[
+        "sh",
+        "-c",
+        "printf '\\n' | timeout 8 vmctl console blog; true",
+    ]);
+    assert!(console.stdout.contains("login:"), "{console:#?}");
+
     // machined knows it.
     let machines = host(&["machinectl", "list", "--no-legend"]).ok();
     assert!(

@@ -117,6 +117,11 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
+    /// Attach to a running VM's serial console (root only); Ctrl-] detaches.
+    Console {
+        /// The VM's name.
+        name: String,
+    },
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs {

@@ -150,12 +150,12 @@ async fn forward_resizes(control: mpsc::Sender<Control>) {
 }
 
 /// The terminal in raw mode until dropped.
-struct RawMode {
+pub(crate) struct RawMode {
     saved: rustix::termios::Termios,
 }
 
 impl RawMode {
-    fn enable(stdin: &std::io::Stdin) -> anyhow::Result<Self> {
+    pub(crate) fn enable(stdin: &std::io::Stdin) -> anyhow::Result<Self> {
         use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
         let saved = tcgetattr(stdin.as_fd()).context("cannot read the terminal settings")?;
         let mut raw = saved.clone();

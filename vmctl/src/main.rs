@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod console;
 mod docs;
 mod exec;
 mod output;
@@ -111,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             return exec::exec(&cli.address, &name, command).await;
         }
         Command::Shell { name } => return exec::shell(&cli.address, &name).await,
+        Command::Console { name } => return console::console(&name).await,
         Command::GenerateDocs { out } => docs::generate(&out)?,
     }
     Ok(0)
