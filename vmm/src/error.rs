@@ -72,14 +72,26 @@ pub enum Error {
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
-    /// The VMM process exited while we were waiting for it to come up.
-    #[error("{program} exited early with {status}")]
+    /// The VMM (or a helper) exited while we were waiting for it to come up.
+    /// The message ends with the last lines it wrote to stderr, which say why
+    /// (e.g. QEMU's `invalid kernel header`).
+    #[error("{program} exited early with {status}{}", stderr_suffix(.stderr))]
     ExitedEarly {
         /// The program.
         program: String,
         /// Its exit status.
         status: std::process::ExitStatus,
+        /// The last lines of its stderr (up to 10; empty if it wrote none).
+        stderr: String,
     },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
 }
 
 /// Result alias for this crate.

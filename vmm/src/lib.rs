@@ -47,8 +47,12 @@ pub enum VmState {
 ///
 /// A value is obtained from [`Vmm::spawn`], which starts the VMM child
 /// process (and helpers) and leaves the guest created but not running. The
-/// child is killed when the value is dropped, so a launcher crash never
-/// leaves an orphan VMM behind.
+/// child is killed when the value is dropped, and by the kernel
+/// (`PR_SET_PDEATHSIG(SIGKILL)`) if the launcher dies without dropping it
+/// (SIGKILL), so a launcher crash never leaves an orphan VMM behind. The
+/// VMM's stderr is forwarded line by line to the launcher's stderr; if the
+/// VMM exits during [`Vmm::spawn`], the error is [`Error::ExitedEarly`] with
+/// its last stderr lines.
 pub trait Vmm: Sized + Send {
     /// Validate `config`, start the VMM process and wait until its control
     /// socket answers. The guest does not run yet.
@@ -109,6 +113,17 @@ pub enum AnyVm {
     Qemu(qemu::QemuVm),
     /// Run by cloud-hypervisor.
     CloudHypervisor(cloud_hypervisor::ChVm),
+}
+
+impl AnyVm {
+    /// Process id of the VMM (QEMU or cloud-hypervisor; for machined
+    /// registration), while it runs; `None` once it has been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            AnyVm::Qemu(vm) => vm.pid(),
+            AnyVm::CloudHypervisor(vm) => vm.pid(),
+        }
+    }
 }
 
 macro_rules! dispatch {

@@ -1,13 +1,35 @@
 //! Child-process plumbing shared by the drivers.
+//!
+//! Every child (QEMU, `vhost-device-vsock`, cloud-hypervisor) is started by
+//! [`spawn`], which
+//! - forks on one dedicated thread that lives as long as the process, and
+//!   sets `PR_SET_PDEATHSIG(SIGKILL)` in the child, so a launcher killed by
+//!   SIGKILL outside systemd never leaves a VMM behind (`kill_on_drop` only
+//!   covers an orderly drop);
+//! - pipes the child's stderr through a forwarding thread that copies every
+//!   line verbatim to our stderr (the unit's journal, as before) and keeps
+//!   the last lines, so [`Error::ExitedEarly`] can say *why* the VMM died.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::future::Future;
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
 use crate::error::{io_err, Error, Result};
+
+/// Lines of a child's stderr kept for [`Error::ExitedEarly`].
+const TAIL_LINES: usize = 10;
+/// Longest line kept in the tail (longer ones are cut).
+const TAIL_LINE_MAX: usize = 1000;
+/// How long to wait, after the child exited, for its last stderr bytes.
+const TAIL_DRAIN: Duration = Duration::from_secs(1);
 
 /// First executable named `name` on `PATH`.
 pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -21,42 +43,224 @@ pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Start `program args` directly (no shell). stdin is closed; stdout and
-/// stderr are inherited so they land in the unit's journal. The child is
-/// killed if its handle is dropped.
-pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<Child> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: program.display().to_string(),
-            source,
-        })
+/// The last lines a child wrote to stderr (everything is also forwarded to
+/// our own stderr as it arrives).
+#[derive(Debug, Clone)]
+pub(crate) struct StderrTail(Arc<TailInner>);
+
+#[derive(Debug, Default)]
+struct TailInner {
+    lines: Mutex<VecDeque<String>>,
+    /// Set by the forwarding thread at EOF (the child and every copy of the
+    /// pipe's write end are gone).
+    done: AtomicBool,
 }
 
-/// Wait until `socket` exists, failing early if `child` exits.
-pub(crate) async fn wait_for_socket(
+impl StderrTail {
+    /// Start the thread copying `pipe` to our stderr. A plain thread, not a
+    /// tokio task: it must keep draining the pipe for as long as the child
+    /// lives, whatever happens to the runtime (a child writing to a pipe
+    /// nobody reads blocks, or dies of EPIPE).
+    fn forward(pipe: io::PipeReader, program: &str) -> io::Result<StderrTail> {
+        let tail = StderrTail(Arc::default());
+        let inner = tail.0.clone();
+        std::thread::Builder::new()
+            .name(format!("{program}-stderr"))
+            .spawn(move || {
+                let mut pipe = io::BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match pipe.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    let _ = io::stderr().write_all(&line);
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let text: String = text.chars().take(TAIL_LINE_MAX).collect();
+                    let mut lines = inner.lines.lock().expect("stderr tail lock");
+                    if lines.len() == TAIL_LINES {
+                        lines.pop_front();
+                    }
+                    lines.push_back(text);
+                }
+                inner.done.store(true, Ordering::Release);
+            })?;
+        Ok(tail)
+    }
+
+    /// The kept lines, once the child's stderr reached EOF (or after
+    /// [`TAIL_DRAIN`], whatever arrived by then).
+    async fn text(&self) -> String {
+        let deadline = tokio::time::Instant::now() + TAIL_DRAIN;
+        while !self.0.done.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lines = self.0.lines.lock().expect("stderr tail lock");
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Start `program args` directly (no shell). stdin is closed, stdout is
+/// inherited, stderr is forwarded line by line to ours (so both land in the
+/// unit's journal) and its tail kept. The child is killed if its handle is
+/// dropped, and by the kernel if this process dies.
+pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<(Child, StderrTail)> {
+    let spawn_err = |source: io::Error| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    };
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|e| spawn_err(io::Error::other(e)))?;
+    let (reader, writer) = io::pipe().map_err(spawn_err)?;
+    let name = program
+        .file_name()
+        .map_or_else(|| "child".into(), |n| n.to_string_lossy());
+    let tail = StderrTail::forward(reader, &name).map_err(spawn_err)?;
+
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stderr(writer)
+        .kill_on_drop(true);
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called. It makes exactly two raw
+    // system calls, prctl(2) and getppid(2), both async-signal-safe, and
+    // builds io::Error values from plain integers (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(parent));
+    }
+    // The command (holding our copy of the pipe's write end) is dropped on
+    // the spawner thread right after the fork, so the forwarding thread sees
+    // EOF once the child is gone.
+    let child = on_spawner_thread(move || {
+        let _entered = runtime.enter(); // tokio registers the child with this runtime
+        cmd.spawn()
+    })
+    .map_err(spawn_err)?;
+    Ok((child, tail))
+}
+
+/// In the forked child: ask for SIGKILL when the parent *thread* exits, and
+/// close the race with a parent that died before the prctl.
+fn die_with_parent(parent: u32) -> io::Result<()> {
+    use std::ffi::{c_int, c_ulong};
+    unsafe extern "C" {
+        fn prctl(option: c_int, ...) -> c_int;
+        fn getppid() -> c_int;
+    }
+    const PR_SET_PDEATHSIG: c_int = 1;
+    const SIGKILL: c_ulong = 9;
+    const ESRCH: i32 = 3;
+    // SAFETY: prctl(PR_SET_PDEATHSIG, sig) reads no memory of ours;
+    // getppid cannot fail.
+    unsafe {
+        if prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if getppid() as u32 != parent {
+            return Err(io::Error::from_raw_os_error(ESRCH));
+        }
+    }
+    Ok(())
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Run `f` on the spawner thread and wait for its result.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+/// the process. Callers may run on threads that end early (tokio's blocking
+/// pool retires idle threads after 10 s, a multi-thread runtime may be shut
+/// down while the VM should live on): forking there would SIGKILL a healthy
+/// VMM. So all children are forked by one thread that is started on first
+/// use and never exits (its channel's sender lives in a static).
+fn on_spawner_thread<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    static SPAWNER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = reply_tx.send(f());
+    });
+    {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+        if spawner.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("vmctl-vmm-spawner".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })?;
+            *spawner = Some(tx);
+        }
+        let tx = spawner.as_ref().expect("spawner set above");
+        if let Err(mpsc::SendError(job)) = tx.send(job) {
+            // Cannot happen (the thread only ends with its channel), but
+            // fail the spawn rather than forking on this thread.
+            drop(job);
+            *spawner = None;
+            return Err(io::Error::other("the spawner thread is gone"));
+        }
+    }
+    reply_rx
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone")))
+}
+
+/// The [`Error::ExitedEarly`] for `program`, with the tail of its stderr.
+async fn exited_early(program: &str, status: ExitStatus, tail: &StderrTail) -> Error {
+    Error::ExitedEarly {
+        program: program.into(),
+        status,
+        stderr: tail.text().await,
+    }
+}
+
+/// Run `fut` (a start-up step talking to `child`) unless `child` exits
+/// first: then fail at once with [`Error::ExitedEarly`] instead of waiting
+/// for `fut`'s own timeout. When `fut` fails and the child exits within a
+/// moment, the exit is reported too (it is the real cause).
+pub(crate) async fn while_running<T>(
     child: &mut Child,
+    tail: &StderrTail,
     program: &str,
-    socket: &Path,
-    timeout: Duration,
-) -> Result<()> {
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let waited = tokio::select! {
+        biased;
+        r = fut => match r {
+            Ok(v) => return Ok(v),
+            Err(e) => match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                Ok(waited) => waited,
+                Err(_) => return Err(e),
+            },
+        },
+        waited = child.wait() => waited,
+    };
+    let status = waited.map_err(io_err(format!("waiting for {program}")))?;
+    Err(exited_early(program, status, tail).await)
+}
+
+/// Wait until `socket` exists (wrap in [`while_running`] to stop early
+/// when its creator exits).
+pub(crate) async fn socket_appears(program: &str, socket: &Path, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if socket.exists() {
-            return Ok(());
-        }
-        if let Some(status) = child
-            .try_wait()
-            .map_err(io_err(format!("checking on {program}")))?
-        {
-            return Err(Error::ExitedEarly {
-                program: program.into(),
-                status,
-            });
-        }
+    while !socket.exists() {
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
                 "{program} to create {}",
@@ -65,6 +269,7 @@ pub(crate) async fn wait_for_socket(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
 }
 
 /// Remove a stale socket file left by a previous run.
@@ -82,5 +287,161 @@ pub(crate) async fn kill(child: &mut Child) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
         Err(e) => Err(io_err("killing child")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::time::Instant;
+
+    /// Set in the re-executed test binary that plays the launcher.
+    const HELPER_ENV: &str = "VMCTL_VMM_PDEATHSIG_HELPER";
+    const PID_TAG: &str = "VMCTL-VMM-CHILD-PID ";
+
+    /// `/proc/PID` gone, or a zombie nobody reaps (a container's PID 1 may not).
+    fn is_gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    /// Not a test on its own: the "launcher" that
+    /// `children_die_with_the_launcher_not_with_the_spawning_thread` runs.
+    #[test]
+    fn pdeathsig_helper() {
+        if std::env::var_os(HELPER_ENV).is_none() {
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        // Spawn from a thread that exits right away: with a fork on this
+        // thread, PDEATHSIG would kill the child when it ends.
+        let child = std::thread::spawn(move || {
+            let _entered = handle.enter();
+            spawn(Path::new("sleep"), &["300".into()]).map(|(child, _)| child)
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        println!("{PID_TAG}{}", child.id().unwrap());
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(300));
+        drop(child);
+    }
+
+    #[test]
+    fn children_die_with_the_launcher_not_with_the_spawning_thread() {
+        let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["process::tests::pdeathsig_helper", "--exact", "--nocapture"])
+            .env(HELPER_ENV, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = io::BufReader::new(helper.stdout.take().unwrap()).lines();
+        let pid: u32 = loop {
+            let line = lines
+                .next()
+                .expect("helper ended without a child pid")
+                .unwrap();
+            if let Some(pid) = line.strip_prefix(PID_TAG) {
+                break pid.trim().parse().unwrap();
+            }
+        };
+        // The thread that spawned it is gone, the child must live on.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!is_gone(pid), "child died with the spawning thread");
+        // SIGKILL the "launcher": no destructor runs, only PDEATHSIG helps.
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_gone(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "child {pid} survived its SIGKILLed parent"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test]
+    async fn early_exit_is_noticed_at_once_with_the_stderr_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("never.sock");
+        let script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i >&2; done; \
+                      printf 'no newline at the end' >&2; exit 3";
+        let (mut child, tail) = spawn(Path::new("sh"), &["-c".into(), script.into()]).unwrap();
+        let started = Instant::now();
+        let err = while_running(
+            &mut child,
+            &tail,
+            "sh",
+            socket_appears("sh", &socket, Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        let Error::ExitedEarly {
+            program,
+            status,
+            stderr,
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(program, "sh");
+        assert_eq!(status.code(), Some(3));
+        let expected: Vec<String> = (4..=12)
+            .map(|i| format!("line {i}"))
+            .chain(["no newline at the end".to_owned()])
+            .collect();
+        assert_eq!(stderr, &expected.join("\n"));
+        assert!(
+            err.to_string()
+                .starts_with("sh exited early with exit status: 3: line 4\nline 5"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_reports_the_exit_that_caused_it() {
+        let (mut child, tail) = spawn(
+            Path::new("sh"),
+            &["-c".into(), "sleep 0.1; echo dying >&2; exit 1".into()],
+        )
+        .unwrap();
+        let step = async { Err::<(), _>(Error::Timeout("something the child should do".into())) };
+        let err = while_running(&mut child, &tail, "sh", step)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::ExitedEarly { stderr, .. } if stderr == "dying"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_with_a_live_child_keeps_its_error() {
+        let (mut child, tail) = spawn(Path::new("sleep"), &["30".into()]).unwrap();
+        let step = async { Err::<(), _>(Error::Timeout("x".into())) };
+        let err = while_running(&mut child, &tail, "sleep", step)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        kill(&mut child).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let err = spawn(Path::new("/nonexistent/vmm"), &[]).unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent/vmm"), "{err}");
     }
 }

@@ -456,3 +456,44 @@ async fn real_cloud_hypervisor_boot_lifecycle() {
     let status = vm.wait().await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn cloud_hypervisor_dying_after_creating_its_socket_is_reported_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    // A stand-in that creates the API socket path, complains and exits.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let fake = dir.path().join("fake-cloud-hypervisor");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --api-socket ] || exit 9\n: > \"${2#path=}\"\n\
+         echo 'Error: boom: cannot bind the API socket' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    let err = loop {
+        attempts += 1;
+        match ChVm::spawn_with(&cfg, &fake).await {
+            // another test's fork may still hold the new script open (ETXTBSY)
+            Err(Error::Spawn { source, .. })
+                if source.raw_os_error() == Some(26) && attempts < 20 =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&err, Error::ExitedEarly { program, status, stderr }
+            if program == "cloud-hypervisor" && status.code() == Some(1)
+                && stderr == "Error: boom: cannot bind the API socket"),
+        "{err:?}"
+    );
+}

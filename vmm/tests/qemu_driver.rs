@@ -192,3 +192,129 @@ async fn qemu_vm_with_vhost_user_vsock_helper() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// An executable shell script at `path`.
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `QemuVm::spawn_with`, retrying while another test's fork still holds the
+/// freshly written script open for writing (ETXTBSY).
+async fn spawn_retrying(cfg: &VmConfig, bins: &QemuBinaries) -> vmctl_vmm::Result<QemuVm> {
+    for _ in 0..20 {
+        match QemuVm::spawn_with(cfg, bins).await {
+            Err(Error::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+    QemuVm::spawn_with(cfg, bins).await
+}
+
+#[tokio::test]
+async fn qemu_dying_after_creating_its_qmp_socket_is_reported_at_once() {
+    // A stand-in QEMU that creates the QMP socket path (as QEMU does while
+    // parsing options), complains and exits, as QEMU does with a bad kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let fake = dir.path().join("fake-qemu");
+    write_script(
+        &fake,
+        r#"for a; do case "$a" in unix:*) p="${a#unix:}"; : > "${p%%,*}";; esac; done
+echo "fake-qemu: could not load kernel '/x': Exec format error" >&2
+exit 1"#,
+    );
+    let bins = QemuBinaries {
+        qemu: fake,
+        ..QemuBinaries::default()
+    };
+    let started = std::time::Instant::now();
+    let err = spawn_retrying(&cfg, &bins).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&err, Error::ExitedEarly { program, status, stderr }
+            if program == "qemu" && status.code() == Some(1)
+                && stderr == "fake-qemu: could not load kernel '/x': Exec format error"),
+        "{err:?}"
+    );
+    assert!(err.to_string().ends_with("Exec format error"), "{err}");
+}
+
+#[tokio::test]
+async fn real_qemu_with_a_garbage_kernel_fails_fast_with_qemus_message() {
+    if !qemu_present() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; early exit not exercised");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // 4 KiB of random bytes: no multiboot, Linux or PVH header.
+    let mut garbage = vec![0u8; 4096];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut x = seed | 1;
+    for b in &mut garbage {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    // Random bytes alone are loaded as an ancient zImage ~3% of the time
+    // (setup_sects at 0x1f1 below 8 fits 4 KiB): make QEMU refuse for sure.
+    // With the initrd it says "linux kernel too old to load a ram disk",
+    // else "invalid kernel header".
+    garbage[0x1f1] = 0xff;
+    garbage[0x202..0x206].copy_from_slice(b"none"); // no "HdrS" Linux header
+    std::fs::write(&cfg.kernel, garbage).unwrap();
+    let started = std::time::Instant::now();
+    let err = QemuVm::spawn(&cfg).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    let Error::ExitedEarly {
+        program, stderr, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(program, "qemu");
+    // QEMU's own words, e.g. "qemu: invalid kernel header" or "Error loading
+    // uncompressed kernel without PVH ELF Note".
+    assert!(stderr.contains("kernel"), "{err}");
+    assert!(err.to_string().contains(stderr.as_str()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_vm_pid_is_the_qemu_process() {
+    if !qemu_present() {
+        eprintln!("SKIPPED: qemu-system-x86_64 is not installed; AnyVm::pid not exercised");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    write_halt_kernel(&cfg.kernel);
+    let mut vm = vmctl_vmm::AnyVm::Qemu(QemuVm::spawn(&cfg).await.expect("spawn qemu"));
+    let pid = vm.pid().expect("pid while running");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("qemu-system-x86_64"),
+        "{exe:?}"
+    );
+    vm.kill().await.unwrap();
+    assert_eq!(vm.pid(), None, "no pid once reaped");
+}

@@ -35,18 +35,24 @@ impl ChVm {
         }
         let mut arg = std::ffi::OsString::from("path=");
         arg.push(&socket);
-        let mut child = process::spawn(program, &["--api-socket".into(), arg])?;
-        process::wait_for_socket(&mut child, super::BINARY, &socket, STARTUP_TIMEOUT).await?;
-        let api = ChApi::new(socket);
-        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            match api.ping().await {
-                Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        let (mut child, stderr) = process::spawn(program, &["--api-socket".into(), arg])?;
+        // Stop waiting as soon as cloud-hypervisor exits (it may create the
+        // socket and still die), and say why.
+        let api = process::while_running(&mut child, &stderr, super::BINARY, async {
+            process::socket_appears(super::BINARY, &socket, STARTUP_TIMEOUT).await?;
+            let api = ChApi::new(socket.clone());
+            let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+            loop {
+                match api.ping().await {
+                    Ok(_) => break,
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
             }
-        }
-        api.create(&ChVmConfig::from_config(config)).await?;
+            api.create(&ChVmConfig::from_config(config)).await?;
+            Ok(api)
+        })
+        .await?;
         Ok(ChVm { child, api })
     }
 

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::accel::ResolvedAccel;
-use crate::config::{Machine, VmConfig};
+use crate::config::{Disk, Machine, VmConfig};
 
 /// Where the QEMU driver puts its sockets, all inside `runtime_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +48,91 @@ fn opt_path(prefix: &str, path: &Path) -> OsString {
     s
 }
 
-/// Build QEMU's argument vector (without the program name).
+/// How a disk uses the host page cache (QEMU `-drive cache=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskCache {
+    /// `cache=none`: O_DIRECT, no host page cache (no double caching of
+    /// guest data; guest flushes still reach the disk).
+    Direct,
+    /// `cache=writeback`: through the host page cache; guest flushes become
+    /// fdatasync, so it is as safe as `none`, only with a second cache.
+    Writeback,
+}
+
+impl DiskCache {
+    /// `cache=none` when `path` can be opened with O_DIRECT, else
+    /// `cache=writeback`.
+    ///
+    /// Why probe rather than always `writeback`: `none` is the better mode
+    /// where it works (guest memory already caches the guest's data; host
+    /// page cache for it is wasted memory charged to the VM's unit, and
+    /// evicts other VMs' pages), so it stays the default. But QEMU opens a
+    /// `cache=none` image with O_DIRECT and fails outright ("Invalid
+    /// argument") on file systems without O_DIRECT support (tmpfs before
+    /// Linux 6.6, some FUSE and network file systems). This opens the file
+    /// the way QEMU will (read-only or read-write, plus O_DIRECT) and falls
+    /// back only on EINVAL, the kernel's "no O_DIRECT here" answer. Any other
+    /// failure (missing file, permissions) keeps `none`: QEMU then reports
+    /// the real problem itself. `aio=threads` (set for both modes) works
+    /// with either.
+    pub fn probe(path: &Path, read_only: bool) -> DiskCache {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(O_DIRECT)
+            .open(path)
+        {
+            Err(e) if e.raw_os_error() == Some(EINVAL) => DiskCache::Writeback,
+            _ => DiskCache::Direct,
+        }
+    }
+
+    /// The `cache=` value.
+    pub fn as_qemu(self) -> &'static str {
+        match self {
+            DiskCache::Direct => "none",
+            DiskCache::Writeback => "writeback",
+        }
+    }
+}
+
+const EINVAL: i32 = 22;
+// O_DIRECT is architecture-specific (the crate does not depend on libc).
+#[cfg(any(target_arch = "arm", target_arch = "aarch64"))]
+const O_DIRECT: i32 = 0o200_000;
+#[cfg(any(target_arch = "powerpc", target_arch = "powerpc64"))]
+const O_DIRECT: i32 = 0o400_000;
+#[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+const O_DIRECT: i32 = 0o100_000;
+#[cfg(not(any(
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64"
+)))]
+const O_DIRECT: i32 = 0o40_000; // asm-generic: x86, x86_64, riscv64, s390x, loongarch64
+
+/// Build QEMU's argument vector (without the program name), choosing each
+/// disk's cache mode with [`DiskCache::probe`] (the files are opened, not
+/// read).
 ///
 /// The guest starts paused (`-S`); the driver sends QMP `cont` to boot it.
 pub fn qemu_args(cfg: &VmConfig, accel: ResolvedAccel, paths: &QemuPaths) -> Vec<OsString> {
+    qemu_args_with_cache(cfg, accel, paths, |d| {
+        DiskCache::probe(&d.path, d.read_only)
+    })
+}
+
+/// [`qemu_args`] with each disk's cache mode chosen by `cache` (no probing).
+pub fn qemu_args_with_cache(
+    cfg: &VmConfig,
+    accel: ResolvedAccel,
+    paths: &QemuPaths,
+    cache: impl Fn(&Disk) -> DiskCache,
+) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
     let (machine, bus) = match cfg.machine {
@@ -91,7 +172,10 @@ pub fn qemu_args(cfg: &VmConfig, accel: ResolvedAccel, paths: &QemuPaths) -> Vec
 
     for (i, disk) in cfg.disks.iter().enumerate() {
         let mut drive = opt_path(
-            "if=none,format=raw,cache=none,aio=threads,file=",
+            &format!(
+                "if=none,format=raw,cache={},aio=threads,file=",
+                cache(disk).as_qemu()
+            ),
             &disk.path,
         );
         drive.push(format!(",id=disk{i}"));
@@ -266,5 +350,56 @@ mod tests {
             after(&a, "-smbios"),
             ["type=11,value=io.systemd.credential:ssh.authorized_keys.root=a,,b"]
         );
+    }
+
+    #[test]
+    fn writeback_cache_where_o_direct_is_refused() {
+        let mut cfg = sample();
+        cfg.disks.truncate(1);
+        let a = strs(&qemu_args_with_cache(
+            &cfg,
+            ResolvedAccel::Tcg,
+            &QemuPaths::for_config(&cfg),
+            |_| DiskCache::Writeback,
+        ));
+        assert_eq!(
+            after(&a, "-drive"),
+            ["if=none,format=raw,cache=writeback,aio=threads,file=/var/lib/vmctl/volumes/blog.raw,id=disk0"]
+        );
+    }
+
+    #[test]
+    fn probe_falls_back_only_when_o_direct_is_refused() {
+        // procfs has no O_DIRECT: open(2) says EINVAL, as tmpfs did before Linux 6.6.
+        assert_eq!(
+            DiskCache::probe(Path::new("/proc/version"), true),
+            DiskCache::Writeback
+        );
+        // A missing file is QEMU's to report: keep the default.
+        assert_eq!(
+            DiskCache::probe(Path::new("/nonexistent/disk.raw"), false),
+            DiskCache::Direct
+        );
+        // A regular file on a disk file system (the crate's own directory).
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let img = dir.path().join("disk.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        assert_eq!(DiskCache::probe(&img, false), DiskCache::Direct);
+        assert_eq!(DiskCache::probe(&img, true), DiskCache::Direct);
+        // qemu_args probes: a disk on procfs gets writeback, a missing one none.
+        let mut cfg = sample();
+        cfg.disks[0].path = "/proc/version".into();
+        cfg.disks[0].read_only = true;
+        let a = strs(&qemu_args(
+            &cfg,
+            ResolvedAccel::Tcg,
+            &QemuPaths::for_config(&cfg),
+        ));
+        let drives = after(&a, "-drive");
+        assert!(
+            drives[0].contains(",cache=writeback,aio=threads,"),
+            "{drives:?}"
+        );
+        assert!(drives[1].contains(",cache=none,aio=threads,"), "{drives:?}");
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::error::{io_err, Result};
 use crate::process;
 use crate::{VmConfig, VmState, Vmm};
-pub use argv::{qemu_args, QemuPaths};
+pub use argv::{qemu_args, qemu_args_with_cache, DiskCache, QemuPaths};
 pub use qmp::{Qmp, QmpEvent, QmpStatus};
 
 /// How long QEMU and the vsock helper get to create their sockets.
@@ -80,21 +80,28 @@ impl QemuVm {
                     "--uds-path".into(),
                     vsock.socket.clone().into_os_string(),
                 ];
-                let mut helper = process::spawn(&bins.vhost_device_vsock, &args)?;
-                process::wait_for_socket(
+                let (mut helper, helper_stderr) = process::spawn(&bins.vhost_device_vsock, &args)?;
+                let program = "vhost-device-vsock";
+                process::while_running(
                     &mut helper,
-                    "vhost-device-vsock",
-                    &paths.vhost_vsock,
-                    STARTUP_TIMEOUT,
+                    &helper_stderr,
+                    program,
+                    process::socket_appears(program, &paths.vhost_vsock, STARTUP_TIMEOUT),
                 )
                 .await?;
                 Some(helper)
             }
         };
 
-        let mut child = process::spawn(&bins.qemu, &qemu_args(config, accel, &paths))?;
-        process::wait_for_socket(&mut child, "qemu", &paths.qmp, STARTUP_TIMEOUT).await?;
-        let (qmp, events) = Qmp::connect_with_retry(&paths.qmp, STARTUP_TIMEOUT).await?;
+        let (mut child, stderr) = process::spawn(&bins.qemu, &qemu_args(config, accel, &paths))?;
+        // QEMU creates the QMP socket while parsing its options, before it
+        // loads the kernel and disks: it can die after that (bad kernel,
+        // unreadable disk). Stop waiting as soon as it does, and say why.
+        let (qmp, events) = process::while_running(&mut child, &stderr, "qemu", async {
+            process::socket_appears("qemu", &paths.qmp, STARTUP_TIMEOUT).await?;
+            Qmp::connect_with_retry(&paths.qmp, STARTUP_TIMEOUT).await
+        })
+        .await?;
         Ok(QemuVm {
             child,
             vsock_helper,
