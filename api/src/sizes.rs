@@ -65,17 +65,26 @@ pub fn parse_size(what: &str, text: &str) -> Result<u64, InvalidSize> {
 /// `bytes` in binary units for messages: `1 GiB`, `23.4 GiB`, `512 MiB`,
 /// `100 B`.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    scaled(bytes, ["B", "KiB", "MiB", "GiB", "TiB"], " ")
+}
+
+/// `bytes` in the short form `--memory` and `--disk` accept and tables
+/// show: `512M`, `2G`, `1.5G`.
+pub fn format_size_short(bytes: u64) -> String {
+    scaled(bytes, ["B", "K", "M", "G", "T"], "")
+}
+
+fn scaled(bytes: u64, units: [&str; 5], separator: &str) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
+    while value >= 1024.0 && unit < units.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
     if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
+        format!("{value}{separator}{}", units[unit])
     } else {
-        format!("{value:.1} {}", UNITS[unit])
+        format!("{value:.1}{separator}{}", units[unit])
     }
 }
 

@@ -89,18 +89,7 @@ pub fn details(vm: &VmDetails) -> String {
 
 /// Bytes in binary units, e.g. `512M`, `2G`, `1.5G`.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value}{}", UNITS[unit])
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
+    vmctl_api::sizes::format_size_short(bytes)
 }
 
 #[cfg(test)]

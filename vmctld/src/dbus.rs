@@ -371,31 +371,7 @@ mod tests {
 
     #[test]
     fn dbus_error_names_match_manager_error() {
-        for e in [
-            ManagerError::NoSuchVm { name: "a".into() },
-            ManagerError::InvalidName {
-                name: "a b".into(),
-                reason: "r".into(),
-            },
-            ManagerError::PermissionDenied { action: "x".into() },
-            ManagerError::QuotaExceeded {
-                resource: "vms".into(),
-                limit: 1,
-                requested: 2,
-            },
-            ManagerError::VmExists { name: "a".into() },
-            ManagerError::NoSuchImage { image: "i".into() },
-            ManagerError::InvalidSize {
-                what: "memory".into(),
-                value: "1 B".into(),
-                reason: "r".into(),
-            },
-            ManagerError::UnitFailed {
-                unit: "vm@a.service".into(),
-                result: "timeout".into(),
-            },
-            ManagerError::internal("boom"),
-        ] {
+        for e in crate::error::one_of_each() {
             let expected = e.dbus_name();
             let text = e.to_string();
             let d = DbusError::from(e);

@@ -158,43 +158,45 @@ impl From<InvalidVmName> for ManagerError {
     }
 }
 
+/// One error of every kind, for tests of the front ends' mappings.
+#[cfg(test)]
+pub(crate) fn one_of_each() -> Vec<ManagerError> {
+    vec![
+        ManagerError::NoSuchVm { name: "a".into() },
+        ManagerError::InvalidName {
+            name: "a b".into(),
+            reason: "r".into(),
+        },
+        ManagerError::PermissionDenied {
+            action: "org.vmctl.vm.create".into(),
+        },
+        ManagerError::QuotaExceeded {
+            resource: "vms".into(),
+            limit: 1,
+            requested: 2,
+        },
+        ManagerError::VmExists { name: "a".into() },
+        ManagerError::NoSuchImage { image: "x".into() },
+        ManagerError::InvalidSize {
+            what: "memory".into(),
+            value: "1 B".into(),
+            reason: "r".into(),
+        },
+        ManagerError::UnitFailed {
+            unit: "vm@a.service".into(),
+            result: "failed".into(),
+        },
+        ManagerError::internal("boom"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn all() -> Vec<ManagerError> {
-        vec![
-            ManagerError::NoSuchVm { name: "a".into() },
-            ManagerError::InvalidName {
-                name: "a b".into(),
-                reason: "r".into(),
-            },
-            ManagerError::PermissionDenied {
-                action: "org.vmctl.vm.create".into(),
-            },
-            ManagerError::QuotaExceeded {
-                resource: "vms".into(),
-                limit: 1,
-                requested: 2,
-            },
-            ManagerError::VmExists { name: "a".into() },
-            ManagerError::NoSuchImage { image: "x".into() },
-            ManagerError::InvalidSize {
-                what: "memory".into(),
-                value: "1 B".into(),
-                reason: "r".into(),
-            },
-            ManagerError::UnitFailed {
-                unit: "vm@a.service".into(),
-                result: "failed".into(),
-            },
-            ManagerError::internal("boom"),
-        ]
-    }
-
     #[test]
     fn varlink_names() {
-        let names: Vec<_> = all().iter().map(|e| e.varlink_name()).collect();
+        let names: Vec<_> = one_of_each().iter().map(|e| e.varlink_name()).collect();
         assert_eq!(
             names,
             [
@@ -213,7 +215,7 @@ mod tests {
 
     #[test]
     fn dbus_names() {
-        let names: Vec<_> = all().iter().map(|e| e.dbus_name()).collect();
+        let names: Vec<_> = one_of_each().iter().map(|e| e.dbus_name()).collect();
         assert_eq!(
             names,
             [
@@ -233,7 +235,7 @@ mod tests {
     #[test]
     fn every_error_is_declared_in_idl_with_its_parameters() {
         let idl = vmctl_api::idl::INTERFACE_DESCRIPTION;
-        for e in all() {
+        for e in one_of_each() {
             let line = idl
                 .lines()
                 .find(|l| l.starts_with(&format!("error {} (", e.short_name())))

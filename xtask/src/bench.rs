@@ -251,10 +251,12 @@ fn peer_run(image: &Image, qemu_argv: &[String], vsock_argv: &[String]) -> Resul
             .spawn()
             .context("cannot start vhost-device-vsock")?,
     );
-    wait_for(&scratch, qemu_argv, &rewrite)?;
+    wait_for_vhost_socket(vsock_argv, &rewrite)?;
+    // The launcher starts QEMU paused (-S) and resumes it over QMP once it
+    // has set up; run by hand, QEMU starts the guest at once.
     let mut qemu = Guard(
         Command::new(&qemu_argv[0])
-            .args(qemu_argv[1..].iter().map(rewrite))
+            .args(qemu_argv[1..].iter().filter(|a| *a != "-S").map(rewrite))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -282,24 +284,16 @@ fn peer_run(image: &Image, qemu_argv: &[String], vsock_argv: &[String]) -> Resul
     Ok(ready)
 }
 
-/// Waits until vhost-device-vsock's vhost-user socket (named in QEMU's
-/// `-chardev socket,...,path=...`) exists.
-fn wait_for(
-    scratch: &Path,
-    qemu_argv: &[String],
-    rewrite: &dyn Fn(&String) -> String,
-) -> Result<()> {
-    let socket = qemu_argv
+/// Waits until vhost-device-vsock has created its vhost-user socket (the
+/// value of its `--socket` argument), which QEMU connects to at start.
+fn wait_for_vhost_socket(vsock_argv: &[String], rewrite: &dyn Fn(&String) -> String) -> Result<()> {
+    let Some(socket) = vsock_argv
         .iter()
+        .position(|a| a == "--socket")
+        .and_then(|i| vsock_argv.get(i + 1))
         .map(rewrite)
-        .flat_map(|a| a.split(',').map(str::to_owned).collect::<Vec<_>>())
-        .find_map(|part| {
-            part.strip_prefix("path=")
-                .filter(|p| p.starts_with(&*scratch.to_string_lossy()))
-                .map(str::to_owned)
-        });
-    let Some(socket) = socket else {
-        return Ok(());
+    else {
+        bail!("vhost-device-vsock was started without --socket: {vsock_argv:?}");
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(&socket).exists() {
