@@ -129,6 +129,45 @@ fn a_vm_lives_and_dies_as_a_unit() {
         ("out\n", "err\n")
     );
 
+    // Files go in and out with their mode.
+    host(&[
+        "sh",
+        "-c",
+        "printf 'payload\\n' > /tmp/cp-in && chmod 750 /tmp/cp-in",
+    ])
+    .ok();
+    host(&["vmctl", "cp", "/tmp/cp-in", "blog:/root/cp-in"]).ok();
+    let inside = host(&[
+        "vmctl",
+        "exec",
+        "blog",
+        "--",
+        "stat",
+        "-c",
+        "%a %s",
+        "/root/cp-in",
+    ])
+    .ok();
+    assert_eq!(inside.stdout.trim(), "750 8");
+    host(&[
+        "vmctl",
+        "exec",
+        "blog",
+        "--",
+        "sh",
+        "-c",
+        "echo back >> /root/cp-in",
+    ])
+    .ok();
+    host(&["vmctl", "cp", "blog:/root/cp-in", "/tmp/cp-out"]).ok();
+    let out = host(&["stat", "-c", "%a", "/tmp/cp-out"]).ok();
+    assert_eq!(out.stdout.trim(), "750");
+    assert_eq!(host(&["cat", "/tmp/cp-out"]).ok().stdout, "payload\nback\n");
+    let missing = host(&["vmctl", "cp", "blog:/no/such/file", "/tmp/cp-missing"]);
+    assert_ne!(missing.code, Some(0));
+    assert!(missing.stderr.contains("/no/such/file"), "{missing:#?}");
+    assert_ne!(host(&["test", "-e", "/tmp/cp-missing"]).code, Some(0));
+
     // The guest is named after the VM.
     let hostname = host(&["vmctl", "exec", "blog", "--", "hostname"]).ok();
     assert_eq!(hostname.stdout.trim(), "blog");

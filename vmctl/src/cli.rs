@@ -117,6 +117,15 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
+    /// Copy a file into or out of a running VM (root only for now), keeping
+    /// its mode. Name the target file in full, e.g.
+    /// `vmctl cp notes.txt blog:/root/notes.txt`.
+    Cp {
+        /// The source: a local path or VM:/absolute/path.
+        from: String,
+        /// The target: a local path or VM:/absolute/path.
+        to: String,
+    },
     /// Attach to a running VM's serial console (root only); Ctrl-] detaches.
     Console {
         /// The VM's name.

@@ -75,6 +75,83 @@ pub async fn shell(address: &Path, name: &str) -> anyhow::Result<u8> {
     Ok(exit_code(status.context("shell failed")?))
 }
 
+/// One side of `vmctl cp`: a local path, or `VM:/path` in a VM.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// A file on this host.
+    Local(std::path::PathBuf),
+    /// An absolute path in a VM.
+    Guest {
+        /// The VM.
+        vm: String,
+        /// The absolute path in the guest.
+        path: String,
+    },
+}
+
+impl CopyEnd {
+    /// Parses `VM:/path` (a valid VM name, a colon, an absolute path) or a
+    /// local path (anything else; `./a:b` names a local file).
+    pub fn parse(text: &str) -> CopyEnd {
+        if let Some((vm, path)) = text.split_once(':') {
+            if vmctl_api::validate_vm_name(vm).is_ok() && path.starts_with('/') {
+                return CopyEnd::Guest {
+                    vm: vm.to_owned(),
+                    path: path.to_owned(),
+                };
+            }
+        }
+        CopyEnd::Local(text.into())
+    }
+}
+
+/// Copies one file into or out of a running VM (`vmctl cp`), keeping its
+/// permission bits.
+pub async fn copy(address: &Path, from: &str, to: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match (CopyEnd::parse(from), CopyEnd::parse(to)) {
+        (CopyEnd::Local(local), CopyEnd::Guest { vm, path }) => {
+            let file = tokio::fs::File::open(&local)
+                .await
+                .with_context(|| format!("cannot read {}", local.display()))?;
+            let mode = file.metadata().await?.permissions().mode() & 0o7777;
+            connect(address, &vm)
+                .await?
+                .push(&path, mode, file)
+                .await
+                .with_context(|| format!("cannot copy {} to {vm}:{path}", local.display()))
+        }
+        (CopyEnd::Guest { vm, path }, CopyEnd::Local(local)) => {
+            let tmp = local.with_file_name(format!(
+                ".{}.vmctl-cp",
+                local
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ));
+            let file = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            let pulled = connect(address, &vm).await?.pull(&path, file).await;
+            let mode = match pulled {
+                Ok(mode) => mode,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    return Err(e).with_context(|| format!("cannot copy {vm}:{path}"));
+                }
+            };
+            tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await?;
+            tokio::fs::rename(&tmp, &local)
+                .await
+                .with_context(|| format!("cannot write {}", local.display()))
+        }
+        _ => bail!(
+            "vmctl cp copies between this host and a VM: one side must be VM:/absolute/path \
+             and the other a local path (got {from:?} and {to:?})"
+        ),
+    }
+}
+
 /// Checks with vmctld that VM `name` exists and runs, then reaches its
 /// agent.
 async fn connect(
@@ -173,6 +250,28 @@ impl Drop for RawMode {
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::CopyEnd;
+
+    #[test]
+    fn copy_ends() {
+        assert_eq!(
+            CopyEnd::parse("blog:/etc/hostname"),
+            CopyEnd::Guest {
+                vm: "blog".into(),
+                path: "/etc/hostname".into()
+            }
+        );
+        assert_eq!(CopyEnd::parse("./a:b"), CopyEnd::Local("./a:b".into()));
+        assert_eq!(
+            CopyEnd::parse("blog:rel"),
+            CopyEnd::Local("blog:rel".into())
+        );
+        assert_eq!(CopyEnd::parse("../x:/y"), CopyEnd::Local("../x:/y".into()));
     }
 }
 
