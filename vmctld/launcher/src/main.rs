@@ -16,12 +16,21 @@
 //!    socket `Layout::vsock_socket`. The serial console is relayed to the
 //!    launcher's stderr line by line (`console: ...` in the journal) and to
 //!    clients of the Unix socket `Layout::console_socket`.
-//! 4. Listens on `<vsock socket>_1025` before boot, starts
-//!    vhost-device-vsock and QEMU as its children.
+//! 4. Listens on `<vsock socket>_1025` (the agent's hello) and
+//!    `<vsock socket>_1026` (guest systemd's sd_notify messages, asked for
+//!    with the credential `vmm.notify_socket=vsock-stream:2:1026`) before
+//!    boot, starts vhost-device-vsock and QEMU as its children.
 //! 5. Waits for the guest agent's `hello` on that socket, at most
 //!    `--boot-timeout`; then `READY=1` and `STATUS=Running: guest <kernel
 //!    release>`. A VMM that exits first, or the timeout, fails the launch
-//!    (the VMM is killed).
+//!    (the VMM is killed). When guest systemd reports `READY=1` before the
+//!    agent's hello, `STATUS=Guest systemd is up; waiting for the guest
+//!    agent` (exec needs the agent, so the unit is not ready yet). Guest
+//!    `STATUS=` lines are logged at debug level, its shutdown messages
+//!    (`shutdown.target` reached, `STOPPING=1`, `X_SYSTEMD_SHUTDOWN=`,
+//!    `EXIT_STATUS=`) at info. A
+//!    guest whose systemd is older than 256 never connects; nothing
+//!    changes then.
 //! 6. Registers the VM with systemd-machined (`RegisterMachine`, class
 //!    `vm`, leader = the VMM); without a system bus or machined it logs a
 //!    warning and goes on.
@@ -36,6 +45,7 @@
 //! 8. Logs to stderr, without timestamps or colours when `JOURNAL_STREAM`
 //!    says stderr is the journal.
 
+mod guest_notify;
 mod inputs;
 mod lifecycle;
 mod machined;
@@ -155,6 +165,17 @@ async fn run(args: &Args) -> Outcome {
         Ok(l) => l,
         Err(e) => return Outcome::Error(format!("cannot listen on {}: {e}", hello_path.display())),
     };
+    let notify_path =
+        plan::host_port_socket(&layout.vsock_socket(&args.name), guest_notify::NOTIFY_PORT);
+    let _ = std::fs::remove_file(&notify_path);
+    let notify_listener = match UnixListener::bind(&notify_path) {
+        Ok(l) => l,
+        Err(e) => {
+            return Outcome::Error(format!("cannot listen on {}: {e}", notify_path.display()))
+        }
+    };
+    let agent = guest_notify::AgentState::default();
+    guest_notify::serve(notify_listener, agent.clone(), status);
     let (mut sigterm, mut sigint) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -175,7 +196,7 @@ async fn run(args: &Args) -> Outcome {
         Err(e) => return Outcome::Error(e),
     };
 
-    status("Booting: waiting for the guest agent");
+    agent.booting(|| status("Booting: waiting for the guest agent"));
     let boot_timeout = Duration::from_secs(args.boot_timeout);
     let hello = tokio::select! {
         hello = tokio::time::timeout(boot_timeout, wait_hello(&hello_listener)) => hello,
@@ -195,7 +216,7 @@ async fn run(args: &Args) -> Outcome {
     };
     let running_status = format!("Running: guest {}", hello.kernel_release);
     info!("{running_status}");
-    notify(&[NotifyState::Ready, NotifyState::Status(&running_status)]);
+    agent.set_ready(|| notify(&[NotifyState::Ready, NotifyState::Status(&running_status)]));
     // A guest that reboots says hello again: keep answering, keep STATUS= true.
     tokio::spawn(async move {
         loop {

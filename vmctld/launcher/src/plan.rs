@@ -63,7 +63,8 @@ pub fn vm_config(inputs: &Inputs, layout: &Layout) -> VmConfig {
             socket: layout.vsock_socket(name),
         }),
         serial_socket: Some(serial_socket(layout, name)),
-        credentials: Vec::new(),
+        // Guest systemd reports readiness and shutdown to the launcher.
+        credentials: vec![crate::guest_notify::credential()],
         runtime_dir: layout.vm_runtime_dir(name),
         accel: Accel::Auto,
         machine: Default::default(),
@@ -136,6 +137,10 @@ mod tests {
             Some(Path::new("/r/vm/blog/serial"))
         );
         assert_eq!(c.runtime_dir, Path::new("/r/vm/blog"));
+        assert_eq!(
+            c.oem_strings(),
+            ["io.systemd.credential:vmm.notify_socket=vsock-stream:2:1026"]
+        );
         assert_eq!(
             c.cmdline,
             kernel_cmdline("blog", "0123456789abcdef0123456789abcdef")

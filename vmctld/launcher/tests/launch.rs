@@ -25,6 +25,8 @@ struct Vm {
     child: Child,
     notify: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
+    /// Launcher stderr lines already taken from `stderr`.
+    log: Vec<String>,
 }
 
 fn qemu_available() -> bool {
@@ -161,6 +163,7 @@ fn launch(dir: tempfile::TempDir, boot_timeout: u64, stop_timeout: u64) -> Vm {
         child,
         notify,
         stderr,
+        log: Vec::new(),
     }
 }
 
@@ -191,6 +194,7 @@ impl Vm {
                     if line.contains("GNU/Linux") && line.ends_with("ttyS0") {
                         self.send_hello();
                     }
+                    self.log.push(line);
                 }
             }
             if let Ok(msg) = self.notify.recv_timeout(Duration::from_millis(200)) {
@@ -205,6 +209,25 @@ impl Vm {
             }
         }
         panic!("no READY=1 within {limit:?}; notify: {seen:?}");
+    }
+
+    /// Waits for a launcher stderr line containing `needle`.
+    fn wait_log(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .stderr
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => self.log.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(_) => panic!("no launcher log line with {needle:?} within {limit:?}"),
+            }
+        }
     }
 
     fn send_hello(&self) {
@@ -261,9 +284,17 @@ impl Vm {
 
     /// The QEMU child of the launcher.
     fn qemu_pid(&self) -> i32 {
+        // Children hang under the thread that forked them (vmctl-vmm forks
+        // from a dedicated thread), so look at every thread's children.
         let pid = self.child.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let mut children = String::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            children.push(' ');
+        }
         let qemu = children.split_whitespace().find(|c| {
             std::fs::read_to_string(format!("/proc/{c}/comm"))
                 .is_ok_and(|comm| comm.starts_with("qemu-system"))
@@ -336,10 +367,16 @@ fn ready_then_sigterm_powers_off_cleanly() {
         "{seen:?}"
     );
     vm.console_shows_login();
+    // Guest systemd got `vmm.notify_socket` and reported boot completion on
+    // host port 1026 (before or after the agent's hello).
+    vm.wait_log("guest systemd reports READY=1", Duration::from_secs(180));
     let pid = Pid::from_raw(vm.child.id() as i32);
     kill(pid, Signal::SIGTERM).unwrap();
     let status = vm.wait_exit(Duration::from_secs(75));
     assert_eq!(status.code(), Some(0), "{status}");
+    // The guest's own view of the power-off reached the log.
+    vm.wait_log("guest systemd: shutting down", Duration::from_secs(1));
+    vm.wait_log("shutdown: poweroff", Duration::from_secs(1));
     let stopping: Vec<String> = vm.notify.try_iter().collect();
     assert!(
         stopping.iter().any(|m| m.contains("STOPPING=1")),
@@ -370,6 +407,28 @@ fn boot_timeout_kills_the_vmm() {
     }
     let mut vm = launch(prepare(Boot::KernelOnly(&image)), 20, 5);
     let start = Instant::now();
+    // What guest systemd sends on port 1026 when it is up before the
+    // agent (this guest never gets that far, so the test plays it).
+    let guest_notify = vm.dir.path().join("run/vm/t1/vsock_1026");
+    while !guest_notify.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    UnixStream::connect(&guest_notify)
+        .unwrap()
+        .write_all(b"READY=1\nSTATUS=Ready.")
+        .unwrap();
+    let waiting = "STATUS=Guest systemd is up; waiting for the guest agent";
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains(waiting)) {
+        match vm.notify.recv_timeout(Duration::from_secs(10)) {
+            Ok(m) => seen.push(m),
+            Err(e) => panic!("no {waiting:?}: {e}; notify: {seen:?}"),
+        }
+    }
+    assert!(
+        !seen.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "the unit is not ready without the agent: {seen:?}"
+    );
     let status = vm.wait_exit(Duration::from_secs(90));
     assert!(!status.success(), "{status}");
     assert!(
