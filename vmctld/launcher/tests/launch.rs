@@ -167,6 +167,18 @@ fn launch(dir: tempfile::TempDir, boot_timeout: u64, stop_timeout: u64) -> Vm {
     }
 }
 
+/// A test that fails midway must not leave a VM running: SIGKILL the
+/// launcher if it is still there; vmctl-vmm's PR_SET_PDEATHSIG takes QEMU
+/// and vhost-device-vsock with it.
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Vm {
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
