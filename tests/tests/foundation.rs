@@ -136,18 +136,31 @@ fn dbus_activation_answers_get_version() {
     );
     assert_eq!(is_active("vmctld.service"), "active", "not D-Bus activated");
 
-    let list = host(&[
-        "busctl",
-        "--system",
-        "--json=short",
-        "call",
-        "org.vmctl.Manager1",
-        "/org/vmctl/Manager1",
-        "org.vmctl.Manager1",
-        "List",
-    ])
-    .ok();
-    assert!(list.stdout.contains("\"data\""), "{list:#?}");
+    let list = || {
+        host(&[
+            "busctl",
+            "--system",
+            "--json=short",
+            "call",
+            "org.vmctl.Manager1",
+            "/org/vmctl/Manager1",
+            "org.vmctl.Manager1",
+            "List",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(list(), r#"{"type":"a(ssuuts)","data":[[]]}"#);
+    // The same service layer as varlink: a VM made with the CLI shows up.
+    host(&["vmctl", "create", "dbuslist", "--memory", "512M"]).ok();
+    let listed = list();
+    host(&["vmctl", "rm", "dbuslist"]).ok();
+    assert_eq!(
+        listed,
+        r#"{"type":"a(ssuuts)","data":[[["dbuslist","stopped",0,1,536870912,""]]]}"#
+    );
 }
 
 #[test]
