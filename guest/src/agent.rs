@@ -91,10 +91,19 @@ where
     let _ = writer_task.await;
 }
 
-/// Receives a file into a temporary sibling of `path`, then renames it into
-/// place so readers never see half a file.
+/// Whether a vsock peer may use the agent: only the host (CID 2). Anything
+/// else is a process in this guest reaching the agent through
+/// `vsock_loopback` (CID 1, or the guest's own CID) or another VM, and
+/// would otherwise run commands here as root.
+pub fn peer_allowed(cid: u32) -> bool {
+    cid == crate::HOST_CID
+}
+
+/// Receives a file into a fresh temporary sibling of `path`, then renames
+/// it into place so readers never see half a file; names planted by guest
+/// users are never followed (see [`crate::files`]). The host is trusted with
+/// every permission bit, setuid included.
 async fn push<R: AsyncRead + Unpin>(path: &str, mode: u32, input: &mut R) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let target = std::path::Path::new(path);
     if !target.is_absolute() {
         return Err(std::io::Error::new(
@@ -102,38 +111,21 @@ async fn push<R: AsyncRead + Unpin>(path: &str, mode: u32, input: &mut R) -> std
             "the path must be absolute",
         ));
     }
-    let tmp = target.with_file_name(format!(
-        ".{}.vmctl-push",
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp).await?;
-        loop {
-            match read_frame(input).await {
-                Ok(Some(Frame::Stdin(data))) => file.write_all(&data).await?,
-                Ok(Some(Frame::StdinEof)) => break,
-                Ok(other) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("expected file data, got {other:?}"),
-                    ))
-                }
-                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+    let mut file = crate::files::NewFile::create(target, "vmctl-push")?;
+    loop {
+        match read_frame(input).await {
+            Ok(Some(Frame::Stdin(data))) => file.file().write_all(&data).await?,
+            Ok(Some(Frame::StdinEof)) => break,
+            Ok(other) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("expected file data, got {other:?}"),
+                ))
             }
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         }
-        file.sync_all().await?;
-        // Set explicitly: the mode given at creation is masked by the umask.
-        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777)).await?;
-        tokio::fs::rename(&tmp, target).await
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
+    file.commit(mode & 0o7777).await
 }
 
 /// Sends a file as `file`, `stdout` chunks, `done`.
@@ -407,5 +399,28 @@ mod pty {
         // SAFETY: `master` is an open pty master owned by the session and
         // `ws` is a valid winsize that outlives the call.
         let _ = unsafe { set_winsize(master, &ws) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn only_the_host_may_connect() {
+        let table = [
+            (libc::VMADDR_CID_ANY, false),
+            (libc::VMADDR_CID_HYPERVISOR, false),
+            (libc::VMADDR_CID_LOCAL, false),
+            (libc::VMADDR_CID_HOST, true),
+            // This guest's own CID, or another VM's.
+            (3, false),
+            (4, false),
+            (1234, false),
+            (u32::MAX - 1, false),
+        ];
+        for (cid, allowed) in table {
+            assert_eq!(peer_allowed(cid), allowed, "CID {cid}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! write `CONNECT <port>\n`, read `OK <port>\n`, then the stream is the
 //! guest connection.
 
+use crate::files::NewFile;
 use crate::protocol::{
     read_frame, write_frame, Control, ExecRequest, Frame, Hello, ProtocolError, Stats, MAX_PAYLOAD,
 };
@@ -51,6 +52,22 @@ pub enum ClientError {
     /// The agent reported an error.
     #[error("guest agent: {0}")]
     Agent(String),
+    /// A pulled file could not be written on this host.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The local target.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A pulled file is bigger than allowed.
+    #[error("the file has at least {size} bytes, over the limit of {max_size} bytes")]
+    TooLarge {
+        /// Its size as announced, or the bytes received so far.
+        size: u64,
+        /// The limit.
+        max_size: u64,
+    },
 }
 
 /// How a command in the guest ended.
@@ -144,6 +161,9 @@ pub async fn connect_hybrid_vsock(
     }
 }
 
+/// The default limit on the size of a file pulled out of a guest.
+pub const DEFAULT_MAX_PULL_SIZE: u64 = 4 << 30;
+
 /// A connection to the agent carrying one request.
 pub struct AgentClient<S> {
     stream: S,
@@ -236,11 +256,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentClient<S> {
     }
 
     /// Copies the guest file at `path` into `out`; returns its permission
-    /// bits.
+    /// bits as the guest reports them (mask them before use). A file over
+    /// `max_size` bytes is refused with [`ClientError::TooLarge`], whether
+    /// the guest announces it or only sends it: the guest's word on the size
+    /// is not trusted.
     pub async fn pull<W: AsyncWrite + Unpin>(
         mut self,
         path: &str,
         mut out: W,
+        max_size: u64,
     ) -> Result<u32, ClientError> {
         let request = Frame::Control(Control::Pull {
             path: path.to_owned(),
@@ -249,16 +273,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentClient<S> {
             .await
             .map_err(ProtocolError::Io)?;
         let mode = match read_frame(&mut self.stream).await? {
+            Some(Frame::Control(Control::File { size, .. })) if size > max_size => {
+                return Err(ClientError::TooLarge { size, max_size })
+            }
             Some(Frame::Control(Control::File { mode, .. })) => mode,
             other => return Err(unexpected(other)),
         };
+        let mut received: u64 = 0;
         loop {
             match read_frame(&mut self.stream).await? {
-                Some(Frame::Stdout(d)) => write_out(&mut out, &d).await?,
+                Some(Frame::Stdout(d)) => {
+                    received = received.saturating_add(d.len() as u64);
+                    if received > max_size {
+                        return Err(ClientError::TooLarge {
+                            size: received,
+                            max_size,
+                        });
+                    }
+                    write_out(&mut out, &d).await?
+                }
                 Some(Frame::Control(Control::Done)) => return Ok(mode),
                 other => return Err(unexpected(other)),
             }
         }
+    }
+
+    /// Copies the guest file at `path` to the local file `target`, safely
+    /// for a root caller writing anywhere: through [`NewFile`] (no planted
+    /// name is followed, the file is private until complete, nothing is
+    /// left behind on failure), at most `max_size` bytes, with the guest's
+    /// permission bits masked to `0o777` (a guest never hands out setuid,
+    /// setgid or sticky bits). Returns the mode set.
+    pub async fn pull_to_file(
+        self,
+        path: &str,
+        target: &Path,
+        max_size: u64,
+    ) -> Result<u32, ClientError> {
+        let write_error = |source| ClientError::Write {
+            path: target.to_owned(),
+            source,
+        };
+        let mut file = NewFile::create(target, "vmctl-cp").map_err(write_error)?;
+        let mode = self.pull(path, file.file(), max_size).await? & 0o777;
+        file.commit(mode).await.map_err(write_error)?;
+        Ok(mode)
     }
 
     /// Powers the guest off (or reboots it).

@@ -250,7 +250,7 @@ async fn files_push_and_pull_round_trip_with_mode() {
     let mode = AgentClient::over_unix(&agent.socket)
         .await
         .unwrap()
-        .pull(path, &mut back)
+        .pull(path, &mut back, u64::MAX)
         .await
         .unwrap();
     assert_eq!(mode, 0o750);
@@ -262,7 +262,7 @@ async fn files_push_and_pull_round_trip_with_mode() {
     let err = AgentClient::over_unix(&agent.socket)
         .await
         .unwrap()
-        .pull("/nonexistent/file", Vec::new())
+        .pull("/nonexistent/file", Vec::new(), u64::MAX)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/file"), "{err}");
@@ -341,4 +341,176 @@ async fn pty_resize_reaches_the_terminal() {
     let out = String::from_utf8_lossy(&out);
     assert_eq!(status.unwrap(), ExitStatus::Code(0), "{out}");
     assert!(out.contains("40 120"), "{out}");
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[tokio::test]
+async fn the_agent_socket_is_private_to_its_user() {
+    let agent = start_agent();
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::symlink_metadata(&agent.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(mode_of(&agent.socket), 0o600);
+}
+
+/// Pulls the guest file `from` with the host-side writer of `vmctl cp`.
+async fn pull_to(agent: &Agent, from: &Path, to: &Path, max: u64) -> Result<u32, ClientError> {
+    AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .pull_to_file(from.to_str().unwrap(), to, max)
+        .await
+}
+
+#[tokio::test]
+async fn pulled_files_lose_setuid_setgid_and_sticky_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = start_agent();
+    let guest = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let source = guest.path().join("suid");
+    std::fs::write(&source, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o7755)).unwrap();
+    assert_eq!(mode_of(&source), 0o7755);
+    let target = host.path().join("copy");
+    let mode = pull_to(&agent, &source, &target, u64::MAX).await.unwrap();
+    assert_eq!(mode, 0o755);
+    assert_eq!(mode_of(&target), 0o755);
+    assert_eq!(names(host.path()), ["copy"]);
+}
+
+#[tokio::test]
+async fn symlinks_planted_at_the_pull_target_are_replaced_not_followed() {
+    use std::os::unix::fs::symlink;
+    let agent = start_agent();
+    let guest = tempfile::tempdir().unwrap();
+    let source = guest.path().join("payload");
+    std::fs::write(&source, b"from the guest").unwrap();
+    // A writable directory where someone else planted a link to a file we
+    // must not touch.
+    let host = tempfile::tempdir().unwrap();
+    let victim = host.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let target = host.path().join("out");
+    symlink(&victim, &target).unwrap();
+    // Also at the temporary name vmctl cp used to use.
+    symlink(&victim, host.path().join(".out.vmctl-cp")).unwrap();
+
+    pull_to(&agent, &source, &target, u64::MAX).await.unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+    assert_eq!(std::fs::read(&target).unwrap(), b"from the guest");
+    assert_eq!(names(host.path()), [".out.vmctl-cp", "out", "victim"]);
+}
+
+#[tokio::test]
+async fn an_oversized_pull_is_refused_and_leaves_nothing() {
+    let agent = start_agent();
+    let guest = tempfile::tempdir().unwrap();
+    let source = guest.path().join("big");
+    std::fs::write(&source, vec![7u8; 300_000]).unwrap();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("existing"), b"x").unwrap();
+    let before = names(host.path());
+    let err = pull_to(&agent, &source, &host.path().join("big"), 100_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("300000 bytes, over the limit of 100000 bytes"),
+        "{err}"
+    );
+    assert_eq!(names(host.path()), before);
+
+    // At the limit exactly is fine.
+    pull_to(&agent, &source, &host.path().join("big"), 300_000)
+        .await
+        .unwrap();
+}
+
+/// A guest that announces a small file and then sends more than the limit
+/// is cut off as it crosses it, and nothing is left behind.
+#[tokio::test]
+async fn a_guest_lying_about_the_size_is_cut_off_at_the_limit() {
+    use vmctl_guest::protocol::{read_frame, write_frame, Frame};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("liar.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let liar = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let _request = read_frame(&mut s).await.unwrap();
+        let file = Frame::Control(Control::File {
+            mode: 0o644,
+            size: 1,
+        });
+        write_frame(&mut s, &file).await.unwrap();
+        // Far more than announced; stops when the host hangs up.
+        for _ in 0..1000 {
+            if write_frame(&mut s, &Frame::Stdout(vec![0; 64 * 1024]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let host = tempfile::tempdir().unwrap();
+    let err = AgentClient::over_unix(&socket)
+        .await
+        .unwrap()
+        .pull_to_file("/etc/motd", &host.path().join("motd"), 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::TooLarge { size, max_size: 1048576 } if size <= (1 << 20) + 64 * 1024),
+        "{err}"
+    );
+    assert!(names(host.path()).is_empty(), "{:?}", names(host.path()));
+    liar.await.unwrap();
+}
+
+/// A guest user who can write where the host pushes to plants symlinks at
+/// the target and at the temporary name the agent used to use: neither is
+/// followed.
+#[tokio::test]
+async fn pushes_do_not_follow_symlinks_planted_in_the_guest() {
+    use std::os::unix::fs::symlink;
+    let agent = start_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let target = dir.path().join("motd");
+    symlink(&victim, &target).unwrap();
+    symlink(&victim, dir.path().join(".motd.vmctl-push")).unwrap();
+
+    AgentClient::over_unix(&agent.socket)
+        .await
+        .unwrap()
+        .push(target.to_str().unwrap(), 0o4755, &b"pushed"[..])
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(&target).unwrap().is_file());
+    assert_eq!(std::fs::read(&target).unwrap(), b"pushed");
+    // The host is trusted with every bit.
+    assert_eq!(mode_of(&target), 0o4755);
+    assert_eq!(names(dir.path()), [".motd.vmctl-push", "motd", "victim"]);
 }

@@ -119,12 +119,17 @@ pub enum Command {
     },
     /// Copy a file into or out of a running VM (root only for now), keeping
     /// its mode. Name the target file in full, e.g.
-    /// `vmctl cp notes.txt blog:/root/notes.txt`.
+    /// `vmctl cp notes.txt blog:/root/notes.txt`. A file copied out of a VM
+    /// never keeps setuid, setgid or sticky bits, and a symlink at the local
+    /// target is replaced, not written through.
     Cp {
         /// The source: a local path or VM:/absolute/path.
         from: String,
         /// The target: a local path or VM:/absolute/path.
         to: String,
+        /// Refuse a file from a VM larger than this (K/M/G/T suffixes).
+        #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = max_size)]
+        max_size: u64,
     },
     /// Attach to a running VM's serial console (root only); Ctrl-] detaches.
     Console {
@@ -146,6 +151,10 @@ fn memory_size(text: &str) -> Result<u64, String> {
 
 fn disk_size(text: &str) -> Result<u64, String> {
     parse_size("disk", text).map_err(|e| e.to_string())
+}
+
+fn max_size(text: &str) -> Result<u64, String> {
+    parse_size("--max-size", text).map_err(|e| e.to_string())
 }
 
 fn vmm(text: &str) -> Result<VmmChoice, String> {

@@ -106,8 +106,10 @@ impl CopyEnd {
 }
 
 /// Copies one file into or out of a running VM (`vmctl cp`), keeping its
-/// permission bits.
-pub async fn copy(address: &Path, from: &str, to: &str) -> anyhow::Result<()> {
+/// permission bits (out of a VM: only `0o777` of them). A file out of a VM
+/// is written safely wherever the target is (see
+/// [`AgentClient::pull_to_file`]) and refused over `max_size` bytes.
+pub async fn copy(address: &Path, from: &str, to: &str, max_size: u64) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     match (CopyEnd::parse(from), CopyEnd::parse(to)) {
         (CopyEnd::Local(local), CopyEnd::Guest { vm, path }) => {
@@ -122,28 +124,12 @@ pub async fn copy(address: &Path, from: &str, to: &str) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot copy {} to {vm}:{path}", local.display()))
         }
         (CopyEnd::Guest { vm, path }, CopyEnd::Local(local)) => {
-            let tmp = local.with_file_name(format!(
-                ".{}.vmctl-cp",
-                local
-                    .file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ));
-            let file = tokio::fs::File::create(&tmp)
+            connect(address, &vm)
+                .await?
+                .pull_to_file(&path, &local, max_size)
                 .await
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            let pulled = connect(address, &vm).await?.pull(&path, file).await;
-            let mode = match pulled {
-                Ok(mode) => mode,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(e).with_context(|| format!("cannot copy {vm}:{path}"));
-                }
-            };
-            tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await?;
-            tokio::fs::rename(&tmp, &local)
-                .await
-                .with_context(|| format!("cannot write {}", local.display()))
+                .with_context(|| format!("cannot copy {vm}:{path} to {}", local.display()))?;
+            Ok(())
         }
         _ => bail!(
             "vmctl cp copies between this host and a VM: one side must be VM:/absolute/path \

@@ -113,7 +113,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Shell { name } => return exec::shell(&cli.address, &name).await,
         Command::Console { name } => return console::console(&name).await,
-        Command::Cp { from, to } => exec::copy(&cli.address, &from, &to).await?,
+        Command::Cp { from, to, max_size } => {
+            exec::copy(&cli.address, &from, &to, max_size).await?
+        }
         Command::GenerateDocs { out } => docs::generate(&out)?,
     }
     Ok(0)

@@ -29,14 +29,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging();
     if let Some(path) = &args.listen_unix {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on {}", path.display()))?;
-        ready();
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(agent::serve_connection(stream));
-        }
+        return serve_unix(path).await;
     }
     let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, args.port))
         .with_context(|| format!("cannot listen on vsock port {}", args.port))?;
@@ -47,13 +40,46 @@ async fn main() -> Result<()> {
     }
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) if agent::peer_allowed(peer.cid()) => {
                 tokio::spawn(agent::serve_connection(stream));
+            }
+            Ok((stream, peer)) => {
+                tracing::warn!(
+                    "refused a connection from vsock CID {} port {}: only the host (CID {HOST_CID}) may use the agent",
+                    peer.cid(),
+                    peer.port()
+                );
+                drop(stream);
             }
             Err(e) => {
                 tracing::error!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// Serves on a Unix socket (tests, debugging) that only this agent's own
+/// user can connect to: the socket is created mode 0600, and a peer with
+/// another uid is refused all the same.
+async fn serve_unix(path: &std::path::Path) -> Result<()> {
+    use nix::sys::stat::{umask, Mode};
+    let _ = std::fs::remove_file(path);
+    // Set the mode at creation: a chmod after bind would leave a window.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    ready();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => {
+                tokio::spawn(agent::serve_connection(stream));
+            }
+            Ok(cred) => tracing::warn!("refused a connection from uid {}", cred.uid()),
+            Err(e) => tracing::warn!("refused a connection: no peer credentials: {e}"),
         }
     }
 }
