@@ -69,6 +69,10 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The VMM is a version the driver refuses to run (the message names
+    /// the version found and the minimum).
+    #[error("{0}")]
+    UnsupportedVersion(String),
     /// Something did not happen in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),

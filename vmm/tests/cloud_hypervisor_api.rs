@@ -31,6 +31,12 @@ type Log = Arc<Mutex<Vec<Recorded>>>;
 /// Stand-in for cloud-hypervisor's API server; `chunked` sends every reply
 /// body with `Transfer-Encoding: chunked` instead of `Content-Length`.
 fn stand_in(socket: &Path, chunked: bool) -> Log {
+    stand_in_version(socket, chunked, "53.0.0")
+}
+
+/// [`stand_in`] whose `vmm.ping` reports `version` (and `v<version>` as
+/// `build_version`).
+fn stand_in_version(socket: &Path, chunked: bool, version: &'static str) -> Log {
     let listener = UnixListener::bind(socket).unwrap();
     let log: Log = Arc::default();
     let state = Arc::new(Mutex::new(None::<&'static str>));
@@ -40,7 +46,7 @@ fn stand_in(socket: &Path, chunked: bool) -> Log {
             let (stream, _) = listener.accept().await.unwrap();
             let log = log2.clone();
             let state = state.clone();
-            tokio::spawn(async move { serve(stream, log, state, chunked).await });
+            tokio::spawn(async move { serve(stream, log, state, chunked, version).await });
         }
     });
     log
@@ -51,6 +57,7 @@ async fn serve(
     log: Log,
     state: Arc<Mutex<Option<&'static str>>>,
     chunked: bool,
+    version: &'static str,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -92,19 +99,24 @@ async fn serve(
         body: body_json,
     });
 
-    let (status, reply) = route(&method, &path, &state);
+    let (status, reply) = route(&method, &path, &state, version);
     respond(&mut s, status, &reply, chunked).await;
 }
 
 /// The stand-in's answer to one request, and its VM state transition.
 /// Replies are shaped like cloud-hypervisor v53.0's (seen with curl): its
 /// `vmm.shutdown` answers 200 with an empty body where the spec says 204.
-fn route(method: &str, path: &str, state: &Mutex<Option<&'static str>>) -> (u16, String) {
+fn route(
+    method: &str,
+    path: &str,
+    state: &Mutex<Option<&'static str>>,
+    version: &str,
+) -> (u16, String) {
     let mut st = state.lock().unwrap();
     match (method, path) {
         ("GET", "/api/v1/vmm.ping") => (
             200,
-            json!({"build_version": "v53.0.0", "version": "53.0.0", "pid": 4242, "features": ["io_uring", "kvm"]})
+            json!({"build_version": format!("v{version}"), "version": version, "pid": 4242, "features": ["io_uring", "kvm"]})
                 .to_string(),
         ),
         ("GET", "/api/v1/vm.info") => match *st {
@@ -274,7 +286,10 @@ async fn rest_client_against_stand_in() {
             "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
             "memory": {"size": 536870912u64, "shared": true},
             "payload": {"kernel": "/boot/vmlinuz-test", "initramfs": "/boot/initrd-test", "cmdline": "console=ttyS0"},
-            "disks": [{"path": "/var/lib/vmctl/a.raw", "readonly": false}, {"path": "/var/lib/vmctl/b.raw", "readonly": true}],
+            "disks": [
+                {"path": "/var/lib/vmctl/a.raw", "readonly": false, "image_type": "Raw", "backing_files": false},
+                {"path": "/var/lib/vmctl/b.raw", "readonly": true, "image_type": "Raw", "backing_files": false},
+            ],
             "net": [{"tap": "vmt-ch-test", "mac": "52:54:00:00:00:01"}],
             "rng": {"src": "/dev/urandom"},
             "serial": {"mode": "Socket", "socket": serial},
@@ -496,4 +511,96 @@ async fn cloud_hypervisor_dying_after_creating_its_socket_is_reported_at_once() 
                 && stderr == "Error: boom: cannot bind the API socket"),
         "{err:?}"
     );
+}
+
+/// A fake `cloud-hypervisor` for [`ChVm::spawn_with`]: it marks that it
+/// started (after the driver removed any stale API socket) and sleeps; the
+/// test then serves the stand-in API on the socket the driver waits for.
+fn fake_vmm_serving(dir: &Path, version: &'static str) -> (PathBuf, tokio::task::JoinHandle<Log>) {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = dir.join(format!("fake-ch-{version}"));
+    let started = dir.join(format!("started-{version}"));
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --api-socket ] || exit 9\n: > '{}'\nexec sleep 60\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.join("ch-api.sock");
+    let serving = tokio::spawn(async move {
+        while !started.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stand_in_version(&socket, false, version)
+    });
+    (fake, serving)
+}
+
+/// Spawns the driver with `program`, retrying while another test's fork
+/// still holds the freshly written script open (ETXTBSY).
+async fn spawn_fake(cfg: &VmConfig, program: &Path) -> vmctl_vmm::Result<ChVm> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match ChVm::spawn_with(cfg, program).await {
+            Err(Error::Spawn { source, .. })
+                if source.raw_os_error() == Some(26) && attempts < 20 =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The driver (not just the body builder) sends `image_type: "Raw"` and
+/// `backing_files: false` for every disk, so cloud-hypervisor never probes
+/// a disk whose first bytes the guest wrote (a QCOW2 header naming a host
+/// file as its backing file).
+#[tokio::test]
+async fn driver_declares_every_disk_raw_without_backing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (fake, serving) = fake_vmm_serving(dir.path(), "53.0.0");
+    let mut vm = spawn_fake(&cfg, &fake)
+        .await
+        .expect("spawn against the stand-in");
+    let log = serving.await.unwrap();
+    let create = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.path == "/api/v1/vm.create")
+        .cloned()
+        .expect("the driver sent vm.create");
+    let disks = create.body.as_ref().unwrap()["disks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(disks.len(), 2, "{disks:?}");
+    for disk in &disks {
+        assert_eq!(disk["image_type"], "Raw", "{disk}");
+        assert_eq!(disk["backing_files"], false, "{disk}");
+    }
+    vm.kill().await.unwrap();
+}
+
+/// A cloud-hypervisor older than v51 is refused before any VM is created,
+/// with an error naming the version found and the minimum.
+#[tokio::test]
+async fn driver_refuses_cloud_hypervisor_before_v51() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (fake, serving) = fake_vmm_serving(dir.path(), "50.2.0");
+    let err = spawn_fake(&cfg, &fake).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::UnsupportedVersion(_)), "{err:?}");
+    assert!(text.contains("v50.2.0"), "{text}");
+    assert!(text.contains("v51.0 or newer"), "{text}");
+    let log = serving.await.unwrap();
+    let calls: Vec<String> = log.lock().unwrap().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(calls, ["/api/v1/vmm.ping"], "nothing but the ping was sent");
 }

@@ -98,6 +98,12 @@ pub struct PayloadConfig {
 }
 
 /// `DiskConfig`.
+///
+/// vmctl's disks are raw images whose content the guest controls: a guest
+/// can write a QCOW2 header (with a backing file naming any host path) into
+/// its own disk. So every disk says `image_type: Raw`, and `backing_files`
+/// is sent as `false` rather than left to the default: cloud-hypervisor
+/// never probes the format nor opens a file the guest names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
     /// Image path.
@@ -105,6 +111,75 @@ pub struct DiskConfig {
     /// Read-only (spec default `false`).
     #[serde(default)]
     pub readonly: bool,
+    /// `ImageType`: how the image is read (no autodetection when given).
+    pub image_type: ImageType,
+    /// Whether QCOW2 backing files may be opened (spec default `false`).
+    #[serde(default)]
+    pub backing_files: bool,
+}
+
+/// `ImageType`: the whole enum of the spec (`Unknown` is only valid for
+/// vhost-user disks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageType {
+    /// Flat VMDK.
+    FlatVmdk,
+    /// Fixed VHD.
+    FixedVhd,
+    /// QCOW2.
+    Qcow2,
+    /// Raw: the bytes are the disk.
+    Raw,
+    /// VHDX.
+    Vhdx,
+    /// Unknown (vhost-user disks only).
+    Unknown,
+}
+
+/// The oldest cloud-hypervisor the driver runs: v51.0 added `image_type`
+/// and `backing_files` (GHSA-jmr4-g2hv-mjj6); older releases ignore both
+/// and guess the format from the image's first bytes, which the guest
+/// writes.
+pub const MIN_VERSION: u32 = 51;
+
+/// The major version in a cloud-hypervisor version string: `vmm.ping`'s
+/// `version` (`53.0.0`) or `build_version` (`v53.0.0-12-gabcdef`), or the
+/// output of `cloud-hypervisor --version` (`cloud-hypervisor v53.0`,
+/// `cloud-hypervisor v50.2-dirty`). `None` when there is no leading number.
+pub fn major_version(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("cloud-hypervisor")
+        .unwrap_or(text)
+        .trim_start();
+    let text = text
+        .strip_prefix('v')
+        .or_else(|| text.strip_prefix('V'))
+        .unwrap_or(text);
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let rest = &text[digits..];
+    if digits == 0 || !(rest.is_empty() || rest.starts_with(['.', '-', '+', ' '])) {
+        return None;
+    }
+    text[..digits].parse().ok()
+}
+
+/// Checks that the cloud-hypervisor that answered `ping` is at least
+/// [`MIN_VERSION`]; the error names the version found and the minimum.
+pub fn check_version(ping: &VmmPing) -> std::result::Result<u32, String> {
+    let found = major_version(&ping.version)
+        .or_else(|| ping.build_version.as_deref().and_then(major_version));
+    let shown = ping.build_version.as_deref().unwrap_or(&ping.version);
+    match found {
+        Some(major) if major >= MIN_VERSION => Ok(major),
+        Some(_) => Err(format!(
+            "cloud-hypervisor {shown:?} is too old: vmctl needs v{MIN_VERSION}.0 or newer \
+             (older releases guess a disk's format from its content, which the guest controls)"
+        )),
+        None => Err(format!(
+            "cannot tell the cloud-hypervisor version from {shown:?}: vmctl needs v{MIN_VERSION}.0 or newer"
+        )),
+    }
 }
 
 /// `NetConfig`.
@@ -308,6 +383,8 @@ impl ChVmConfig {
                 .map(|d| DiskConfig {
                     path: d.path.clone(),
                     readonly: d.read_only,
+                    image_type: ImageType::Raw,
+                    backing_files: false,
                 })
                 .collect(),
             net: cfg
@@ -506,8 +583,8 @@ mod tests {
         assert_eq!(
             body["disks"],
             json!([
-                {"path": "/var/lib/vmctl/volumes/blog.raw", "readonly": false},
-                {"path": "/var/lib/vmctl/seed,1.raw", "readonly": true},
+                {"path": "/var/lib/vmctl/volumes/blog.raw", "readonly": false, "image_type": "Raw", "backing_files": false},
+                {"path": "/var/lib/vmctl/seed,1.raw", "readonly": true, "image_type": "Raw", "backing_files": false},
             ])
         );
         assert_eq!(
@@ -608,6 +685,64 @@ mod tests {
             assert_eq!(info.state, state);
             assert_eq!(info.state.as_str(), wire);
         }
+    }
+
+    #[test]
+    fn image_types_are_the_spec_enum() {
+        let all = [
+            ImageType::FlatVmdk,
+            ImageType::FixedVhd,
+            ImageType::Qcow2,
+            ImageType::Raw,
+            ImageType::Vhdx,
+            ImageType::Unknown,
+        ];
+        assert_eq!(
+            serde_json::to_value(all).unwrap(),
+            json!(["FlatVmdk", "FixedVhd", "Qcow2", "Raw", "Vhdx", "Unknown"])
+        );
+    }
+
+    #[test]
+    fn version_strings_parse_to_their_major() {
+        for (text, major) in [
+            ("53.0.0", Some(53)),
+            ("v53.0.0-12-gabcdef", Some(53)),
+            ("cloud-hypervisor v53.0", Some(53)),
+            ("cloud-hypervisor v50.2-dirty\n", Some(50)),
+            ("v51", Some(51)),
+            ("  51.1  ", Some(51)),
+            ("", None),
+            ("v", None),
+            ("dirty", None),
+            ("5x.0", None),
+            ("cloud-hypervisor", None),
+            ("99999999999999999999.0", None),
+        ] {
+            assert_eq!(major_version(text), major, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn versions_before_51_are_refused_naming_the_minimum() {
+        let ping = |version: &str, build: Option<&str>| VmmPing {
+            version: version.into(),
+            build_version: build.map(Into::into),
+            pid: None,
+            features: Vec::new(),
+        };
+        assert_eq!(check_version(&ping("51.0.0", None)), Ok(51));
+        assert_eq!(check_version(&ping("53.0.0", Some("v53.0.0"))), Ok(53));
+        // A version field without a number falls back to build_version.
+        assert_eq!(check_version(&ping("", Some("v52.1-dirty"))), Ok(52));
+        for (version, build) in [("50.2.0", Some("v50.2-dirty")), ("48.0", None)] {
+            let err = check_version(&ping(version, build)).unwrap_err();
+            assert!(err.contains("too old"), "{err}");
+            assert!(err.contains("v51.0 or newer"), "{err}");
+        }
+        let err = check_version(&ping("unknown", None)).unwrap_err();
+        assert!(err.contains("cannot tell"), "{err}");
+        assert!(err.contains("v51.0 or newer"), "{err}");
     }
 
     #[test]

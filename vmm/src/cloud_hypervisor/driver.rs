@@ -42,13 +42,14 @@ impl ChVm {
             process::socket_appears(super::BINARY, &socket, STARTUP_TIMEOUT).await?;
             let api = ChApi::new(socket.clone());
             let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-            loop {
+            let ping = loop {
                 match api.ping().await {
-                    Ok(_) => break,
+                    Ok(ping) => break ping,
                     Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
-            }
+            };
+            super::api::check_version(&ping).map_err(Error::UnsupportedVersion)?;
             api.create(&ChVmConfig::from_config(config)).await?;
             Ok(api)
         })
