@@ -27,6 +27,7 @@ use std::process::ExitStatus;
 pub use accel::{kvm_usable, Accel, ResolvedAccel};
 pub use config::{ConfigError, Credential, Disk, Machine, Net, VmConfig, Vsock};
 pub use error::{Error, Result};
+pub use process::escape_log_text;
 
 /// The guest's state as the VMM reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

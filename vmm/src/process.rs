@@ -7,8 +7,10 @@
 //!   SIGKILL outside systemd never leaves a VMM behind (`kill_on_drop` only
 //!   covers an orderly drop);
 //! - pipes the child's stderr through a forwarding thread that copies every
-//!   line verbatim to our stderr (the unit's journal, as before) and keeps
-//!   the last lines, so [`Error::ExitedEarly`] can say *why* the VMM died.
+//!   line to our stderr (the unit's journal) and keeps the last lines, so
+//!   [`Error::ExitedEarly`] can say *why* the VMM died. Each line is cut at
+//!   [`LINE_MAX`] bytes and escaped ([`escape_log_text`]): a child's output
+//!   never starts a journal line of its own, nor grows our memory.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -23,6 +25,63 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use crate::error::{io_err, Error, Result};
+
+/// Longest line forwarded from a child's stderr; the rest of it is dropped.
+pub const LINE_MAX: usize = 4096;
+
+/// Appended to a line cut at its limit.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `bytes` as one line of log text: printable ASCII and tabs as they are,
+/// a backslash doubled, every other byte (control characters, escape
+/// sequences, newlines, non-ASCII) as `\xNN`. The result never contains a
+/// line break or a terminal control character, so text from a child or a
+/// guest cannot start a log line of its own or recolour a terminal.
+pub fn escape_log_text(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\t' | 0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out
+}
+
+/// Reads one line (without its `\n`) into `line`, keeping at most `max`
+/// bytes of it and discarding the rest. Returns `None` at EOF, else whether
+/// the line was cut.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Option<bool>> {
+    line.clear();
+    let mut cut = false;
+    let mut read_any = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(read_any.then_some(cut));
+        }
+        read_any = true;
+        let (chunk, used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1, true),
+            None => (buf, buf.len(), false),
+        };
+        let room = max.saturating_sub(line.len());
+        cut |= chunk.len() > room;
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(used);
+        if done {
+            return Ok(Some(cut));
+        }
+    }
+}
 
 /// Lines of a child's stderr kept for [`Error::ExitedEarly`].
 const TAIL_LINES: usize = 10;
@@ -69,17 +128,12 @@ impl StderrTail {
             .spawn(move || {
                 let mut pipe = io::BufReader::new(pipe);
                 let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match pipe.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                while let Ok(Some(cut)) = read_line_capped(&mut pipe, &mut line, LINE_MAX) {
+                    let mut text = escape_log_text(&line);
+                    if cut {
+                        text.push_str(TRUNCATED);
                     }
-                    if line.last() != Some(&b'\n') {
-                        line.push(b'\n');
-                    }
-                    let _ = io::stderr().write_all(&line);
-                    let text = String::from_utf8_lossy(&line);
+                    let _ = writeln!(io::stderr(), "{text}");
                     let text = text.trim_end();
                     if text.is_empty() {
                         continue;
@@ -436,6 +490,45 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Timeout(_)), "{err:?}");
         kill(&mut child).await.unwrap();
+    }
+
+    #[test]
+    fn log_text_is_escaped_onto_one_line() {
+        assert_eq!(escape_log_text(b"plain text\t42"), "plain text\t42");
+        assert_eq!(
+            escape_log_text(b"a\nMAINPID=1\r\x1b[31mred\x7f\\"),
+            "a\\x0aMAINPID=1\\x0d\\x1b[31mred\\x7f\\\\"
+        );
+        assert_eq!(escape_log_text("é".as_bytes()), "\\xc3\\xa9");
+        for b in 0..=255u8 {
+            let text = escape_log_text(&[b]);
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\t'),
+                "{b}: {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_are_capped_and_the_rest_discarded() {
+        let mut input = io::BufReader::with_capacity(7, &b"short\nthis one is long\nlast"[..]);
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line_capped(&mut input, &mut line, 8).unwrap(),
+            Some(false)
+        );
+        assert_eq!(line, b"short");
+        assert_eq!(
+            read_line_capped(&mut input, &mut line, 8).unwrap(),
+            Some(true)
+        );
+        assert_eq!(line, b"this one");
+        assert_eq!(
+            read_line_capped(&mut input, &mut line, 8).unwrap(),
+            Some(false)
+        );
+        assert_eq!(line, b"last");
+        assert_eq!(read_line_capped(&mut input, &mut line, 8).unwrap(), None);
     }
 
     #[tokio::test]

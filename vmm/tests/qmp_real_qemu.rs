@@ -16,10 +16,7 @@ fn qemu_present() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-async fn next_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<QmpEvent>,
-    name: &str,
-) -> QmpEvent {
+async fn next_event(events: &mut tokio::sync::mpsc::Receiver<QmpEvent>, name: &str) -> QmpEvent {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let ev = events.recv().await.expect("event channel closed");

@@ -52,7 +52,7 @@ pub struct QemuVm {
     child: Child,
     vsock_helper: Option<Child>,
     qmp: Qmp,
-    events: Option<mpsc::UnboundedReceiver<QmpEvent>>,
+    events: Option<mpsc::Receiver<QmpEvent>>,
 }
 
 impl QemuVm {
@@ -116,8 +116,9 @@ impl QemuVm {
     }
 
     /// Take the QMP event stream (`SHUTDOWN`, `POWERDOWN`, `STOP`, `RESUME`, ...).
-    /// Returns `None` after the first call.
-    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<QmpEvent>> {
+    /// Returns `None` after the first call. The queue is bounded
+    /// ([`qmp::EVENT_QUEUE`]): events that find it full are dropped.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<QmpEvent>> {
         self.events.take()
     }
 

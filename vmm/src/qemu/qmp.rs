@@ -12,7 +12,11 @@
 //!    `{"event": "SHUTDOWN", "data": {...}, "timestamp": {...}}`.
 //!
 //! After the handshake a reader task owns the read half: it routes replies
-//! to the waiting caller by `id` and forwards events on a channel.
+//! to the waiting caller by `id` and forwards events on a bounded channel
+//! ([`EVENT_QUEUE`]). A guest can make QEMU emit events (RTC changes, NIC
+//! RX filter changes, watchdog...) as fast as it likes, and nobody may be
+//! reading them: events that find the queue full are dropped and counted
+//! ([`Qmp::dropped_events`]) instead of growing memory without limit.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,9 @@ pub struct QmpStatus {
     pub status: String,
 }
 
+/// Events kept for a slow (or absent) reader before new ones are dropped.
+pub const EVENT_QUEUE: usize = 64;
+
 type Reply = std::result::Result<Value, (String, String)>;
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
@@ -57,6 +64,7 @@ pub struct Qmp {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
     next_id: AtomicU64,
+    dropped: Arc<AtomicU64>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -68,7 +76,7 @@ impl Drop for Qmp {
 
 impl Qmp {
     /// Connect and perform the handshake. Events arrive on the returned receiver.
-    pub async fn connect(socket: &Path) -> Result<(Qmp, mpsc::UnboundedReceiver<QmpEvent>)> {
+    pub async fn connect(socket: &Path) -> Result<(Qmp, mpsc::Receiver<QmpEvent>)> {
         let proto = |message: String| Error::QmpProtocol {
             socket: socket.to_owned(),
             message,
@@ -106,15 +114,17 @@ impl Qmp {
             break;
         }
 
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let pending: Pending = Arc::default();
-        let reader = tokio::spawn(read_loop(lines, pending.clone(), tx));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let reader = tokio::spawn(read_loop(lines, pending.clone(), tx, dropped.clone()));
         Ok((
             Qmp {
                 socket: socket.to_owned(),
                 writer: tokio::sync::Mutex::new(write),
                 pending,
                 next_id: AtomicU64::new(1),
+                dropped,
                 reader,
             },
             rx,
@@ -125,7 +135,7 @@ impl Qmp {
     pub async fn connect_with_retry(
         socket: &Path,
         timeout: Duration,
-    ) -> Result<(Qmp, mpsc::UnboundedReceiver<QmpEvent>)> {
+    ) -> Result<(Qmp, mpsc::Receiver<QmpEvent>)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match Qmp::connect(socket).await {
@@ -139,6 +149,11 @@ impl Qmp {
     /// The socket this session talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// How many events were dropped because the event queue was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Execute `command` with optional `arguments`; returns the `return` value.
@@ -208,17 +223,21 @@ impl Qmp {
 async fn read_loop(
     mut lines: Lines<BufReader<OwnedReadHalf>>,
     pending: Pending,
-    events: mpsc::UnboundedSender<QmpEvent>,
+    events: mpsc::Sender<QmpEvent>,
+    dropped: Arc<AtomicU64>,
 ) {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(msg) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
         if let Some(event) = msg.get("event").and_then(Value::as_str) {
-            let _ = events.send(QmpEvent {
+            let event = QmpEvent {
                 event: event.to_owned(),
                 data: msg.get("data").cloned().unwrap_or(Value::Null),
-            });
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(event) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
         } else if let Some(id) = msg.get("id").and_then(Value::as_u64) {
             let Some(tx) = pending.lock().expect("pending lock").remove(&id) else {
                 continue;
