@@ -30,9 +30,23 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub state_directory: Option<PathBuf>,
 
+    /// Close a varlink connection that completes no message for SECS
+    /// seconds (tests shorten it; see `varlink_server::IDLE_TIMEOUT`).
+    #[arg(long, value_name = "SECS", hide = true, default_value_t = crate::varlink_server::IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]
+    pub varlink_idle_timeout: f64,
+
     /// A maintenance command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 /// Maintenance commands.

@@ -7,7 +7,6 @@ use anyhow::Context;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use vmctl_api::names::DBUS_NAME;
-use zlink::tokio::unix;
 
 use crate::{
     activation::{self, Origin},
@@ -25,6 +24,8 @@ pub struct Options {
     pub bus: Option<BusChoice>,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// Caps, timeouts and the size limit of the varlink server.
+    pub varlink_limits: crate::varlink_server::Limits,
 }
 
 /// Runs the daemon until a termination signal.
@@ -36,7 +37,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
 
     let (std_listener, origin) = activation::varlink_listener(&options.varlink_address)?;
-    let listener = unix::Listener::from(tokio::net::UnixListener::from_std(std_listener)?);
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
     match &origin {
         Origin::Activated => tracing::info!("varlink: using the socket passed by systemd"),
         Origin::Bound(path) => tracing::info!("varlink: listening on {}", path.display()),
@@ -91,7 +92,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 
     let result = tokio::select! {
-        r = crate::varlink::serve(listener, manager) => r.context("varlink server failed"),
+        r = crate::varlink::serve(listener, manager, options.varlink_limits) => r.context("varlink server failed"),
         _ = sigterm.recv() => { tracing::info!("SIGTERM received, exiting"); Ok(()) }
         _ = sigint.recv() => { tracing::info!("SIGINT received, exiting"); Ok(()) }
     };

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod admission;
 pub mod caller;
 pub mod cid;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod manager;
 pub mod registry;
 pub mod units;
 pub mod varlink;
+pub mod varlink_server;
 
 pub use caller::Caller;
 pub use error::ManagerError;

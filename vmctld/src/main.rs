@@ -1,13 +1,15 @@
 //! The vmctld binary: parse the command line, set up logging, run.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use vmctld::{
     cli::{Cli, Command},
     daemon::{self, Options},
     dbus::BusChoice,
-    logging, Registry,
+    logging,
+    varlink_server::Limits,
+    Registry,
 };
 
 fn main() -> ExitCode {
@@ -32,6 +34,10 @@ fn main() -> ExitCode {
         state_dir: cli
             .state_directory
             .unwrap_or_else(Registry::default_state_dir),
+        varlink_limits: Limits {
+            idle_timeout: Duration::from_secs_f64(cli.varlink_idle_timeout),
+            ..Limits::default()
+        },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

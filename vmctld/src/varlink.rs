@@ -3,16 +3,17 @@
 //!
 //! # How a call is handled, step by step
 //!
-//! 1. zlink's [`Server`] accepts connections and reads NUL-terminated JSON
-//!    messages from all of them concurrently (one task multiplexing every
-//!    connection, so a slow or idle client never blocks the others).
+//! 1. [`crate::varlink_server`] accepts connections within the connection
+//!    caps and serves each in a task of its own, reading NUL-terminated JSON
+//!    messages with zlink's [`zlink::Connection`] under a size limit and an
+//!    idle timeout (see that module for the limits and why).
 //! 2. Each message is decoded into a [`RawCall`]: the `method` string plus
 //!    the raw `parameters` object (`oneway`/`more`/`upgrade` are taken by
 //!    zlink). A message that is not JSON, or has no `method`, cannot be
 //!    answered meaningfully: zlink closes that one connection and the
 //!    daemon carries on serving everybody else.
-//! 3. [`VarlinkService::handle`] asks the kernel who the peer is
-//!    (`SO_PEERCRED`) and turns it into a [`Caller`].
+//! 3. The server asked the kernel who the peer is (`SO_PEERCRED`) when it
+//!    accepted the connection; that is the [`Caller`] of every call on it.
 //! 4. The method name is split at its last `.` into interface and member.
 //!    An unknown interface is answered with
 //!    `org.varlink.service.InterfaceNotFound`, an unknown member with
@@ -24,33 +25,24 @@
 //! 6. The [`Manager`] does the work. Its result becomes the reply
 //!    parameters; a [`ManagerError`](crate::ManagerError) becomes the named
 //!    `io.vmctl.Manager.*` error with its parameters.
-//! 7. zlink sends the reply (or nothing, if the call was `oneway`) and
-//!    waits for the connection's next call.
+//! 7. The server sends the reply (or nothing, if the call was `oneway`)
+//!    and waits for the connection's next call.
 //!
-//! zlink serves every connection from one task and awaits `handle` before
-//! reading the next call from anyone. Create, Start, Stop, Restart and
-//! Remove may take minutes (a disk copy, a TCG boot), so they are not
-//! awaited in `handle`: they become a one-item reply stream, which the
-//! server polls alongside every other connection, so `vmctl list` answers
-//! while `vmctl start` waits. The single reply carries no `continues`, as
-//! for any plain call.
+//! Create, Start, Stop, Restart and Remove may take minutes (a disk copy, a
+//! TCG boot); they are [`Answer::Later`], awaited by the connection's own
+//! task, so `vmctl list` on another connection answers meanwhile.
 //!
 //! `GetInterfaceDescription` returns the IDL file embedded from
 //! `api/io.vmctl.Manager.varlink`, byte for byte.
 
-use std::{os::fd::OwnedFd, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
+use futures_util::{future::BoxFuture, FutureExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use vmctl_api::{
     errors, idl, names::VARLINK_INTERFACE, spec::VmmChoice, CreateParams, DetailsReply, ErrorReply,
     GetVersionReply, ListReply, NameParams,
-};
-use zlink::{
-    service::{HandleResult, MethodReply, ReplyStreamItem},
-    tokio::unix,
-    Call, Connection, Reply, Server, Service,
 };
 
 use crate::{Caller, Manager};
@@ -347,62 +339,15 @@ fn to_value(reply: impl serde::Serialize) -> Outcome {
     serde_json::to_value(reply).map_err(|e| crate::ManagerError::internal(e).to_varlink())
 }
 
-impl Service<unix::Stream> for VarlinkService {
-    type MethodCall<'de> = RawCall;
-    type ReplyParams<'ser> = Value;
-    type ReplyStreamParams = Value;
-    type ReplyStreamError = ErrorReply;
-    type ReplyStream = BoxStream<'static, ReplyStreamItem<Value, ErrorReply>>;
-    type ReplyError<'ser> = ErrorReply;
-    type Upgrade = ();
-
-    async fn handle<'ser>(
-        &'ser mut self,
-        call: &'ser Call<Self::MethodCall<'_>>,
-        conn: &mut Connection<unix::Stream>,
-        _fds: Vec<OwnedFd>,
-    ) -> HandleResult<Value, Self::ReplyStream, ErrorReply, ()> {
-        let caller = match conn.peer_credentials().await {
-            Ok(creds) => Caller {
-                uid: creds.unix_user_id().as_raw(),
-                pid: u32::try_from(creds.process_id().as_raw_nonzero().get()).unwrap_or(0),
-            },
-            Err(e) => {
-                let err = crate::ManagerError::internal(format!(
-                    "cannot determine the caller's credentials: {e}"
-                ));
-                return (MethodReply::Error(err.to_varlink()), Vec::new());
-            }
-        };
-        tracing::debug!(method = %call.method().method, uid = caller.uid, pid = caller.pid, "varlink call");
-        let reply = match self.answer(&caller, call.method()).await {
-            Answer::Now(Ok(params)) => MethodReply::Single(Some(params)),
-            Answer::Now(Err(error)) => MethodReply::Error(error),
-            // A oneway call wants no reply: run it here (rare, and it is
-            // what the caller asked for).
-            Answer::Later(future) if call.oneway() => {
-                let _ = future.await;
-                MethodReply::Single(None)
-            }
-            Answer::Later(future) => MethodReply::Multi(
-                future
-                    .map(|outcome| (outcome.map(|params| Reply::new(Some(params))), Vec::new()))
-                    .into_stream()
-                    .boxed(),
-            ),
-        };
-        (reply, Vec::new())
-    }
-}
-
-/// Serves `manager` on `listener` until the listener fails.
-///
-/// The returned future is not `Send` (see [`Server::run`]): poll it from
-/// the main task (e.g. in `tokio::select!`) rather than spawning it.
-pub async fn serve(listener: unix::Listener, manager: Arc<Manager>) -> anyhow::Result<()> {
-    Server::new(listener, VarlinkService::new(manager))
-        .run()
-        .await?;
+/// Serves `manager` on `listener` within `limits` until the listener fails
+/// (see [`crate::varlink_server`]).
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    manager: Arc<Manager>,
+    limits: crate::varlink_server::Limits,
+) -> anyhow::Result<()> {
+    let service = Arc::new(VarlinkService::new(manager));
+    crate::varlink_server::serve(listener, service, limits).await?;
     Ok(())
 }
 
