@@ -239,15 +239,21 @@ impl Manager {
 
     /// Deletes VM `name`: stops its unit (waiting), forgets its failed
     /// state, removes its limit drop-ins, then its disks and spec. The files
-    /// go even when systemd no longer knows the unit.
+    /// go even when systemd no longer knows the unit, but only once systemd,
+    /// asked again right before, says the unit is down: a VM's disk is never
+    /// pulled from under a running VMM, whatever signal ended the wait.
     pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
         let unit = self.manageable_unit(caller, name)?;
+        let _guard;
         if let Some(systemd) = self.systemd() {
             systemd.stop(&unit).await?;
             systemd.reset_failed(&unit).await?;
             systemd.revert(&unit).await?;
+            _guard = self.lock().await;
+            systemd.ensure_stopped(&unit).await?;
+        } else {
+            _guard = self.lock().await;
         }
-        let _guard = self.lock().await;
         remove_path(&self.layout().disk_dir(name))?;
         remove_path(&self.registry().spec_file(name))?;
         tracing::info!("removed VM {name}");

@@ -23,18 +23,25 @@
 //!
 //! Job results come as `JobRemoved` signals, which systemd sends to bus
 //! clients after `Subscribe()`: we open the signal stream before starting
-//! the job, so its end cannot be missed.
+//! the job, so its end cannot be missed. Any local user can emit a signal
+//! that looks like it, so only one sent by the current owner of
+//! `org.freedesktop.systemd1` from its manager object, for exactly our job
+//! and unit, is believed ([`job_removed_result`]); and before anything is
+//! deleted the unit's state is read again ([`Systemd::ensure_stopped`]).
 
 use futures_util::StreamExt;
 use vmctl_api::spec::unit_name;
 use zbus::{
-    zvariant::{OwnedObjectPath, OwnedValue, Value},
+    names::{OwnedUniqueName, UniqueName},
+    zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value},
     Connection, MatchRule, MessageStream,
 };
 
 use crate::{limits::UnitLimits, manager::STATE_UNKNOWN, ManagerError};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
+const BUS: &str = "org.freedesktop.DBus";
+const BUS_PATH: &str = "/org/freedesktop/DBus";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const SYSTEMD_UNIT: &str = "org.freedesktop.systemd1.Unit";
@@ -119,16 +126,35 @@ impl Systemd {
     /// Calls `method` (`StartUnit`, ...) with mode `replace` and waits for
     /// the job's `JobRemoved`; a result other than `done` is a
     /// [`ManagerError::UnitFailed`] carrying the unit's `Result`.
+    ///
+    /// Only systemd's own `JobRemoved` ends the wait (see
+    /// [`job_removed_result`]): any local user can emit a signal of that
+    /// name on the system bus. The bus filters on the well-known sender in
+    /// the match rule, but zbus hands every message the connection receives
+    /// to every stream whose rule matches locally, and locally zbus cannot
+    /// match a well-known sender; so the unique name of systemd's
+    /// connection is asked for (`GetNameOwner`) and compared here, and
+    /// followed through `NameOwnerChanged` (systemd re-executing).
     async fn run_job(&self, method: &str, unit: &str) -> Result<(), ManagerError> {
-        let rule = MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(SYSTEMD_MANAGER)
-            .and_then(|r| r.member("JobRemoved"))
-            .map(|r| r.build())
-            .map_err(|e| ManagerError::internal(format!("bad match rule: {e}")))?;
-        let mut signals = MessageStream::for_match_rule(rule, &self.conn, Some(256))
-            .await
-            .map_err(|e| systemd_error("cannot watch systemd jobs".into(), e))?;
+        let jobs = self.signals(
+            MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender(SYSTEMD)
+                .and_then(|r| r.path(SYSTEMD_PATH))
+                .and_then(|r| r.interface(SYSTEMD_MANAGER))
+                .and_then(|r| r.member("JobRemoved")),
+        );
+        let owners = self.signals(
+            MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender(BUS)
+                .and_then(|r| r.path(BUS_PATH))
+                .and_then(|r| r.interface(BUS))
+                .and_then(|r| r.member("NameOwnerChanged"))
+                .and_then(|r| r.arg(0, SYSTEMD)),
+        );
+        let (mut jobs, mut owners) = (jobs.await?, owners.await?);
+        let mut owner = self.systemd_owner().await?;
         let job: OwnedObjectPath = match self.manager_call(method, &(unit, "replace")).await {
             Ok(reply) => reply
                 .body()
@@ -138,29 +164,138 @@ impl Systemd {
             Err(e) => return Err(systemd_error(format!("{method} {unit} failed"), e)),
         };
         tracing::debug!("{method} {unit}: waiting for job {}", job.as_str());
-        while let Some(msg) = signals.next().await {
-            let Ok(msg) = msg else { continue };
-            let Ok((_id, path, _unit, result)) = msg
-                .body()
-                .deserialize::<(u32, OwnedObjectPath, String, String)>()
-            else {
-                continue;
-            };
-            if path != job {
-                continue;
+        let result = loop {
+            tokio::select! {
+                msg = jobs.next() => {
+                    let Some(msg) = msg else { break None };
+                    let Ok(msg) = msg else { continue };
+                    match job_removed_result(&msg, owner.as_deref(), &job, unit) {
+                        Ok(result) => break Some(result),
+                        Err(Ignored::Forged) => tracing::warn!(
+                            "{method} {unit}: ignoring a JobRemoved for job {} from {:?}, \
+                             which is not systemd ({:?})",
+                            job.as_str(),
+                            msg.header().sender().map(|s| s.as_str()),
+                            owner.as_deref().map(|s| s.as_str()),
+                        ),
+                        Err(Ignored::OtherJob) => {}
+                    }
+                }
+                msg = owners.next() => {
+                    let Some(msg) = msg else { break None };
+                    let Ok(msg) = msg else { continue };
+                    if msg.header().sender().map(|s| s.as_str()) != Some(BUS) {
+                        continue;
+                    }
+                    owner = self.systemd_owner().await?;
+                    tracing::info!("{method} {unit}: systemd's bus name moved to {owner:?}");
+                    // If the job ended while systemd was away, no signal
+                    // will tell: its state will.
+                    if !self.job_exists(&job).await {
+                        break Some(String::from("gone"));
+                    }
+                }
             }
-            tracing::info!("{method} {unit}: job result {result}");
-            return match result.as_str() {
-                "done" => Ok(()),
-                _ => Err(ManagerError::UnitFailed {
-                    unit: unit.to_string(),
-                    result: self.unit_result(unit).await.unwrap_or(result),
-                }),
-            };
+        };
+        let Some(result) = result else {
+            return Err(ManagerError::internal(format!(
+                "the connection to systemd closed while waiting for {method} {unit}"
+            )));
+        };
+        tracing::info!("{method} {unit}: job result {result}");
+        match result.as_str() {
+            "done" => Ok(()),
+            "gone" => match (method, self.unit_state(unit).await) {
+                ("StopUnit", Ok(state)) if state.is_stopped() => Ok(()),
+                ("StartUnit" | "RestartUnit", Ok(state)) if state.is_active() => Ok(()),
+                (_, state) => Err(ManagerError::internal(format!(
+                    "{method} {unit}: the job vanished and the unit is {state:?}"
+                ))),
+            },
+            _ => Err(ManagerError::UnitFailed {
+                unit: unit.to_string(),
+                result: self.unit_result(unit).await.unwrap_or(result),
+            }),
         }
-        Err(ManagerError::internal(format!(
-            "the connection to systemd closed while waiting for {method} {unit}"
-        )))
+    }
+
+    /// A stream of the messages matching `rule`, opened before the call
+    /// whose signals it is to catch.
+    async fn signals(
+        &self,
+        rule: zbus::Result<zbus::match_rule::Builder<'_>>,
+    ) -> Result<MessageStream, ManagerError> {
+        let rule = rule
+            .map(|r| r.build())
+            .map_err(|e| ManagerError::internal(format!("bad match rule: {e}")))?;
+        MessageStream::for_match_rule(rule, &self.conn, Some(256))
+            .await
+            .map_err(|e| systemd_error("cannot watch systemd".into(), e))
+    }
+
+    /// The unique name of systemd's bus connection, `None` while the name
+    /// has no owner, and `None` on a peer-to-peer connection, where the
+    /// peer is systemd by construction and stamps no sender.
+    async fn systemd_owner(&self) -> Result<Option<OwnedUniqueName>, ManagerError> {
+        if !self.conn.is_bus() {
+            return Ok(None);
+        }
+        let reply = self
+            .conn
+            .call_method(Some(BUS), BUS_PATH, Some(BUS), "GetNameOwner", &(SYSTEMD,))
+            .await;
+        match reply {
+            Ok(reply) => reply
+                .body()
+                .deserialize::<OwnedUniqueName>()
+                .map(Some)
+                .map_err(|e| ManagerError::internal(format!("odd reply to GetNameOwner: {e}"))),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(systemd_error(
+                "cannot ask who owns systemd's bus name".into(),
+                e,
+            )),
+        }
+    }
+
+    /// Whether systemd still has the job at `job`.
+    async fn job_exists(&self, job: &OwnedObjectPath) -> bool {
+        self.conn
+            .call_method(
+                Some(SYSTEMD),
+                job,
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &("org.freedesktop.systemd1.Job", "State"),
+            )
+            .await
+            .is_ok()
+    }
+
+    /// The unit's `ActiveState` and `SubState`, read from systemd now.
+    pub async fn unit_state(&self, unit: &str) -> zbus::Result<UnitState> {
+        let Some(path) = self.unit_path(unit).await? else {
+            return Ok(UnitState::NotLoaded);
+        };
+        let active = self.unit_property(&path, "ActiveState").await?;
+        let sub = self.unit_property(&path, "SubState").await?;
+        Ok(UnitState::Loaded { active, sub })
+    }
+
+    /// Checks, by asking systemd now, that `unit` is down (inactive,
+    /// failed, or not loaded): what must hold before a VM's files go.
+    pub async fn ensure_stopped(&self, unit: &str) -> Result<(), ManagerError> {
+        match self.unit_state(unit).await {
+            Ok(state) if state.is_stopped() => Ok(()),
+            Ok(state) => Err(ManagerError::internal(format!(
+                "{unit} is {state}, not stopped: its files are left in place"
+            ))),
+            Err(e) => Err(systemd_error(format!("cannot read the state of {unit}"), e)),
+        }
     }
 
     /// The unit's `Result` (`exit-code`, `timeout`, ...), if not `success`.
@@ -216,35 +351,120 @@ impl Systemd {
 
     /// `ActiveState` of `unit`, or `None` when systemd has not loaded it.
     async fn active_state(&self, unit: &str) -> zbus::Result<Option<String>> {
+        match self.unit_path(unit).await? {
+            None => Ok(None),
+            Some(path) => self.unit_property(&path, "ActiveState").await.map(Some),
+        }
+    }
+
+    /// The object path of `unit`, or `None` when systemd has not loaded it.
+    async fn unit_path(&self, unit: &str) -> zbus::Result<Option<OwnedObjectPath>> {
+        match self.manager_call("GetUnit", &(unit,)).await {
+            Ok(msg) => Ok(Some(msg.body().deserialize()?)),
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_UNIT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A string property of the `Unit` interface at `path`.
+    async fn unit_property(&self, path: &OwnedObjectPath, property: &str) -> zbus::Result<String> {
         let reply = self
             .conn
             .call_method(
                 Some(SYSTEMD),
-                SYSTEMD_PATH,
-                Some(SYSTEMD_MANAGER),
-                "GetUnit",
-                &(unit,),
-            )
-            .await;
-        let path: OwnedObjectPath = match reply {
-            Ok(msg) => msg.body().deserialize()?,
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == NO_SUCH_UNIT => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
-        let reply = self
-            .conn
-            .call_method(
-                Some(SYSTEMD),
-                &path,
+                path,
                 Some("org.freedesktop.DBus.Properties"),
                 "Get",
-                &(SYSTEMD_UNIT, "ActiveState"),
+                &(SYSTEMD_UNIT, property),
             )
             .await?;
-        let value: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
-        Ok(Some(String::try_from(value)?))
+        let value: OwnedValue = reply.body().deserialize()?;
+        Ok(String::try_from(value)?)
+    }
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitState {
+    /// systemd has not loaded the unit (it is certainly not running).
+    NotLoaded,
+    /// The unit's `ActiveState` and `SubState`.
+    Loaded {
+        /// `ActiveState`: `active`, `inactive`, `deactivating`, ...
+        active: String,
+        /// `SubState`: `running`, `dead`, `stop-sigterm`, ...
+        sub: String,
+    },
+}
+
+impl UnitState {
+    /// Not loaded, `inactive` or `failed`: nothing of the unit runs.
+    pub fn is_stopped(&self) -> bool {
+        match self {
+            Self::NotLoaded => true,
+            Self::Loaded { active, .. } => active == "inactive" || active == "failed",
+        }
+    }
+
+    /// `active`.
+    pub fn is_active(&self) -> bool {
+        matches!(self, Self::Loaded { active, .. } if active == "active")
+    }
+}
+
+impl std::fmt::Display for UnitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotLoaded => f.write_str("not loaded"),
+            Self::Loaded { active, sub } => write!(f, "{active} ({sub})"),
+        }
+    }
+}
+
+/// Why a `JobRemoved` delivered to us does not end the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// It is not systemd's: wrong sender, object path or interface.
+    Forged,
+    /// It is systemd's, about another job or unit.
+    OtherJob,
+}
+
+/// The result (`done`, `failed`, ...) carried by `msg` if it is systemd's
+/// `JobRemoved` for `job` of `unit`: sent by `owner` (the unique name that
+/// owns `org.freedesktop.systemd1`; `None` only on a peer-to-peer
+/// connection to systemd, where there is no sender to check), from
+/// systemd's manager object, for exactly that job path and unit.
+pub fn job_removed_result(
+    msg: &zbus::Message,
+    owner: Option<&UniqueName<'_>>,
+    job: &ObjectPath<'_>,
+    unit: &str,
+) -> Result<String, Ignored> {
+    let header = msg.header();
+    let from_systemd = msg.message_type() == zbus::message::Type::Signal
+        && match owner {
+            Some(owner) => header.sender() == Some(owner),
+            None => {
+                header.sender().is_none() || header.sender().map(|s| s.as_str()) == Some(SYSTEMD)
+            }
+        }
+        && header.path().map(|p| p.as_str()) == Some(SYSTEMD_PATH)
+        && header.interface().map(|i| i.as_str()) == Some(SYSTEMD_MANAGER)
+        && header.member().map(|m| m.as_str()) == Some("JobRemoved");
+    if !from_systemd {
+        return Err(Ignored::Forged);
+    }
+    match msg
+        .body()
+        .deserialize::<(u32, OwnedObjectPath, String, String)>()
+    {
+        Ok((_id, path, removed_unit, result))
+            if path.as_str() == job.as_str() && removed_unit == unit =>
+        {
+            Ok(result)
+        }
+        _ => Err(Ignored::OtherJob),
     }
 }
 
@@ -272,6 +492,63 @@ pub fn vm_state(active_state: Option<&str>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const JOB: &str = "/org/freedesktop/systemd1/job/42";
+
+    fn job_removed(sender: &str, path: &str, job: &str, unit: &str) -> zbus::Message {
+        zbus::Message::signal(path, SYSTEMD_MANAGER, "JobRemoved")
+            .unwrap()
+            .sender(sender)
+            .unwrap()
+            .build(&(42u32, ObjectPath::try_from(job).unwrap(), unit, "done"))
+            .unwrap()
+    }
+
+    #[test]
+    fn believes_only_systemds_job_removed() {
+        let owner = UniqueName::try_from(":1.3").unwrap();
+        let job = ObjectPath::try_from(JOB).unwrap();
+        let check =
+            |msg: &zbus::Message| job_removed_result(msg, Some(&owner), &job, "vm@a.service");
+        // systemd's own.
+        let real = job_removed(":1.3", SYSTEMD_PATH, JOB, "vm@a.service");
+        assert_eq!(check(&real), Ok("done".to_string()));
+        // Same signal from another connection (`busctl emit` by a user).
+        let forged = job_removed(":1.99", SYSTEMD_PATH, JOB, "vm@a.service");
+        assert_eq!(check(&forged), Err(Ignored::Forged));
+        // From systemd's connection but another object.
+        let elsewhere = job_removed(
+            ":1.3",
+            "/org/freedesktop/systemd1/unit/x",
+            JOB,
+            "vm@a.service",
+        );
+        assert_eq!(check(&elsewhere), Err(Ignored::Forged));
+        // Another job or another unit.
+        let other = job_removed(
+            ":1.3",
+            SYSTEMD_PATH,
+            "/org/freedesktop/systemd1/job/43",
+            "vm@a.service",
+        );
+        assert_eq!(check(&other), Err(Ignored::OtherJob));
+        let other_unit = job_removed(":1.3", SYSTEMD_PATH, JOB, "vm@b.service");
+        assert_eq!(check(&other_unit), Err(Ignored::OtherJob));
+    }
+
+    #[test]
+    fn stopped_states() {
+        let loaded = |active: &str| UnitState::Loaded {
+            active: active.into(),
+            sub: "x".into(),
+        };
+        assert!(UnitState::NotLoaded.is_stopped());
+        assert!(loaded("inactive").is_stopped());
+        assert!(loaded("failed").is_stopped());
+        for running in ["active", "deactivating", "activating", "reloading"] {
+            assert!(!loaded(running).is_stopped(), "{running}");
+        }
+    }
 
     #[test]
     fn maps_active_states() {
