@@ -427,12 +427,18 @@ fn unexpected(frame: Option<Frame>) -> ClientError {
     }
 }
 
-/// Waits for the guest's `hello` on a listener where guest connections to
-/// host port [`crate::HELLO_PORT`] arrive (`<vsock socket>_1025`).
-pub async fn accept_hello(listener: &tokio::net::UnixListener) -> Result<Hello, ClientError> {
-    let (mut stream, _) = listener.accept().await.map_err(ProtocolError::Io)?;
-    match read_frame(&mut stream).await? {
-        Some(Frame::Control(Control::Hello(h))) => Ok(h),
-        other => Err(unexpected(other)),
-    }
+/// Accepts one connection on a listener where guest connections to host
+/// port [`crate::HELLO_PORT`] arrive (`<vsock socket>_1025`) and reads a
+/// checked hello from it: at most [`crate::hello::MAX_HELLO_FRAME`] bytes,
+/// within `deadline`, every field validated ([`crate::hello::check`]).
+///
+/// This serves one connection at a time; a listener that must not be held
+/// up by a silent peer hands each accepted stream to its own task and
+/// calls [`crate::hello::read_hello`] there (as the launcher does).
+pub async fn accept_hello(
+    listener: &tokio::net::UnixListener,
+    deadline: Duration,
+) -> Result<crate::hello::CheckedHello, crate::hello::HelloError> {
+    let (mut stream, _) = listener.accept().await?;
+    crate::hello::read_hello(&mut stream, deadline).await
 }

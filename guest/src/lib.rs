@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod client;
 pub mod files;
+pub mod hello;
 pub mod protocol;
 
 /// The vsock port the agent listens on.

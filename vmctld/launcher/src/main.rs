@@ -254,9 +254,9 @@ async fn run(args: &Args) -> Outcome {
 }
 
 /// Waits for the guest agent's hello, ignoring connections that are not one.
-async fn wait_hello(listener: &UnixListener) -> vmctl_guest::protocol::Hello {
+async fn wait_hello(listener: &UnixListener) -> vmctl_guest::hello::CheckedHello {
     loop {
-        match vmctl_guest::client::accept_hello(listener).await {
+        match vmctl_guest::client::accept_hello(listener, Duration::from_secs(5)).await {
             Ok(hello) => return hello,
             Err(e) => {
                 warn!("ignoring a connection on the hello port: {e}");
