@@ -193,10 +193,7 @@ impl Frame {
 
     fn decode(kind: u8, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
         Ok(match kind {
-            KIND_CONTROL => Frame::Control(
-                serde_json::from_slice(&payload)
-                    .map_err(|e| ProtocolError::BadControl(e.to_string()))?,
-            ),
+            KIND_CONTROL => Frame::Control(decode_control(&payload)?),
             KIND_STDIN => Frame::Stdin(payload),
             KIND_STDOUT => Frame::Stdout(payload),
             KIND_STDERR => Frame::Stderr(payload),
@@ -204,6 +201,36 @@ impl Frame {
             other => return Err(ProtocolError::BadKind(other)),
         })
     }
+}
+
+/// Parses a control payload (the JSON of a kind-1 frame).
+pub fn decode_control(payload: &[u8]) -> Result<Control, ProtocolError> {
+    serde_json::from_slice(payload).map_err(|e| ProtocolError::BadControl(e.to_string()))
+}
+
+/// The number of bytes after a length prefix of `len`, if it is allowed.
+/// Checked before anything is allocated: a peer cannot make us reserve
+/// more than one frame's worth by claiming a huge length.
+fn body_length(len: u32) -> Result<usize, ProtocolError> {
+    match usize::try_from(len) {
+        Ok(n) if (1..=MAX_PAYLOAD + 1).contains(&n) => Ok(n),
+        _ => Err(ProtocolError::BadLength(len)),
+    }
+}
+
+/// Decodes the frame at the start of `buf`: the frame and the number of
+/// bytes it took, or `Ok(None)` if `buf` does not hold a whole frame yet.
+/// The same rules as [`read_frame`], for callers holding bytes in memory.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = body_length(u32::from_be_bytes(*prefix))?;
+    let Some(body) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    let frame = Frame::decode(body[0], body[1..].to_vec())?;
+    Ok(Some((frame, 4 + len)))
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
@@ -214,14 +241,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len);
-    if len == 0 || len as usize > MAX_PAYLOAD + 1 {
-        return Err(ProtocolError::BadLength(len));
-    }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await?;
-    let kind = body.remove(0);
-    Frame::decode(kind, body).map(Some)
+    let len = body_length(u32::from_be_bytes(len))?;
+    let kind = r.read_u8().await?;
+    let mut payload = vec![0u8; len - 1];
+    r.read_exact(&mut payload).await?;
+    Frame::decode(kind, payload).map(Some)
 }
 
 /// Writes one frame and flushes it.
@@ -286,6 +310,36 @@ mod tests {
         ];
         for frame in frames {
             assert_eq!(round_trip(frame.clone()).await, frame);
+        }
+    }
+
+    #[tokio::test]
+    async fn decode_frame_agrees_with_read_frame() {
+        let inputs: Vec<Vec<u8>> = vec![
+            Frame::Stdout(b"hello".to_vec()).encode(),
+            Frame::Control(Control::Health).encode(),
+            Frame::StdinEof.encode(),
+            vec![0, 0, 0, 1, 99],
+            vec![0, 0, 0, 5, 1, b'{', b'n', b'o', b't'],
+            vec![0, 0, 0, 0],
+            vec![0xff, 0xff, 0xff, 0xff, 1],
+        ];
+        for bytes in inputs {
+            let from_stream = read_frame(&mut bytes.as_slice()).await;
+            let in_memory = decode_frame(&bytes);
+            match (from_stream, in_memory) {
+                (Ok(Some(a)), Ok(Some((b, used)))) => {
+                    assert_eq!(a, b);
+                    assert_eq!(used, bytes.len());
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{bytes:?}: {a:?} vs {b:?}"),
+            }
+        }
+        // Incomplete input is not an error in memory: more may come.
+        let whole = Frame::Stdin(vec![1; 100]).encode();
+        for cut in [0, 3, 4, 5, 50, whole.len() - 1] {
+            assert!(decode_frame(&whole[..cut]).unwrap().is_none(), "cut {cut}");
         }
     }
 
