@@ -228,3 +228,16 @@ fn generate_docs() {
         .unwrap()
         .contains("generate-docs"));
 }
+
+#[test]
+fn cp_max_size_defaults_to_4g_and_bad_sizes_are_refused() {
+    let help = Command::new(VMCTL).args(["cp", "--help"]).output().unwrap();
+    assert!(stdout(&help).contains("[default: 4G]"), "{}", stdout(&help));
+    let bad = Command::new(VMCTL)
+        .args(["cp", "--max-size", "lots", "vm:/a", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("invalid --max-size size \"lots\""), "{err}");
+}
