@@ -14,14 +14,24 @@
 //!
 //! A guest whose systemd is too old never connects: nothing changes then,
 //! readiness still comes from the guest agent's hello.
+//!
+//! Anything in the guest can connect to that port, so the messages are
+//! untrusted: each connection has its own task, at most [`MAX_MESSAGE`]
+//! bytes and [`DEADLINE`] in all; at most [`MAX_CONNECTIONS`] are read at
+//! once (more are closed at once). Nothing from a message reaches the
+//! unit's `STATUS=` (a guest `READY=1` sets the launcher's own
+//! [`WAITING_FOR_AGENT`]), and what is logged is escaped.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, info, warn};
-use vmctl_vmm::Credential;
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
+use vmctl_vmm::{escape_log_text, Credential};
+
+use crate::ratelimit::GuestWarnings;
 
 /// The host vsock port guest systemd reports to.
 pub const NOTIFY_PORT: u32 = 1026;
@@ -30,10 +40,13 @@ pub const NOTIFY_PORT: u32 = 1026;
 const HOST_CID: u32 = 2;
 
 /// A message is a few hundred bytes; anything beyond this is cut off.
-const MAX_MESSAGE: u64 = 64 * 1024;
+pub const MAX_MESSAGE: u64 = 4096;
 
-/// How long one connection may take to start its message.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may take in all.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connections read at the same time.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// A message is complete at EOF, or after this long without more bytes.
 /// Guest systemd 257 over vhost-device-vsock sends one write and then
@@ -167,56 +180,68 @@ impl AgentState {
 /// launcher runs and acts on each message: `status` is called with the
 /// STATUS= text for the unit when guest systemd is ready before the agent.
 pub fn serve(listener: UnixListener, agent: AgentState, status: fn(&str)) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let warnings = GuestWarnings::new();
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        match read_message(stream).await {
-                            Ok(msg) => handle(&msg, &agent, status),
-                            Err(e) => warn!("guest systemd notify connection: {e}"),
-                        }
-                    });
-                }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
                 Err(e) => {
-                    warn!("guest systemd notify socket: {e}");
+                    warnings.warn(|| format!("guest systemd notify socket: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                warnings.warn(|| {
+                    format!(
+                        "notify port: {MAX_CONNECTIONS} connections already open; closed a new one"
+                    )
+                });
+                continue;
+            };
+            let agent = agent.clone();
+            let warnings = warnings.clone();
+            tokio::spawn(async move {
+                let result = read_message(stream).await;
+                drop(slot);
+                match result {
+                    Ok(msg) => handle(&msg, &agent, status),
+                    Err(e) => warnings.warn(|| format!("guest systemd notify connection: {e}")),
+                }
+            });
         }
     });
 }
 
 /// Reads one message: everything up to EOF, or up to [`IDLE_END`] of
-/// silence after the first bytes.
+/// silence after the first bytes, or what arrived by [`DEADLINE`].
 async fn read_message(stream: UnixStream) -> std::io::Result<Message> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut stream = stream.take(MAX_MESSAGE);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         let wait = if buf.is_empty() {
-            READ_TIMEOUT
+            deadline
         } else {
-            IDLE_END
+            deadline.min(tokio::time::Instant::now() + IDLE_END)
         };
-        match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+        match tokio::time::timeout_at(wait, stream.read(&mut chunk)).await {
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(Err(e)) => return Err(e),
             Err(_) if buf.is_empty() => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no message within {} s", READ_TIMEOUT.as_secs()),
+                    format!("no message within {} s", DEADLINE.as_secs()),
                 ))
             }
             Err(_) => break,
         }
     }
-    debug!(
-        "guest systemd notify message: {:?}",
-        String::from_utf8_lossy(&buf)
-    );
+    debug!("guest systemd notify message: {}", escape_log_text(&buf));
     Ok(Message::parse(&buf))
 }
 
@@ -224,7 +249,7 @@ async fn read_message(stream: UnixStream) -> std::io::Result<Message> {
 /// unit's status through `status`.
 fn handle(msg: &Message, agent: &AgentState, status: fn(&str)) {
     if let Some(text) = &msg.status {
-        debug!("guest systemd: STATUS={text}");
+        debug!("guest systemd: STATUS={}", escape_log_text(text.as_bytes()));
     }
     // X_SYSTEMD_* covers what 257 sends besides READY/STATUS/EXIT_STATUS:
     // HOSTNAME, MACHINE_ID, SIGNALS_LEVEL, UNIT_(IN)ACTIVE, SHUTDOWN.
@@ -232,7 +257,11 @@ fn handle(msg: &Message, agent: &AgentState, status: fn(&str)) {
         if key == "X_SYSTEMD_UNIT_ACTIVE" && value == "shutdown.target" {
             info!("guest systemd: shutting down (shutdown.target reached)");
         } else if key.starts_with("X_SYSTEMD_") {
-            debug!("guest systemd: {key}={value}");
+            debug!(
+                "guest systemd: {}={}",
+                escape_log_text(key.as_bytes()),
+                escape_log_text(value.as_bytes())
+            );
         }
     }
     if msg.ready {
@@ -240,7 +269,10 @@ fn handle(msg: &Message, agent: &AgentState, status: fn(&str)) {
         agent.guest_ready(|| status(WAITING_FOR_AGENT));
     }
     if msg.is_shutdown() {
-        info!("guest systemd: {}", msg.describe_shutdown());
+        info!(
+            "guest systemd: {}",
+            escape_log_text(msg.describe_shutdown().as_bytes())
+        );
     }
 }
 
@@ -342,5 +374,48 @@ mod tests {
         let m = read_message(server).await.unwrap();
         assert!(m.stopping);
         drop(client);
+    }
+
+    /// A sender that trickles bytes forever, or sends without end, is cut
+    /// off by the deadline and the size cap.
+    #[tokio::test]
+    async fn a_trickling_or_endless_sender_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock_1026");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let trickle = tokio::spawn(async move {
+            while client.write_all(b"X").await.is_ok() {
+                tokio::time::sleep(IDLE_END / 5).await;
+            }
+        });
+        let reading = tokio::time::timeout(DEADLINE * 2, read_message(server)).await;
+        assert!(reading.is_ok(), "still reading after twice the deadline");
+        trickle.abort();
+
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let endless = tokio::spawn(async move {
+            let line = b"STATUS=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n";
+            while client.write_all(line).await.is_ok() {}
+        });
+        let m = tokio::time::timeout(DEADLINE * 2, read_message(server))
+            .await
+            .expect("the size cap ends the message")
+            .unwrap();
+        let total: usize = m.fields.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        // + 1: the cut last line has no newline, counted above.
+        assert!(total as u64 <= MAX_MESSAGE + 1, "{total}");
+        endless.abort();
+    }
+
+    #[test]
+    fn logged_guest_text_is_escaped() {
+        let m = Message::parse(b"X_SYSTEMD_SHUTDOWN=poweroff\x1b[2J\rforged\nEXIT_STATUS=0\x0b1\n");
+        let line = escape_log_text(m.describe_shutdown().as_bytes());
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("poweroff\\x1b[2J\\x0dforged"), "{line}");
     }
 }

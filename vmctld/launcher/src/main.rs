@@ -14,23 +14,29 @@
 //!    systemd.firstboot=off systemd.machine_id=<id> panic=-1 quiet`, the
 //!    root disk read-write, vsock with the spec's CID behind the hybrid-vsock
 //!    socket `Layout::vsock_socket`. The serial console is relayed to the
-//!    launcher's stderr line by line (`console: ...` in the journal) and to
+//!    launcher's stderr line by line (`console: ...` in the journal:
+//!    escaped, cut at 512 bytes, rate-limited; see `console.rs`) and to
 //!    clients of the Unix socket `Layout::console_socket`.
 //! 4. Listens on `<vsock socket>_1025` (the agent's hello) and
 //!    `<vsock socket>_1026` (guest systemd's sd_notify messages, asked for
 //!    with the credential `vmm.notify_socket=vsock-stream:2:1026`) before
 //!    boot, starts vhost-device-vsock and QEMU as its children.
 //! 5. Waits for the guest agent's `hello` on that socket, at most
-//!    `--boot-timeout`; then `READY=1` and `STATUS=Running: guest <kernel
-//!    release>`. A VMM that exits first, or the timeout, fails the launch
-//!    (the VMM is killed). When guest systemd reports `READY=1` before the
-//!    agent's hello, `STATUS=Guest systemd is up; waiting for the guest
-//!    agent` (exec needs the agent, so the unit is not ready yet). Guest
-//!    `STATUS=` lines are logged at debug level, its shutdown messages
-//!    (`shutdown.target` reached, `STOPPING=1`, `X_SYSTEMD_SHUTDOWN=`,
-//!    `EXIT_STATUS=`) at info. A
-//!    guest whose systemd is older than 256 never connects; nothing
-//!    changes then.
+//!    `--boot-timeout`; then `READY=1` and `STATUS=Running`. A VMM that
+//!    exits first, or the timeout, fails the launch (the VMM is killed).
+//!    When guest systemd reports `READY=1` before the agent's hello,
+//!    `STATUS=Guest systemd is up; waiting for the guest agent` (exec needs
+//!    the agent, so the unit is not ready yet). Guest `STATUS=` lines are
+//!    logged at debug level, its shutdown messages (`shutdown.target`
+//!    reached, `STOPPING=1`, `X_SYSTEMD_SHUTDOWN=`, `EXIT_STATUS=`) at info.
+//!    A guest whose systemd is older than 256 never connects; nothing
+//!    changes then. Both ports are open to any guest process: each
+//!    connection is read on its own with a 5 s deadline and a size cap
+//!    (`hello.rs`, `guest_notify.rs`), a hello is used only when every
+//!    field passes `vmctl_guest::hello::check`, and nothing a guest sends
+//!    goes into an sd_notify message (`notify.rs` refuses any field with a
+//!    newline or control character besides). Guest details (kernel
+//!    release, boot ID) are only logged.
 //! 6. Registers the VM with systemd-machined (`RegisterMachine`, class
 //!    `vm`, leader = the VMM); without a system bus or machined it logs a
 //!    warning and goes on.
@@ -45,11 +51,15 @@
 //! 8. Logs to stderr, without timestamps or colours when `JOURNAL_STREAM`
 //!    says stderr is the journal.
 
+mod console;
 mod guest_notify;
+mod hello;
 mod inputs;
 mod lifecycle;
 mod machined;
+mod notify;
 mod plan;
+mod ratelimit;
 mod vmm;
 
 use std::io::IsTerminal;
@@ -65,7 +75,12 @@ use tracing::{error, info, warn};
 use vmctl_api::spec::{Layout, HELLO_PORT};
 
 use crate::lifecycle::Outcome;
+use crate::notify::status;
 use crate::vmm::Running;
+
+/// The unit's `STATUS=` while the guest runs: the launcher's own words,
+/// never guest text.
+const RUNNING: &str = "Running";
 
 /// Runs one VM for `vm@NAME.service`.
 #[derive(Debug, Parser)]
@@ -124,18 +139,6 @@ fn init_logging() {
     }
 }
 
-/// Tells systemd something; outside systemd (no `NOTIFY_SOCKET`) a no-op.
-fn notify(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, states) {
-        warn!("sd_notify failed: {e}");
-    }
-}
-
-fn status(text: &str) {
-    info!("{text}");
-    notify(&[NotifyState::Status(text)]);
-}
-
 async fn run(args: &Args) -> Outcome {
     // QEMU resolves paths itself: make them absolute.
     let (state_dir, runtime_dir) = match (
@@ -161,8 +164,8 @@ async fn run(args: &Args) -> Outcome {
     }
     let hello_path = plan::host_port_socket(&layout.vsock_socket(&args.name), HELLO_PORT);
     let _ = std::fs::remove_file(&hello_path);
-    let hello_listener = match UnixListener::bind(&hello_path) {
-        Ok(l) => l,
+    let mut hellos = match UnixListener::bind(&hello_path) {
+        Ok(l) => hello::serve(l),
         Err(e) => return Outcome::Error(format!("cannot listen on {}: {e}", hello_path.display())),
     };
     let notify_path =
@@ -199,7 +202,7 @@ async fn run(args: &Args) -> Outcome {
     agent.booting(|| status("Booting: waiting for the guest agent"));
     let boot_timeout = Duration::from_secs(args.boot_timeout);
     let hello = tokio::select! {
-        hello = tokio::time::timeout(boot_timeout, wait_hello(&hello_listener)) => hello,
+        hello = tokio::time::timeout(boot_timeout, hellos.recv()) => hello,
         exited = running.wait() => {
             return match exited.map(Outcome::from_vmm_exit) {
                 Ok(Outcome::PoweredOff) => Outcome::Error("the VMM exited before the guest was ready".into()),
@@ -210,21 +213,44 @@ async fn run(args: &Args) -> Outcome {
         _ = sigterm.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
         _ = sigint.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
     };
-    let Ok(hello) = hello else {
-        running.kill().await;
-        return Outcome::BootTimedOut;
+    let hello = match hello {
+        Ok(Some(hello)) => hello,
+        Ok(None) => {
+            running.kill().await;
+            return Outcome::Error("the hello listener stopped".into());
+        }
+        Err(_) => {
+            running.kill().await;
+            return Outcome::BootTimedOut;
+        }
     };
-    let running_status = format!("Running: guest {}", hello.kernel_release);
-    info!("{running_status}");
-    agent.set_ready(|| notify(&[NotifyState::Ready, NotifyState::Status(&running_status)]));
-    // A guest that reboots says hello again: keep answering, keep STATUS= true.
+    // The fields passed vmctl_guest::hello::check: safe to log, and still
+    // never part of an sd_notify message.
+    info!(
+        "guest agent {} says hello: kernel {}, boot ID {}",
+        hello.version, hello.kernel_release, hello.boot_id
+    );
+    agent.set_ready(|| {
+        info!("{RUNNING}");
+        notify::notify_or_warn(&[NotifyState::Ready, NotifyState::Status(RUNNING)]);
+    });
+    // A guest that reboots says hello again: keep reading, and log it.
     tokio::spawn(async move {
-        loop {
-            let hello = wait_hello(&hello_listener).await;
-            status(&format!(
-                "Running: guest {} (rebooted)",
-                hello.kernel_release
-            ));
+        let mut boot_id = hello.boot_id;
+        while let Some(hello) = hellos.recv().await {
+            if hello.boot_id == boot_id {
+                info!(
+                    "guest agent {} says hello again (same boot): kernel {}",
+                    hello.version, hello.kernel_release
+                );
+            } else {
+                info!(
+                    "guest rebooted: agent {} says hello: kernel {}, boot ID {}",
+                    hello.version, hello.kernel_release, hello.boot_id
+                );
+                boot_id = hello.boot_id;
+            }
+            status(RUNNING);
         }
     });
 
@@ -253,19 +279,6 @@ async fn run(args: &Args) -> Outcome {
     }
 }
 
-/// Waits for the guest agent's hello, ignoring connections that are not one.
-async fn wait_hello(listener: &UnixListener) -> vmctl_guest::hello::CheckedHello {
-    loop {
-        match vmctl_guest::client::accept_hello(listener, Duration::from_secs(5)).await {
-            Ok(hello) => return hello,
-            Err(e) => {
-                warn!("ignoring a connection on the hello port: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 /// How long the guest gets to react to the power button before the guest
 /// agent is asked too (a press during early boot, before systemd-logind
 /// watches the button, is lost).
@@ -274,7 +287,7 @@ const POWER_BUTTON_GRACE: Duration = Duration::from_secs(10);
 /// Powers the guest off: ACPI power button; if the guest ignores it, the
 /// guest agent's `shutdown` and a second press; a kill after `timeout_secs`.
 async fn stop(running: &mut Running, vsock: &Path, timeout_secs: u64) -> Outcome {
-    notify(&[NotifyState::Stopping, NotifyState::Status("Stopping")]);
+    notify::notify_or_warn(&[NotifyState::Stopping, NotifyState::Status("Stopping")]);
     info!("stopping: pressing the ACPI power button");
     if let Err(e) = running.power_button().await {
         warn!("power button failed: {e}");
@@ -295,7 +308,11 @@ async fn stop(running: &mut Running, vsock: &Path, timeout_secs: u64) -> Outcome
         };
         match tokio::time::timeout(Duration::from_secs(5), ask).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("guest agent shutdown failed: {e}"),
+            // The agent's error text comes from the guest.
+            Ok(Err(e)) => warn!(
+                "guest agent shutdown failed: {}",
+                vmctl_vmm::escape_log_text(e.to_string().as_bytes())
+            ),
             Err(_) => warn!("guest agent shutdown: no answer within 5 s"),
         }
         if let Err(e) = running.power_button().await {

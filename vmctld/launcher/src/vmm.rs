@@ -4,13 +4,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 use vmctl_vmm::qemu::{QemuBinaries, QemuVm};
 use vmctl_vmm::{AnyVm, Driver, VmConfig, Vmm};
+
+use crate::console::ConsoleLog;
 
 /// Environment variable naming the `vhost-device-vsock` binary (else `PATH`).
 pub const VHOST_VSOCK_ENV: &str = "VMCTL_VHOST_DEVICE_VSOCK";
@@ -110,37 +112,13 @@ async fn connect_serial(serial: &Path) -> Result<UnixStream, String> {
     }
 }
 
-/// Writes one console line to stderr (the journal); a closed stderr is
+/// Writes console log lines to stderr (the journal); a closed stderr is
 /// ignored rather than fatal.
-fn log_console_line(line: &[u8]) {
-    let text = printable(&String::from_utf8_lossy(line));
-    if !text.is_empty() {
-        let _ = writeln!(std::io::stderr(), "console: {text}");
+fn write_lines(lines: &mut Vec<String>) {
+    let mut stderr = std::io::stderr().lock();
+    for line in lines.drain(..) {
+        let _ = writeln!(stderr, "{line}");
     }
-}
-
-/// The console line without terminal escape sequences and control
-/// characters, which would make journald store it as a binary blob.
-fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte; other escapes: ESC + one char.
-            if chars.next_if_eq(&'[').is_some() {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            } else {
-                chars.next();
-            }
-        } else if !c.is_control() || c == '\t' {
-            out.push(c);
-        }
-    }
-    out.trim_end().to_owned()
 }
 
 /// Copies the guest's serial output line by line to stderr and raw to every
@@ -152,27 +130,29 @@ fn relay_console(serial: UnixStream, listener: UnixListener) {
     let out = out_tx.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
-        let mut line = Vec::new();
+        let mut log = ConsoleLog::new(Instant::now());
+        let mut lines = Vec::new();
+        // Reports lines the rate limit suppressed even if the guest then
+        // stays silent.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let n = match from_guest.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let n = tokio::select! {
+                read = from_guest.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                _ = tick.tick() => {
+                    log.tick(Instant::now(), &mut lines);
+                    write_lines(&mut lines);
+                    continue;
+                }
             };
             let _ = out.send(buf[..n].to_vec());
-            for &b in &buf[..n] {
-                match b {
-                    b'\n' => {
-                        log_console_line(&line);
-                        line.clear();
-                    }
-                    b'\r' => {}
-                    _ => line.push(b),
-                }
-            }
+            log.feed(&buf[..n], Instant::now(), &mut lines);
+            write_lines(&mut lines);
         }
-        if !line.is_empty() {
-            log_console_line(&line);
-        }
+        log.finish(Instant::now(), &mut lines);
+        write_lines(&mut lines);
     });
     tokio::spawn(async move {
         while let Some(data) = in_rx.recv().await {
@@ -208,18 +188,4 @@ fn relay_console(serial: UnixStream, listener: UnixListener) {
             });
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn console_lines_lose_colours_and_carriage_returns() {
-        assert_eq!(
-            printable("[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mfoo\u{1b}[0m.\r"),
-            "[  OK  ] Started foo."
-        );
-        assert_eq!(printable("\u{1b}7plain\u{7}"), "plain");
-    }
 }

@@ -245,7 +245,7 @@ impl Vm {
     fn send_hello(&self) {
         let path = self.dir.path().join("run/vm/t1/vsock_1025");
         let mut s = UnixStream::connect(path).unwrap();
-        let payload = br#"{"type":"hello","version":"test","kernel_release":"fake","boot_id":"b","uptime_secs":1}"#;
+        let payload = br#"{"type":"hello","version":"test","kernel_release":"fake","boot_id":"0123456789abcdef0123456789abcdef","uptime_secs":1}"#;
         let mut frame = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
         frame.push(1);
         frame.extend_from_slice(payload);
@@ -375,7 +375,8 @@ fn ready_then_sigterm_powers_off_cleanly() {
     let mut vm = launch(prepare(Boot::Image(&image)), 240, 60);
     let seen = vm.wait_ready(Duration::from_secs(260));
     assert!(
-        seen.iter().any(|m| m.contains("STATUS=Running: guest ")),
+        seen.iter()
+            .any(|m| m.lines().any(|l| l == "STATUS=Running")),
         "{seen:?}"
     );
     vm.console_shows_login();
