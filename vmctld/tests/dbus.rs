@@ -5,12 +5,11 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::Daemon;
+use common::{start_bus, Daemon};
 use serde_json::json;
 use zbus::{fdo::DBusProxy, names::BusName, zvariant::OwnedObjectPath};
 
@@ -49,41 +48,6 @@ impl FakeUnit {
     fn active_state(&self) -> String {
         "active".to_string()
     }
-}
-
-/// A private bus, killed when dropped.
-struct Bus {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_bus() -> Option<Bus> {
-    let mut child = match Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--print-address"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run dbus-daemon: {e}");
-            return None;
-        }
-    };
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().to_string();
-    assert!(!address.is_empty(), "dbus-daemon printed no address");
-    Some(Bus { child, address })
 }
 
 #[tokio::test]

@@ -20,6 +20,9 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     "iproute2",
 ];
 
+/// Packages `cargo xtask deb` needs: dpkg-shlibdeps, strip, lintian.
+pub const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "binutils", "lintian"];
+
 /// Packages taken from bookworm-backports: mkosi 24 builds the guest image
 /// (bookworm's mkosi 14 is too old), and QEMU 10 boots trixie guests under
 /// TCG where bookworm's 7.2 crashes them (ENVIRONMENT.md).
@@ -30,6 +33,7 @@ const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/vmctl-bookworm-backports
 /// Everything the build machine needs: Debian packages, backports included.
 pub fn ensure_build_machine() -> Result<()> {
     ensure_debian_packages(BUILD_MACHINE_PACKAGES)?;
+    ensure_debian_packages(PACKAGING_PACKAGES)?;
     let missing: Vec<&str> = BACKPORTS_PACKAGES
         .iter()
         .copied()

@@ -9,19 +9,20 @@
 //!    defines it (suite, mirror, package list, provisioning version);
 //! 2. copies it to a fresh working root `target/devhost/root` (reflink where
 //!    the filesystem can), so every `up` starts from a clean machine;
-//! 3. installs the current build into it with [`crate::install`], as a
-//!    Debian package would, and lists the NSS module in `nsswitch.conf`;
+//! 3. adds what VMs need beyond the packages (the default guest image,
+//!    vhost-device-vsock);
 //! 4. boots it and waits for `systemctl is-system-running`;
-//! 5. runs the package's post-install steps inside (sysusers, tmpfiles,
-//!    `systemctl enable --now vmctld.socket`).
+//! 5. installs the Debian packages of the current build ([`crate::deb`])
+//!    inside with `apt-get install ./*.deb`, so every run tests the
+//!    packages and their maintainer scripts.
 //!
 //! Commands run inside through `nsenter` into the namespaces of the
 //! container's PID 1 with a clean environment. With `--local` (only when
 //! this machine's PID 1 is systemd) the machine itself is the host.
 
 use crate::cmd;
+use crate::deb;
 use crate::image::{self, Image};
-use crate::install;
 use crate::paths::{devhost_dir, Profile};
 use crate::tools;
 use anyhow::{bail, Context, Result};
@@ -104,20 +105,20 @@ pub fn pid1_is_systemd() -> bool {
         && fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
 }
 
-/// Brings up a fresh host with the current build installed.
+/// Where in the host the packages are copied to be installed from.
+pub const PACKAGE_DIR: &str = "/var/tmp/vmctl-debs";
+
+/// Brings up a fresh host with the current build's packages installed.
 pub fn up(opts: UpOptions) -> Result<DevHost> {
+    // The debug build by default: `cargo test` built it already, and the
+    // packages differ from release ones only in the optimisation level.
     let profile = opts.profile.unwrap_or(Profile::Dev);
     down()?;
-    install::build(profile)?;
+    let debs = deb::build(&deb::Options::new(profile))?;
     let host = if opts.local {
         if !pid1_is_systemd() {
             bail!("--local needs a machine whose PID 1 is systemd; this one's is not (drop --local to use a container)");
         }
-        install::install(&install::Options {
-            destdir: "/".into(),
-            prefix: "/usr".into(),
-            profile,
-        })?;
         install_vm_assets(Path::new("/"), &image::ensure_default()?)?;
         fs::create_dir_all(devhost_dir())?;
         fs::write(state_file(), "local\n")?;
@@ -126,21 +127,11 @@ pub fn up(opts: UpOptions) -> Result<DevHost> {
         let base = ensure_base()?;
         let root = working_root();
         prepare_root(&base, &root)?;
-        let report = install::install(&install::Options {
-            destdir: root.clone(),
-            prefix: "/usr".into(),
-            profile,
-        })?;
-        eprintln!(
-            "xtask: installed {} files into the host",
-            report.changed.len()
-        );
-        enable_nss_module(&root.join("etc/nsswitch.conf"))?;
         install_vm_assets(&root, &image::ensure_default()?)?;
         boot(&root)?
     };
     host.wait_until_booted()?;
-    host.post_install()?;
+    host.install_packages(&debs)?;
     Ok(host)
 }
 
@@ -289,15 +280,61 @@ impl DevHost {
         }
     }
 
-    /// What a package's post-install script does.
-    fn post_install(&self) -> Result<()> {
-        self.check(&["ldconfig"])?;
-        self.check(&["systemctl", "daemon-reload"])?;
-        self.check(&["systemd-sysusers"])?;
-        self.check(&["systemd-tmpfiles", "--create"])?;
-        self.check(&["systemctl", "reload", "dbus"])?;
-        self.check(&["systemctl", "enable", "--now", "vmctld.socket"])?;
+    /// Puts the default guest image and vhost-device-vsock into the host
+    /// again (purging the package removes `/var/lib/vmctl`).
+    pub fn install_vm_assets(&self) -> Result<()> {
+        let root = match self {
+            DevHost::Local => PathBuf::from("/"),
+            DevHost::Container { .. } => working_root(),
+        };
+        install_vm_assets(&root, &image::ensure_default()?)
+    }
+
+    /// Copies the file `source` of this machine to `target` in the host.
+    pub fn copy_in(&self, source: &Path, target: &str) -> Result<()> {
+        let dest = match self {
+            DevHost::Local => PathBuf::from(target),
+            DevHost::Container { .. } => working_root().join(target.trim_start_matches('/')),
+        };
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::copy(source, &dest)
+            .with_context(|| format!("cannot copy {} into the host", source.display()))?;
         Ok(())
+    }
+
+    /// Copies `debs` into the host's [`PACKAGE_DIR`] and installs them with
+    /// `apt-get install`, maintainer scripts and all.
+    pub fn install_packages(&self, debs: &[PathBuf]) -> Result<()> {
+        self.check(&self.apt_install_argv(debs, &[])?)?;
+        Ok(())
+    }
+
+    /// The `apt-get install` command line for `debs`, after copying them
+    /// into the host; `extra` goes before the packages.
+    pub fn apt_install_argv(&self, debs: &[PathBuf], extra: &[&str]) -> Result<Vec<String>> {
+        let mut argv: Vec<String> = [
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+        ]
+        .map(String::from)
+        .into();
+        argv.extend(extra.iter().map(|a| a.to_string()));
+        for deb in debs {
+            let name = deb
+                .file_name()
+                .with_context(|| format!("not a package file: {}", deb.display()))?
+                .to_string_lossy();
+            let target = format!("{PACKAGE_DIR}/{name}");
+            self.copy_in(deb, &target)?;
+            argv.push(target);
+        }
+        Ok(argv)
     }
 }
 
@@ -461,38 +498,6 @@ fn random_id() -> Result<String> {
     Ok(uuid.trim().replace('-', ""))
 }
 
-/// Adds `vmctl` to the `hosts:` line after `files` (what the package's
-/// postinst does, like libnss-mymachines does for itself).
-pub fn enable_nss_module(nsswitch: &Path) -> Result<()> {
-    let text = fs::read_to_string(nsswitch)
-        .with_context(|| format!("cannot read {}", nsswitch.display()))?;
-    let updated = add_nss_module(&text);
-    if updated != text {
-        fs::write(nsswitch, updated)?;
-    }
-    Ok(())
-}
-
-fn add_nss_module(nsswitch: &str) -> String {
-    let mut out = String::new();
-    for line in nsswitch.lines() {
-        let is_hosts = line.trim_start().starts_with("hosts:");
-        if is_hosts && !line.split_whitespace().any(|w| w == "vmctl") {
-            let mut words: Vec<&str> = line.split_whitespace().collect();
-            let at = words
-                .iter()
-                .position(|w| *w == "files")
-                .map_or(1, |i| i + 1);
-            words.insert(at, "vmctl");
-            out.push_str(&words.join(" "));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
 fn boot(root: &Path) -> Result<DevHost> {
     let log = fs::File::create(console_log())?;
     let mut c = Command::new("systemd-nspawn");
@@ -539,14 +544,6 @@ fn boot(root: &Path) -> Result<DevHost> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nss_module_goes_after_files_once() {
-        let input = "passwd: files\nhosts:          files dns\n";
-        let once = add_nss_module(input);
-        assert_eq!(once, "passwd: files\nhosts: files vmctl dns\n");
-        assert_eq!(add_nss_module(&once), once);
-    }
 
     #[test]
     fn base_key_changes_with_mirror() {

@@ -1,9 +1,10 @@
 //! `cargo xtask install`: puts every file where a Debian package would.
 //!
 //! The layout is one table ([`layout`]) so that the install, the tests and
-//! a future `debian/` packaging read the same truth. Installing is
-//! idempotent: a file whose content and mode already match is left alone, so
-//! a second run reports nothing changed.
+//! the Debian packages ([`crate::deb`]) read the same truth: every entry
+//! names the binary package it belongs to. Installing is idempotent: a file
+//! whose content and mode already match is left alone, so a second run
+//! reports nothing changed.
 
 use crate::cmd;
 use crate::paths::{workspace_root, Profile};
@@ -22,6 +23,35 @@ pub struct Options {
     pub prefix: PathBuf,
     /// Which build to install.
     pub profile: Profile,
+    /// Install only the files of this package (all files when `None`).
+    pub only: Option<Package>,
+}
+
+/// The binary packages the files are split into, as Debian users expect:
+/// the NSS module on its own like `libnss-mymachines`, and the guest agent
+/// for image builders, who want it without the host side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Package {
+    /// The CLI, the daemon, the launcher and their system integration.
+    Vmctl,
+    /// `libnss_vmctl.so.2`: `NAME.vm` host names.
+    LibnssVmctl,
+    /// The agent that runs inside guests.
+    GuestAgent,
+}
+
+impl Package {
+    /// Every package, in build order.
+    pub const ALL: [Package; 3] = [Package::Vmctl, Package::LibnssVmctl, Package::GuestAgent];
+
+    /// The Debian package name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Package::Vmctl => "vmctl",
+            Package::LibnssVmctl => "libnss-vmctl",
+            Package::GuestAgent => "vmctl-guest-agent",
+        }
+    }
 }
 
 /// One file to install.
@@ -35,6 +65,8 @@ pub struct Entry {
     pub mode: u32,
     /// Whether `/usr/` in the file refers to the prefix and must follow it.
     pub relocate: bool,
+    /// The binary package shipping it.
+    pub package: Package,
 }
 
 /// What an install changed.
@@ -66,6 +98,8 @@ pub fn build(profile: Profile) -> Result<()> {
                 "vmctl",
                 "-p",
                 "nss-vmctl",
+                "-p",
+                "vmctl-guest",
             ])
             .args(profile.cargo_args()),
     )
@@ -97,11 +131,29 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
         Entry::data(
             out.join("libnss_vmctl.so"),
             p(&format!("lib/{}/libnss_vmctl.so.2", multiarch())),
-        ),
+        )
+        .of(Package::LibnssVmctl),
         Entry::data(
             root.join("api/io.vmctl.Manager.varlink"),
             p("share/vmctl/varlink/io.vmctl.Manager.varlink"),
         ),
+        // The guest agent, where the guest image puts it (`xtask image`).
+        Entry::binary(
+            out.join("vmctl-guest-agent"),
+            p("libexec/vmctl-guest-agent"),
+        )
+        .of(Package::GuestAgent),
+        Entry::data(
+            root.join("guest/vmctl-guest-agent.service"),
+            p("lib/systemd/system/vmctl-guest-agent.service"),
+        )
+        .of(Package::GuestAgent)
+        .relocated(),
+        Entry::data(
+            root.join("guest/PROTOCOL.md"),
+            p("share/doc/vmctl-guest-agent/PROTOCOL.md"),
+        )
+        .of(Package::GuestAgent),
     ];
     // Files in the tree, by directory and suffix, to where systemd, D-Bus and
     // polkit look for them.
@@ -122,9 +174,7 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
     for (dir, suffix, target_dir) in tree {
         for source in files_with_suffix(&root.join(dir), suffix)? {
             let name = source.file_name().expect("listed files have names");
-            let mut entry = Entry::data(source.clone(), p(target_dir).join(name));
-            entry.relocate = true;
-            entries.push(entry);
+            entries.push(Entry::data(source.clone(), p(target_dir).join(name)).relocated());
         }
     }
     let docs = generate_docs(profile)?;
@@ -158,15 +208,25 @@ impl Entry {
             target,
             mode: 0o755,
             relocate: false,
+            package: Package::Vmctl,
         }
     }
 
     fn data(source: PathBuf, target: PathBuf) -> Self {
         Entry {
-            source,
-            target,
             mode: 0o644,
-            relocate: false,
+            ..Entry::binary(source, target)
+        }
+    }
+
+    fn of(self, package: Package) -> Self {
+        Entry { package, ..self }
+    }
+
+    fn relocated(self) -> Self {
+        Entry {
+            relocate: true,
+            ..self
         }
     }
 }
@@ -199,7 +259,10 @@ pub fn install(opts: &Options) -> Result<Report> {
         );
     }
     let mut report = Report::default();
-    for entry in layout(&opts.prefix, opts.profile)? {
+    let entries = layout(&opts.prefix, opts.profile)?
+        .into_iter()
+        .filter(|e| opts.only.is_none_or(|only| e.package == only));
+    for entry in entries {
         let mut content = fs::read(&entry.source).with_context(|| {
             format!(
                 "cannot read {} (was it built? try `cargo build`)",

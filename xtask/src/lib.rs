@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod deb;
 pub mod deps;
 pub mod host;
 pub mod image;

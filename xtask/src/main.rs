@@ -30,6 +30,19 @@ enum Task {
         #[command(flatten)]
         build: BuildArgs,
     },
+    /// Build the Debian packages into target/debian/ and check them with lintian.
+    Deb {
+        /// Package the debug build (what the dev host installs) instead of
+        /// the release build.
+        #[arg(long)]
+        dev: bool,
+        /// Package version instead of the workspace's (to test upgrades).
+        #[arg(long)]
+        version: Option<String>,
+        /// Do not run lintian.
+        #[arg(long)]
+        no_lintian: bool,
+    },
     /// Build the default guest image (cached by content) and print its directory.
     Image,
     /// Manage the systemd development host.
@@ -126,6 +139,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 destdir,
                 prefix,
                 profile: build.profile(),
+                only: None,
             })?;
             for path in &report.changed {
                 println!("installed {}", path.display());
@@ -135,6 +149,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.changed.len(),
                 report.unchanged
             );
+        }
+        Task::Deb {
+            dev,
+            version,
+            no_lintian,
+        } => {
+            deps::ensure_debian_packages(deps::PACKAGING_PACKAGES)?;
+            let profile = if dev { Profile::Dev } else { Profile::Release };
+            let debs = xtask::deb::build(&xtask::deb::Options {
+                version,
+                ..xtask::deb::Options::new(profile)
+            })?;
+            if !no_lintian {
+                xtask::deb::lintian(&debs)?;
+            }
+            for deb in &debs {
+                println!("{}", deb.display());
+            }
         }
         Task::Image => {
             deps::ensure_build_machine()?;
@@ -224,6 +256,7 @@ fn test(keep_host: bool) -> Result<()> {
         destdir: staging,
         prefix: "/usr".into(),
         profile: Profile::Dev,
+        only: None,
     };
     install::install(&options)?;
     let again = install::install(&options)?;

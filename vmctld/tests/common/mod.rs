@@ -33,10 +33,20 @@ impl Daemon {
 
     /// Starts vmctld on a socket in a fresh temp dir with extra arguments.
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Self::spawn(extra, false)
+    }
+
+    /// Like [`Daemon::start_with`], logging at `info` to [`Daemon::log`]
+    /// instead of stderr.
+    pub fn start_logged(extra: &[&str]) -> Daemon {
+        Self::spawn(extra, true)
+    }
+
+    fn spawn(extra: &[&str], logged: bool) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("io.vmctl.Manager");
-        let child = Command::new(VMCTLD)
-            .arg("--varlink-address")
+        let mut cmd = Command::new(VMCTLD);
+        cmd.arg("--varlink-address")
             .arg(&socket)
             .arg("--state-directory")
             .arg(dir.path().join("state"))
@@ -45,12 +55,20 @@ impl Daemon {
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdin(Stdio::null());
+        if logged {
+            let log = std::fs::File::create(dir.path().join("vmctld.log")).unwrap();
+            cmd.env("RUST_LOG", "info").stderr(log);
+        }
+        let child = cmd.spawn().unwrap();
         let mut daemon = Daemon { child, dir, socket };
         daemon.wait_for_socket();
         daemon
+    }
+
+    /// What a daemon started with [`Daemon::start_logged`] logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vmctld.log")).unwrap_or_default()
     }
 
     /// Waits until the socket accepts connections.
@@ -68,6 +86,16 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -108,4 +136,42 @@ pub async fn call(
         .await
         .unwrap();
     reply.map(|r| r.into_parameters().unwrap_or(Value::Null))
+}
+
+/// A private dbus-daemon, killed when dropped.
+pub struct Bus {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a private bus; `None` (and SKIPPED on stderr) when dbus-daemon is
+/// not installed.
+pub fn start_bus() -> Option<Bus> {
+    use std::io::{BufRead, BufReader};
+    let mut child = match Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run dbus-daemon: {e}");
+            return None;
+        }
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().to_string();
+    assert!(!address.is_empty(), "dbus-daemon printed no address");
+    Some(Bus { child, address })
 }
