@@ -234,10 +234,20 @@ async fn run(args: &Args) -> Outcome {
         info!("{RUNNING}");
         notify::notify_or_warn(&[NotifyState::Ready, NotifyState::Status(RUNNING)]);
     });
-    // A guest that reboots says hello again: keep reading, and log it.
+    // A guest that reboots says hello again: keep reading, and log it (any
+    // guest process can send valid hellos in a loop: rate-limited).
     tokio::spawn(async move {
         let mut boot_id = hello.boot_id;
+        let mut limiter = ratelimit::LogLimiter::new(10, 1, std::time::Instant::now());
         while let Some(hello) = hellos.recv().await {
+            let admitted = limiter.admit(std::time::Instant::now());
+            let ratelimit::Admit::Log { suppressed_before } = admitted else {
+                boot_id = hello.boot_id;
+                continue;
+            };
+            if suppressed_before > 0 {
+                warn!("{suppressed_before} hellos not logged (too many)");
+            }
             if hello.boot_id == boot_id {
                 info!(
                     "guest agent {} says hello again (same boot): kernel {}",
@@ -250,7 +260,6 @@ async fn run(args: &Args) -> Outcome {
                 );
                 boot_id = hello.boot_id;
             }
-            status(RUNNING);
         }
     });
 
