@@ -12,4 +12,5 @@ pub mod host;
 pub mod image;
 pub mod install;
 pub mod paths;
+pub mod soak;
 pub mod tools;

@@ -62,6 +62,18 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         runs: usize,
     },
+    /// Run every fuzz target in guest/fuzz/ for a bounded time (cargo-fuzz).
+    Soak {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = xtask::soak::DEFAULT_SECONDS)]
+        seconds: u64,
+        /// Use the stable toolchain with RUSTC_BOOTSTRAP=1 even where a
+        /// nightly one is installed.
+        #[arg(long)]
+        stable: bool,
+        /// Run only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Bring up the host and show vmctl working in it.
     Demo {
         /// Use this machine's own systemd (PID 1 must be systemd).
@@ -175,6 +187,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Host { action } => return host_action(action),
         Task::Test { keep_host } => test(keep_host)?,
         Task::Demo { local } => demo(local)?,
+        Task::Soak {
+            seconds,
+            stable,
+            targets,
+        } => xtask::soak::run(&targets, seconds, stable)?,
         Task::Bench { runs } => {
             deps::ensure_build_machine()?;
             let host = host::up(UpOptions::default())?;
