@@ -18,15 +18,27 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     // The daemon's D-Bus tests run a private bus.
     "dbus",
     "iproute2",
+    // The guest kernel build (crate::kernel): compiler, make, Kconfig's
+    // parser generators, objtool's libelf, and lz4 for the compressed image.
+    "build-essential",
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
+    "lz4",
+    "xz-utils",
 ];
 
 /// Packages `cargo xtask deb` needs: dpkg-shlibdeps, strip, lintian.
 pub const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "binutils", "lintian"];
 
 /// Packages taken from bookworm-backports: mkosi 24 builds the guest image
-/// (bookworm's mkosi 14 is too old), and QEMU 10 boots trixie guests under
-/// TCG where bookworm's 7.2 crashes them (ENVIRONMENT.md).
-pub const BACKPORTS_PACKAGES: &[&str] = &["mkosi", "qemu-system-x86"];
+/// (bookworm's mkosi 14 is too old), QEMU 10 boots trixie guests under
+/// TCG where bookworm's 7.2 crashes them (ENVIRONMENT.md), and the guest
+/// kernel is built from the 6.12 source the trixie userspace was made for.
+pub const BACKPORTS_PACKAGES: &[&str] =
+    &["mkosi", "qemu-system-x86", crate::kernel::SOURCE_PACKAGE];
 
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/vmctl-bookworm-backports.sources";
 

@@ -5,7 +5,8 @@
 //! own network namespace, so bridges, TAP devices and NAT rules made inside
 //! stay inside. Step by step, `up`:
 //! 1. builds the base root filesystem with debootstrap once, cached under
-//!    `target/devhost/base-<hash>` where the hash covers everything that
+//!    `<cache>/devhost/base-<hash>` (see [`crate::paths::cache_dir`]) where
+//!    the hash covers everything that
 //!    defines it (suite, mirror, package list, provisioning version);
 //! 2. copies it to a fresh working root `target/devhost/root` (reflink where
 //!    the filesystem can), so every `up` starts from a clean machine;
@@ -23,7 +24,7 @@
 use crate::cmd;
 use crate::deb;
 use crate::image::{self, Image};
-use crate::paths::{devhost_dir, Profile};
+use crate::paths::{cache_dir, devhost_dir, remove_stale, Profile};
 use crate::tools;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -420,19 +421,13 @@ fn base_key(mirror: &str) -> String {
 /// Builds the cached base root filesystem if it is not there yet.
 fn ensure_base() -> Result<PathBuf> {
     let mirror = debian_mirror();
-    let base = devhost_dir().join(format!("base-{}", base_key(&mirror)));
+    let bases = cache_dir().join("devhost");
+    let base = bases.join(format!("base-{}", base_key(&mirror)));
     if base.join("usr/lib/systemd/systemd").exists() {
         return Ok(base);
     }
-    fs::create_dir_all(devhost_dir())?;
-    // Old bases are dead weight once their key changed.
-    for entry in fs::read_dir(devhost_dir())?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("base-") && entry.path() != base {
-            eprintln!("xtask: removing stale host image {name}");
-            fs::remove_dir_all(entry.path())?;
-        }
-    }
+    fs::create_dir_all(&bases)?;
+    remove_stale(&bases, "base-", &base)?;
     let tmp = base.with_extension("tmp");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -472,25 +467,15 @@ fn prepare_root(base: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What VMs need beyond the package: the default guest image (an
-/// administrator would import it) and vhost-device-vsock, which gives QEMU a
+/// What VMs need beyond the package: the guest images (an
+/// administrator would import them) and vhost-device-vsock, which gives QEMU a
 /// hybrid-vsock socket (it is not packaged in Debian).
 fn install_vm_assets(root: &Path, image: &Image) -> Result<()> {
     let vsock = tools::ensure(tools::VHOST_DEVICE_VSOCK)?;
     let bin = root.join("usr/local/bin");
     fs::create_dir_all(&bin)?;
     fs::copy(&vsock, bin.join("vhost-device-vsock"))?;
-    let images = root.join("var/lib/vmctl/images/default");
-    fs::create_dir_all(&images)?;
-    for name in Image::FILES {
-        cmd::run(
-            Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(image.dir.join(name))
-                .arg(images.join(name)),
-        )?;
-    }
-    Ok(())
+    image.install_into(&root.join("var/lib/vmctl/images"))
 }
 
 fn random_id() -> Result<String> {

@@ -1,14 +1,23 @@
-//! `cargo xtask image`: the default guest image, built once per content.
+//! `cargo xtask image`: the guest images, built once per content and cached
+//! outside the checkout (see [`crate::paths::cache_dir`]).
 //!
-//! mkosi (configuration in `mkosi/`) builds a Debian directory tree with the
-//! guest agent added as an extra tree; `mkfs.ext4 -d` turns it into a raw
-//! root filesystem; the kernel and initrd are taken out of its `/boot` for
-//! direct kernel boot. The result lives in `target/images/default-<hash>/`,
-//! where the hash covers every file of `mkosi/`, the agent binary and its
-//! unit, so an unchanged definition is never rebuilt.
+//! Two cached steps, so that changing the agent does not rebuild Debian:
+//! 1. mkosi (configuration in `mkosi/`) builds a Debian directory tree into
+//!    `<cache>/images/tree-<hash of mkosi/>/guest` (about a minute);
+//! 2. that tree plus the guest agent and its unit becomes `root.raw` with
+//!    `mkfs.ext4 -d` (seconds), in `<cache>/images/image-<hash>/`, where the
+//!    hash covers the tree's key, the agent and its unit.
+//!
+//! One root filesystem, two ways to boot it, one directory each (the layout
+//! of an image directory in `/var/lib/vmctl/images/`):
+//! - `default/`: `root.raw`, `vmlinuz` and `initrd.img` (for now the same
+//!   as `debian-kernel/`; vmctl's own kernel comes next);
+//! - `debian-kernel/`: the same `root.raw` with Debian's cloud kernel and
+//!   its initramfs-tools initrd from the tree's `/boot`, for images that
+//!   bring their own kernel (and as the benchmark's old path).
 
 use crate::cmd;
-use crate::paths::{target_dir, workspace_root};
+use crate::paths::{cache_dir, remove_stale, target_dir, workspace_root};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -18,16 +27,59 @@ use std::process::Command;
 /// Size of the root filesystem image (sparse; the tree uses ~450 MiB).
 const ROOT_SIZE: &str = "2G";
 
-/// The files of a built guest image.
+/// Name of the image booted with vmctl's kernel and no initrd.
+pub const DEFAULT: &str = "default";
+
+/// Name of the image booted with Debian's kernel and initrd.
+pub const DEBIAN_KERNEL: &str = "debian-kernel";
+
+/// A built pair of guest images sharing one root filesystem.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// Directory holding the three files.
+    /// The `default` image directory.
     pub dir: PathBuf,
 }
 
 impl Image {
-    /// Files of an image, by their name in an image directory.
-    pub const FILES: [&'static str; 3] = ["root.raw", "vmlinuz", "initrd.img"];
+    /// Directory of the image `name` ([`DEFAULT`] or [`DEBIAN_KERNEL`]).
+    pub fn named(&self, name: &str) -> PathBuf {
+        self.dir
+            .parent()
+            .expect("image directories have a parent")
+            .join(name)
+    }
+
+    /// Installs both images into `images` (an `/var/lib/vmctl/images`);
+    /// the second `root.raw` is a hard link to the first (images are only
+    /// ever copied from, never written).
+    pub fn install_into(&self, images: &Path) -> Result<()> {
+        let mut first_root = None;
+        for name in [DEFAULT, DEBIAN_KERNEL] {
+            let from = self.named(name);
+            let to = images.join(name);
+            if to.exists() {
+                fs::remove_dir_all(&to)?;
+            }
+            fs::create_dir_all(&to)?;
+            for entry in fs::read_dir(&from)? {
+                let entry = entry?;
+                let dest = to.join(entry.file_name());
+                match (&first_root, entry.file_name() == "root.raw") {
+                    (Some(root), true) => fs::hard_link(root, &dest)?,
+                    _ => cmd::run(
+                        Command::new("cp")
+                            .args(["--sparse=always", "--reflink=auto"])
+                            .arg(entry.path())
+                            .arg(&dest),
+                    )?,
+                }
+                if entry.file_name() == "root.raw" {
+                    first_root.get_or_insert(dest);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn agent_binary() -> PathBuf {
@@ -38,7 +90,9 @@ fn agent_unit() -> PathBuf {
     workspace_root().join("guest/vmctl-guest-agent.service")
 }
 
-/// Builds the default image unless one for the current content exists.
+const AGENT_UNIT_NAME: &str = "vmctl-guest-agent.service";
+
+/// Builds the mkosi tree and the images unless cached.
 pub fn ensure_default() -> Result<Image> {
     cmd::run(
         Command::new(env!("CARGO"))
@@ -52,64 +106,126 @@ pub fn ensure_default() -> Result<Image> {
                 "vmctl-guest-agent",
             ]),
     )?;
-    let key = content_key()?;
-    let images = target_dir().join("images");
-    let dir = images.join(format!("default-{key}"));
-    if Image::FILES.iter().all(|f| dir.join(f).exists()) {
-        return Ok(Image { dir });
+    let images = cache_dir().join("images");
+    let tree = ensure_tree(&images)?;
+    let key = image_key(&tree.key)?;
+    let top = images.join(format!("image-{key}"));
+    let image = Image {
+        dir: top.join(DEFAULT),
+    };
+    if top.join(DEBIAN_KERNEL).join("initrd.img").exists() {
+        return Ok(image);
     }
     fs::create_dir_all(&images)?;
-    for entry in fs::read_dir(&images)?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("default-") && entry.path() != dir {
-            eprintln!("xtask: removing stale image {}", entry.path().display());
-            fs::remove_dir_all(entry.path())?;
-        }
+    remove_stale(&images, "image-", &top)?;
+    eprintln!("xtask: making the guest images from the cached tree and the agent");
+    let tmp = top.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
     }
-    eprintln!("xtask: building the guest image with mkosi (~30 s, cached by content)");
-    let work = images.join(format!("build-{key}"));
-    if work.exists() {
-        fs::remove_dir_all(&work)?;
+    fs::create_dir_all(&tmp)?;
+    let stage = tmp.join("stage");
+    // A tree of hard links (instant): adding the agent must not touch the
+    // cached tree, so files are only ever added to the stage, never
+    // rewritten in place.
+    cmd::run(Command::new("cp").arg("-al").arg(&tree.dir).arg(&stage))?;
+    stage_agent(&stage)?;
+    let default = tmp.join(DEFAULT);
+    let debian = tmp.join(DEBIAN_KERNEL);
+    fs::create_dir_all(&default)?;
+    fs::create_dir_all(&debian)?;
+    cmd::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "root", "-d"])
+            .arg(&stage)
+            .arg(default.join("root.raw"))
+            .arg(ROOT_SIZE),
+    )?;
+    fs::remove_dir_all(&stage)?;
+    fs::hard_link(default.join("root.raw"), debian.join("root.raw"))?;
+    // Until vmctl's own kernel is wired in, both boot Debian's kernel.
+    copy_boot_file(&tree.dir, "vmlinuz-", &default.join("vmlinuz"))?;
+    copy_boot_file(&tree.dir, "initrd.img-", &default.join("initrd.img"))?;
+    copy_boot_file(&tree.dir, "vmlinuz-", &debian.join("vmlinuz"))?;
+    copy_boot_file(&tree.dir, "initrd.img-", &debian.join("initrd.img"))?;
+    fs::rename(&tmp, &top)?;
+    Ok(image)
+}
+
+/// The cached mkosi output tree.
+struct Tree {
+    /// The root of the guest's filesystem.
+    dir: PathBuf,
+    /// Hash of `mkosi/`.
+    key: String,
+}
+
+/// Runs mkosi unless a tree for the current `mkosi/` exists.
+fn ensure_tree(images: &Path) -> Result<Tree> {
+    let mut files = Vec::new();
+    collect_files(&workspace_root().join("mkosi"), &mut files)?;
+    files.sort();
+    let key = hash_files(&files)?;
+    let out = images.join(format!("tree-{key}"));
+    let tree = Tree {
+        dir: out.join("guest"),
+        key,
+    };
+    if tree.dir.join("usr/lib/systemd/systemd").exists() {
+        return Ok(tree);
     }
-    let extra = work.join("agent-tree");
-    stage_agent(&extra)?;
+    fs::create_dir_all(images)?;
+    remove_stale(images, "tree-", &out)?;
+    eprintln!("xtask: building the guest tree with mkosi (~1 min, cached by mkosi/'s content)");
+    let tmp = out.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
     cmd::run(
         Command::new("mkosi")
             .arg("--directory")
             .arg(workspace_root().join("mkosi"))
             .arg("--output-dir")
-            .arg(&work)
-            .arg("--extra-tree")
-            .arg(&extra)
+            .arg(&tmp)
             .args(["--force", "build"]),
     )?;
-    let tree = work.join("guest");
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp)?;
-    copy_boot_file(&tree, "vmlinuz-", &tmp.join("vmlinuz"))?;
-    copy_boot_file(&tree, "initrd.img-", &tmp.join("initrd.img"))?;
-    cmd::run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "root", "-d"])
-            .arg(&tree)
-            .arg(tmp.join("root.raw"))
-            .arg(ROOT_SIZE),
-    )?;
-    fs::rename(&tmp, &dir)?;
-    fs::remove_dir_all(&work)?;
-    Ok(Image { dir })
+    fs::rename(&tmp, &out)?;
+    Ok(tree)
 }
 
-fn stage_agent(extra: &Path) -> Result<()> {
-    let bin = extra.join("usr/libexec/vmctl-guest-agent");
-    let unit = extra.join("usr/lib/systemd/system/vmctl-guest-agent.service");
+/// Adds the agent and its unit to `root`, enabled as its `[Install]`
+/// section says (mkosi applied the presets before the unit was there).
+fn stage_agent(root: &Path) -> Result<()> {
+    let bin = root.join("usr/libexec/vmctl-guest-agent");
+    let unit = root.join("usr/lib/systemd/system").join(AGENT_UNIT_NAME);
     for (from, to) in [(agent_binary(), &bin), (agent_unit(), &unit)] {
         fs::create_dir_all(to.parent().expect("staged paths have parents"))?;
+        // Unlink first: the path may be a hard link into the cached tree.
+        let _ = fs::remove_file(to);
         fs::copy(&from, to).with_context(|| format!("cannot stage {}", from.display()))?;
     }
+    let text = fs::read_to_string(agent_unit())?;
+    for target in wanted_by(&text) {
+        let wants = root
+            .join("etc/systemd/system")
+            .join(format!("{target}.wants"));
+        fs::create_dir_all(&wants)?;
+        let link = wants.join(AGENT_UNIT_NAME);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(
+            Path::new("/usr/lib/systemd/system").join(AGENT_UNIT_NAME),
+            link,
+        )?;
+    }
     Ok(())
+}
+
+/// The targets of the `WantedBy=` lines of a unit file.
+fn wanted_by(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("WantedBy="))
+        .flat_map(str::split_whitespace)
+        .collect()
 }
 
 fn copy_boot_file(tree: &Path, prefix: &str, to: &Path) -> Result<()> {
@@ -132,22 +248,38 @@ fn copy_boot_file(tree: &Path, prefix: &str, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Hash of everything that defines the image.
-fn content_key() -> Result<String> {
-    let mut files = Vec::new();
-    collect_files(&workspace_root().join("mkosi"), &mut files)?;
-    files.sort();
-    files.push(agent_binary());
-    files.push(agent_unit());
+/// Key of the images: the tree, the agent and its unit.
+fn image_key(tree_key: &str) -> Result<String> {
+    let files = [agent_binary(), agent_unit()];
+    Ok(hash_strings(&[tree_key, &hash_files(&files)?]))
+}
+
+fn hash_strings(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for p in parts {
+        hash.update(p.as_bytes());
+        hash.update(b"\n");
+    }
+    short(hash)
+}
+
+/// Hash of the names (relative to the workspace) and contents of `files`.
+fn hash_files(files: &[PathBuf]) -> Result<String> {
     let mut hash = Sha256::new();
     let root = workspace_root();
     for file in files {
-        let name = file.strip_prefix(&root).unwrap_or(&file);
+        let name = file.strip_prefix(&root).unwrap_or(file);
         hash.update(name.to_string_lossy().as_bytes());
-        hash.update(fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+        hash.update(fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
     }
-    let digest = hash.finalize();
-    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    Ok(short(hash))
+}
+
+fn short(hash: Sha256) -> String {
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -160,4 +292,27 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_by_targets() {
+        let unit = "[Unit]\nDescription=x\n[Install]\nWantedBy=sysinit.target\nWantedBy=a.target b.target\n";
+        assert_eq!(wanted_by(unit), ["sysinit.target", "a.target", "b.target"]);
+        assert!(wanted_by("[Service]\nExecStart=/bin/true\n").is_empty());
+    }
+
+    #[test]
+    fn named_images_are_siblings() {
+        let image = Image {
+            dir: "/c/images/image-1/default".into(),
+        };
+        assert_eq!(
+            image.named(DEBIAN_KERNEL),
+            Path::new("/c/images/image-1/debian-kernel")
+        );
+    }
 }

@@ -11,6 +11,7 @@ pub mod deps;
 pub mod host;
 pub mod image;
 pub mod install;
+pub mod kernel;
 pub mod paths;
 pub mod soak;
 pub mod tools;

@@ -1,9 +1,9 @@
 //! Tools from the Rust crate registry that the development host needs,
-//! installed with `cargo install` into `target/tools/<crate>-<version>/`
-//! (the version is the cache key).
+//! installed with `cargo install` into `<cache>/tools/<crate>-<version>/`
+//! (the version is the cache key; see [`crate::paths::cache_dir`]).
 
 use crate::cmd;
-use crate::paths::target_dir;
+use crate::paths::cache_dir;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,9 +14,7 @@ pub const VHOST_DEVICE_VSOCK: (&str, &str) = ("vhost-device-vsock", "0.3.0");
 
 /// Installs `krate@version` unless cached; returns the binary's path.
 pub fn ensure((krate, version): (&str, &str)) -> Result<PathBuf> {
-    let root = target_dir()
-        .join("tools")
-        .join(format!("{krate}-{version}"));
+    let root = cache_dir().join("tools").join(format!("{krate}-{version}"));
     let binary = root.join("bin").join(krate);
     if binary.exists() {
         return Ok(binary);
