@@ -451,6 +451,8 @@ fn prepare_root(base: &Path, root: &Path) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("cannot remove {}", root.display()))?;
     }
+    // The base lives in the cache now, so nothing else made target/devhost.
+    fs::create_dir_all(devhost_dir())?;
     cmd::run(
         Command::new("cp")
             .args(["-a", "--reflink=auto"])
