@@ -73,10 +73,12 @@ fn wait_for_journal(since: &str, needle: &str, within: Duration) -> String {
     }
 }
 
-/// Copies a file of this machine into the guest, through the dev host.
+/// Copies a file of this machine into the guest, through the dev host
+/// (its `/var/tmp`: the host's `/tmp` is a tmpfs that hides files copied
+/// into its root directory).
 fn copy_into_guest(source: &Path, guest_path: &str) {
     let staged = format!(
-        "/tmp/{VM}-{}",
+        "/var/tmp/{VM}-{}",
         source.file_name().unwrap().to_string_lossy()
     );
     DevHost::current()
