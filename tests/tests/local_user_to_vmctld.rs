@@ -344,8 +344,9 @@ fn unprivileged_floods_leave_vmctld_serving_root() {
         "cat",
     ])
     .stdout;
+    // Refusals are logged at most every 10 s, whoever's they are.
     assert!(
-        journal.contains("refused a connection from uid 65534"),
+        journal.contains("varlink: refused a connection from uid "),
         "no refusal logged:\n{journal}"
     );
 }
