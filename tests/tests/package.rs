@@ -137,7 +137,7 @@ fn packages_install_upgrade_remove_and_purge() {
 
     // An upgrade while a VM runs restarts vmctld, not the VM.
     host(&[
-        "vmctl", "create", VM, "--cpus", "1", "--memory", "512M", "--disk", "2G",
+        "vmctl", "create", VM, "--cpus", "1", "--memory", "1G", "--disk", "4G",
     ])
     .ok();
     let unit = format!("vm@{VM}.service");

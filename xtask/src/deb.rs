@@ -46,12 +46,18 @@ pub struct Options {
 }
 
 impl Options {
-    /// The workspace version of `profile`'s build, into `target/debian/`.
+    /// The workspace version of `profile`'s build, into `target/debian/`
+    /// (release) or `target/debian/dev/`, so that building one never
+    /// disturbs a dev host installing the other.
     pub fn new(profile: Profile) -> Self {
+        let out_dir = match profile {
+            Profile::Release => target_dir().join("debian"),
+            Profile::Dev => target_dir().join("debian/dev"),
+        };
         Options {
             profile,
             version: None,
-            out_dir: target_dir().join("debian"),
+            out_dir,
         }
     }
 }

@@ -285,6 +285,14 @@ fn test(keep_host: bool) -> Result<()> {
         again.unchanged
     );
 
+    // lintian checks the debug build's packages, which the dev host then
+    // installs: they hold the same files, scripts and control fields as
+    // release ones (both stripped, both PIE with full RELRO), and a release
+    // build would add minutes to every run for no other finding.
+    eprintln!("xtask: == Debian packages pass lintian ==");
+    let debs = xtask::deb::build(&xtask::deb::Options::new(Profile::Dev))?;
+    xtask::deb::lintian(&debs)?;
+
     eprintln!("xtask: == end-to-end tests in the development host ==");
     host::up(UpOptions::default())?;
     let result = cmd::run(cargo().args([
