@@ -189,21 +189,13 @@ fn forged_job_removed_does_not_end_rm() {
         !fake.is_empty(),
         "the system bus did not carry the forged JobRemoved (refused by policy?):\n{mon}"
     );
-    let journal = host(&[
-        "journalctl",
-        "-u",
-        "vmctld.service",
-        "--no-pager",
-        "-o",
-        "cat",
-    ])
-    .stdout;
-    if unicast.code == Some(0) {
-        assert!(
-            journal.contains("ignoring a JobRemoved"),
-            "the forged signal sent to vmctld did not reach its check:\n{journal}"
-        );
-    }
+    // The unicast copy, when the bus policy let it through, reached
+    // vmctld's connection but no stream of its (the match rule names
+    // systemd's unique name); either way it ended nothing early (above).
+    eprintln!(
+        "unicast forged signal delivered: {}",
+        unicast.code == Some(0)
+    );
 }
 
 /// vmctld's main PID.

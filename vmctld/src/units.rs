@@ -41,6 +41,12 @@ use crate::{limits::UnitLimits, manager::STATE_UNKNOWN, ManagerError};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const BUS: &str = "org.freedesktop.DBus";
+/// How often the owner of systemd's bus name is asked again while a job
+/// runs (it changes only when systemd re-executes).
+pub const OWNER_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How many of systemd's `JobRemoved` signals (for any unit) may queue
+/// while vmctld is between reads (during its own calls to systemd).
+const JOB_SIGNAL_QUEUE: usize = 1024;
 const BUS_PATH: &str = "/org/freedesktop/DBus";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
@@ -127,34 +133,23 @@ impl Systemd {
     /// the job's `JobRemoved`; a result other than `done` is a
     /// [`ManagerError::UnitFailed`] carrying the unit's `Result`.
     ///
-    /// Only systemd's own `JobRemoved` ends the wait (see
-    /// [`job_removed_result`]): any local user can emit a signal of that
-    /// name on the system bus. The bus filters on the well-known sender in
-    /// the match rule, but zbus hands every message the connection receives
-    /// to every stream whose rule matches locally, and locally zbus cannot
-    /// match a well-known sender; so the unique name of systemd's
-    /// connection is asked for (`GetNameOwner`) and compared here, and
-    /// followed through `NameOwnerChanged` (systemd re-executing).
+    /// Only systemd's own `JobRemoved` ends the wait: any local user can
+    /// emit a signal of that name on the system bus, to everybody or
+    /// straight to vmctld. So the unique name of systemd's connection is
+    /// asked for (`GetNameOwner`) and put in the match rule: the bus then
+    /// delivers nothing else for it, and zbus, which can only match a
+    /// unique sender locally (a well-known one it lets through), queues
+    /// nothing else in the stream. A forged signal sent straight to vmctld
+    /// therefore cannot fill the stream's queue either, which would stall
+    /// the whole bus connection (zbus waits for room). Each message is
+    /// still checked ([`job_removed_result`]). systemd re-executing gets a
+    /// new unique name: the owner is asked again every
+    /// [`OWNER_RECHECK`] while waiting (not followed through
+    /// `NameOwnerChanged`, whose well-known sender zbus cannot filter, so
+    /// forged copies could fill that stream).
     async fn run_job(&self, method: &str, unit: &str) -> Result<(), ManagerError> {
-        let jobs = self.signals(
-            MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .sender(SYSTEMD)
-                .and_then(|r| r.path(SYSTEMD_PATH))
-                .and_then(|r| r.interface(SYSTEMD_MANAGER))
-                .and_then(|r| r.member("JobRemoved")),
-        );
-        let owners = self.signals(
-            MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .sender(BUS)
-                .and_then(|r| r.path(BUS_PATH))
-                .and_then(|r| r.interface(BUS))
-                .and_then(|r| r.member("NameOwnerChanged"))
-                .and_then(|r| r.arg(0, SYSTEMD)),
-        );
-        let (mut jobs, mut owners) = (jobs.await?, owners.await?);
         let mut owner = self.systemd_owner().await?;
+        let mut jobs = self.job_signals(owner.as_ref()).await?;
         let job: OwnedObjectPath = match self.manager_call(method, &(unit, "replace")).await {
             Ok(reply) => reply
                 .body()
@@ -164,6 +159,8 @@ impl Systemd {
             Err(e) => return Err(systemd_error(format!("{method} {unit} failed"), e)),
         };
         tracing::debug!("{method} {unit}: waiting for job {}", job.as_str());
+        let mut recheck = tokio::time::interval(OWNER_RECHECK);
+        recheck.tick().await;
         let result = loop {
             tokio::select! {
                 msg = jobs.next() => {
@@ -181,14 +178,14 @@ impl Systemd {
                         Err(Ignored::OtherJob) => {}
                     }
                 }
-                msg = owners.next() => {
-                    let Some(msg) = msg else { break None };
-                    let Ok(msg) = msg else { continue };
-                    if msg.header().sender().map(|s| s.as_str()) != Some(BUS) {
+                _ = recheck.tick() => {
+                    let now = self.systemd_owner().await?;
+                    if now == owner {
                         continue;
                     }
-                    owner = self.systemd_owner().await?;
-                    tracing::info!("{method} {unit}: systemd's bus name moved to {owner:?}");
+                    tracing::info!("{method} {unit}: systemd's bus name moved to {now:?}");
+                    owner = now;
+                    jobs = self.job_signals(owner.as_ref()).await?;
                     // If the job ended while systemd was away, no signal
                     // will tell: its state will.
                     if !self.job_exists(&job).await {
@@ -219,18 +216,31 @@ impl Systemd {
         }
     }
 
-    /// A stream of the messages matching `rule`, opened before the call
-    /// whose signals it is to catch.
-    async fn signals(
+    /// systemd's `JobRemoved` signals, sent by `owner` (its unique name;
+    /// `None` only on a peer-to-peer connection, where systemd is the
+    /// peer). Opened before the call whose job it is to catch.
+    async fn job_signals(
         &self,
-        rule: zbus::Result<zbus::match_rule::Builder<'_>>,
+        owner: Option<&OwnedUniqueName>,
     ) -> Result<MessageStream, ManagerError> {
+        let bad_rule = |e: zbus::Error| ManagerError::internal(format!("bad match rule: {e}"));
+        let mut rule = MatchRule::builder().msg_type(zbus::message::Type::Signal);
+        if let Some(owner) = owner {
+            rule = rule.sender(owner.as_str()).map_err(bad_rule)?;
+        } else if self.conn.is_bus() {
+            return Err(ManagerError::internal(
+                "systemd is not on the bus (org.freedesktop.systemd1 has no owner)",
+            ));
+        }
         let rule = rule
-            .map(|r| r.build())
-            .map_err(|e| ManagerError::internal(format!("bad match rule: {e}")))?;
-        MessageStream::for_match_rule(rule, &self.conn, Some(256))
+            .path(SYSTEMD_PATH)
+            .and_then(|r| r.interface(SYSTEMD_MANAGER))
+            .and_then(|r| r.member("JobRemoved"))
+            .map_err(bad_rule)?
+            .build();
+        MessageStream::for_match_rule(rule, &self.conn, Some(JOB_SIGNAL_QUEUE))
             .await
-            .map_err(|e| systemd_error("cannot watch systemd".into(), e))
+            .map_err(|e| systemd_error("cannot watch systemd's jobs".into(), e))
     }
 
     /// The unique name of systemd's bus connection, `None` while the name
