@@ -76,7 +76,7 @@ impl fmt::Display for ErrorReply {
             VM_EXISTS => write!(f, "a VM named {:?} exists already", p("name"))?,
             NO_SUCH_IMAGE => write!(
                 f,
-                "no image {:?} (expected root.raw, vmlinuz and initrd.img in /var/lib/vmctl/images/{})",
+                "no image {:?} (expected root.raw and vmlinuz in /var/lib/vmctl/images/{})",
                 p("image"),
                 p("image")
             )?,

@@ -46,7 +46,7 @@ pub enum ManagerError {
         name: String,
     },
     /// No usable image of this name.
-    #[error("no image {image:?} (expected root.raw, vmlinuz and initrd.img in its directory)")]
+    #[error("no image {image:?} (expected root.raw and vmlinuz in its directory)")]
     NoSuchImage {
         /// The requested image.
         image: String,

@@ -24,8 +24,10 @@ use crate::{
 /// The image used when `Create` names none.
 pub const DEFAULT_IMAGE: &str = "default";
 
-/// The files an image directory must hold.
-pub const IMAGE_FILES: [&str; 3] = ["root.raw", "vmlinuz", "initrd.img"];
+/// The files an image directory must hold. An `initrd.img` is optional:
+/// the launcher passes it when it is there (a kernel with the drivers built
+/// in, like vmctl's own, mounts the root disk without one).
+pub const IMAGE_FILES: [&str; 2] = ["root.raw", "vmlinuz"];
 
 /// A polkit action (see `polkit/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
