@@ -73,6 +73,13 @@ fn wait_for_journal(since: &str, needle: &str, within: Duration) -> String {
     }
 }
 
+/// Shows the journal lines about hellos (the evidence, in the test output).
+fn show_hello_lines(journal: &str) {
+    for line in journal.lines().filter(|l| l.contains("hello")) {
+        eprintln!("launcher journal: {line}");
+    }
+}
+
 /// Copies a file of this machine into the guest, through the dev host
 /// (its `/var/tmp`: the host's `/tmp` is a tmpfs that hides files copied
 /// into its root directory).
@@ -175,6 +182,7 @@ fn a_forged_hello_is_rejected_and_steers_nothing() {
             "a guest-made line in the journal: {line:?}\n{journal}"
         );
     }
+    show_hello_lines(&journal);
     assert_eq!(unit_property(UNIT, "MainPID"), main_pid, "MainPID moved");
     assert_eq!(unit_property(UNIT, "StatusText"), "Running");
     assert_eq!(unit_property(UNIT, "ActiveState"), "active");
@@ -236,6 +244,7 @@ fn a_held_hello_port_does_not_delay_the_reboot_hello() {
         journal.contains("rejected a hello on the hello port: no complete hello within 5s"),
         "the holder's connection was never cut off:\n{journal}"
     );
+    show_hello_lines(&journal);
     guest(&["true"]).ok();
 }
 
