@@ -12,7 +12,10 @@
 //! | runtime sockets | `/run/vmctl/vm/NAME/` (`RuntimeDirectory=` of the unit) |
 
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
 
 /// The vsock port the guest agent listens on.
 pub const AGENT_PORT: u32 = 1024;
@@ -86,6 +89,38 @@ pub struct VmSpec {
     pub vmm: VmmChoice,
     /// The guest's vsock context ID, unique on this host.
     pub cid: u32,
+    /// The VM's place on the host bridge; `None` is a VM without a NIC
+    /// (`vmctl create --network none`, and specs from before networking).
+    #[serde(default)]
+    pub network: Option<VmNetwork>,
+    /// OpenSSH public keys (one `authorized_keys` line each, validated by
+    /// vmctld) allowed to log in as [`VmSpec::guest_user`].
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// The guest account the keys open: the owner's user name on the host
+    /// (`root` for VMs root made). `None` in specs from before SSH keys.
+    #[serde(default)]
+    pub guest_user: Option<String>,
+}
+
+/// A VM's addresses on the host bridge, allocated by vmctld at create and
+/// freed at remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNetwork {
+    /// The guest's IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Prefix length of the IPv4 subnet.
+    pub ipv4_prefix: u8,
+    /// The guest's IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// Prefix length of the IPv6 subnet.
+    pub ipv6_prefix: u8,
+    /// The guest NIC's MAC address, `02:76:6d:xx:xx:xx` (lowercase).
+    pub mac: String,
+    /// The bridge's IPv4 address (the guest's gateway).
+    pub gateway4: Ipv4Addr,
+    /// The bridge's IPv6 address (the guest's gateway).
+    pub gateway6: Ipv6Addr,
 }
 
 /// Where the files of VMs live (the defaults, or a test's directories).
@@ -146,6 +181,27 @@ impl Layout {
         self.vm_runtime_dir(name).join("vsock")
     }
 
+    /// The directory of VM `name`'s SSH host key (0700, root only).
+    pub fn key_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("keys").join(name)
+    }
+
+    /// The private SSH host key of VM `name` (OpenSSH format, 0600); the
+    /// public key is next to it with `.pub` appended.
+    pub fn host_key(&self, name: &str) -> PathBuf {
+        self.key_dir(name).join("ssh_host_ed25519_key")
+    }
+
+    /// The known-hosts file vmctld publishes for `Host *.vm`.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.runtime_dir.join("ssh_known_hosts")
+    }
+
+    /// The directory of the NSS data (`name/`, `addr/`).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.runtime_dir.join("hosts")
+    }
+
     /// The serial console socket of VM `name`.
     pub fn console_socket(&self, name: &str) -> PathBuf {
         self.vm_runtime_dir(name).join("console")
@@ -180,10 +236,31 @@ mod tests {
             image: "default".into(),
             vmm: VmmChoice::CloudHypervisor,
             cid: 3,
+            network: Some(VmNetwork {
+                ipv4: Ipv4Addr::new(10, 77, 0, 2),
+                ipv4_prefix: 16,
+                ipv6: "fd77:766d:6374::2".parse().unwrap(),
+                ipv6_prefix: 64,
+                mac: "02:76:6d:00:00:03".into(),
+                gateway4: Ipv4Addr::new(10, 77, 0, 1),
+                gateway6: "fd77:766d:6374::1".parse().unwrap(),
+            }),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA x@y".into()],
+            guest_user: Some("root".into()),
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains(r#""vmm":"cloud-hypervisor""#), "{json}");
         assert_eq!(serde_json::from_str::<VmSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn old_specs_without_network_still_read() {
+        let json = r#"{"name":"a","id":"0123456789abcdef0123456789abcdef","owner_uid":0,
+            "vcpus":1,"memory_bytes":1,"disk_bytes":1,"image":"default","cid":3}"#;
+        let spec: VmSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.network, None);
+        assert!(spec.ssh_authorized_keys.is_empty());
+        assert_eq!(spec.guest_user, None);
     }
 
     #[test]

@@ -156,6 +156,9 @@ impl Manager {
             image,
             vmm: params.vmm.unwrap_or_default(),
             cid,
+            network: None,
+            ssh_authorized_keys: Vec::new(),
+            guest_user: None,
         };
 
         let mut rollback = Rollback::default();

@@ -157,6 +157,9 @@ pub(crate) mod testing {
             image: "default".into(),
             vmm: Default::default(),
             cid: 3,
+            network: None,
+            ssh_authorized_keys: Vec::new(),
+            guest_user: None,
         }
     }
 
