@@ -7,11 +7,13 @@
 #![warn(missing_docs)]
 
 pub mod errors;
+pub mod guest_credentials;
 pub mod idl;
 pub mod names;
 pub mod object_path;
 pub mod sizes;
 pub mod spec;
+pub mod ssh_keys;
 pub mod types;
 pub mod vm_name;
 
