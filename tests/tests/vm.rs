@@ -187,7 +187,18 @@ fn a_vm_lives_and_dies_as_a_unit() {
         "{machines:#?}"
     );
 
-    // Stop is a clean ACPI power-off, not a kill.
+    // Stop is a clean ACPI power-off, not a kill. READY comes before
+    // logind watches the power button: let the guest finish booting first
+    // (boot.rs checks that the button itself, not the fallback, stops it).
+    host(&[
+        "vmctl",
+        "exec",
+        "blog",
+        "--",
+        "systemctl",
+        "is-system-running",
+        "--wait",
+    ]);
     host(&["systemctl", "stop", unit]).ok();
     assert_eq!(active_state(unit), "inactive");
     assert_eq!(unit_property(unit, "Result"), "success");
@@ -296,7 +307,7 @@ fn a_kernel_that_does_not_boot_fails_the_unit() {
         "sh",
         "-c",
         "mkdir -p /var/lib/vmctl/images/broken && \
-         cp --sparse=always /var/lib/vmctl/images/default/root.raw /var/lib/vmctl/images/default/initrd.img /var/lib/vmctl/images/broken/ && \
+         cp --sparse=always /var/lib/vmctl/images/default/root.raw /var/lib/vmctl/images/broken/ && \
          head -c 4096 /dev/urandom > /var/lib/vmctl/images/broken/vmlinuz",
     ])
     .ok();

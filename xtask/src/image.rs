@@ -6,17 +6,20 @@
 //!    `<cache>/images/tree-<hash of mkosi/>/guest` (about a minute);
 //! 2. that tree plus the guest agent and its unit becomes `root.raw` with
 //!    `mkfs.ext4 -d` (seconds), in `<cache>/images/image-<hash>/`, where the
-//!    hash covers the tree's key, the agent and its unit.
+//!    hash covers the tree's key, the agent, its unit and the kernel's key.
 //!
 //! One root filesystem, two ways to boot it, one directory each (the layout
 //! of an image directory in `/var/lib/vmctl/images/`):
-//! - `default/`: `root.raw`, `vmlinuz` and `initrd.img` (for now the same
-//!   as `debian-kernel/`; vmctl's own kernel comes next);
+//! - `default/`: `root.raw` and `vmlinuz` = vmctl's own kernel
+//!   ([`crate::kernel`]), no initrd: `root=/dev/vda` mounts directly; also
+//!   `vmlinux`, the same kernel as an ELF with a PVH entry point, which
+//!   cloud-hypervisor boots directly without firmware;
 //! - `debian-kernel/`: the same `root.raw` with Debian's cloud kernel and
 //!   its initramfs-tools initrd from the tree's `/boot`, for images that
 //!   bring their own kernel (and as the benchmark's old path).
 
 use crate::cmd;
+use crate::kernel::{self, Kernel};
 use crate::paths::{cache_dir, remove_stale, target_dir, workspace_root};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -27,6 +30,9 @@ use std::process::Command;
 /// Size of the root filesystem image (sparse; the tree uses ~450 MiB).
 const ROOT_SIZE: &str = "2G";
 
+/// Bump when the files of the image directories change.
+const LAYOUT: &str = "layout 2";
+
 /// Name of the image booted with vmctl's kernel and no initrd.
 pub const DEFAULT: &str = "default";
 
@@ -36,7 +42,7 @@ pub const DEBIAN_KERNEL: &str = "debian-kernel";
 /// A built pair of guest images sharing one root filesystem.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The `default` image directory.
+    /// The `default` image directory (`root.raw`, `vmlinuz`).
     pub dir: PathBuf,
 }
 
@@ -92,7 +98,7 @@ fn agent_unit() -> PathBuf {
 
 const AGENT_UNIT_NAME: &str = "vmctl-guest-agent.service";
 
-/// Builds the mkosi tree and the images unless cached.
+/// Builds the guest kernel, the mkosi tree and the images unless cached.
 pub fn ensure_default() -> Result<Image> {
     cmd::run(
         Command::new(env!("CARGO"))
@@ -106,9 +112,10 @@ pub fn ensure_default() -> Result<Image> {
                 "vmctl-guest-agent",
             ]),
     )?;
+    let kernel = kernel::ensure()?;
     let images = cache_dir().join("images");
     let tree = ensure_tree(&images)?;
-    let key = image_key(&tree.key)?;
+    let key = image_key(&tree.key, &kernel)?;
     let top = images.join(format!("image-{key}"));
     let image = Image {
         dir: top.join(DEFAULT),
@@ -143,9 +150,8 @@ pub fn ensure_default() -> Result<Image> {
     )?;
     fs::remove_dir_all(&stage)?;
     fs::hard_link(default.join("root.raw"), debian.join("root.raw"))?;
-    // Until vmctl's own kernel is wired in, both boot Debian's kernel.
-    copy_boot_file(&tree.dir, "vmlinuz-", &default.join("vmlinuz"))?;
-    copy_boot_file(&tree.dir, "initrd.img-", &default.join("initrd.img"))?;
+    fs::copy(kernel.bzimage(), default.join("vmlinuz"))?;
+    fs::copy(kernel.vmlinux(), default.join("vmlinux"))?;
     copy_boot_file(&tree.dir, "vmlinuz-", &debian.join("vmlinuz"))?;
     copy_boot_file(&tree.dir, "initrd.img-", &debian.join("initrd.img"))?;
     fs::rename(&tmp, &top)?;
@@ -164,6 +170,8 @@ struct Tree {
 fn ensure_tree(images: &Path) -> Result<Tree> {
     let mut files = Vec::new();
     collect_files(&workspace_root().join("mkosi"), &mut files)?;
+    // Documentation does not go into the tree.
+    files.retain(|f| f.extension().is_none_or(|e| e != "md"));
     files.sort();
     let key = hash_files(&files)?;
     let out = images.join(format!("tree-{key}"));
@@ -248,10 +256,15 @@ fn copy_boot_file(tree: &Path, prefix: &str, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Key of the images: the tree, the agent and its unit.
-fn image_key(tree_key: &str) -> Result<String> {
+/// Key of the images: the tree, the agent, its unit and the kernel.
+fn image_key(tree_key: &str, kernel: &Kernel) -> Result<String> {
     let files = [agent_binary(), agent_unit()];
-    Ok(hash_strings(&[tree_key, &hash_files(&files)?]))
+    Ok(hash_strings(&[
+        LAYOUT,
+        tree_key,
+        &kernel.key,
+        &hash_files(&files)?,
+    ]))
 }
 
 fn hash_strings(parts: &[&str]) -> String {

@@ -41,6 +41,12 @@ impl Kernel {
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("bzImage")
     }
+
+    /// The uncompressed ELF kernel with its PVH entry point
+    /// (cloud-hypervisor's direct kernel boot).
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
 }
 
 fn fragment() -> PathBuf {
