@@ -3,18 +3,18 @@
 //! Signatures follow glibc's `<nss.h>` and `resolv/nss_dns/dns-host.c`, as
 //! also implemented by systemd's nss-mymachines. Every export validates its
 //! pointers, runs its body under [`std::panic::catch_unwind`] (a panic becomes
-//! `NSS_STATUS_UNAVAIL`), and always reads [`crate::HOSTS_PATH`]; the
+//! `NSS_STATUS_UNAVAIL`), and always reads [`crate::HOSTS_DIR`]; the
 //! `*_at` variants taking a path exist for tests only.
 //!
 //! Status conventions:
-//! - not a `.vm` name, no such VM, no hosts file: `NSS_STATUS_NOTFOUND`,
+//! - not a `.vm` name, no such VM, no hosts directory, damaged record: `NSS_STATUS_NOTFOUND`,
 //!   `errno = ENOENT`, `h_errno = HOST_NOT_FOUND`;
 //! - the VM exists but has no address of the requested family (e.g. an
 //!   `AF_INET6` query for an IPv4-only VM): `NSS_STATUS_NOTFOUND`,
 //!   `errno = ENOENT`, `h_errno = NO_DATA`;
 //! - buffer too small: `NSS_STATUS_TRYAGAIN`, `errno = ERANGE`,
 //!   `h_errno = NETDB_INTERNAL` (glibc retries with a bigger buffer);
-//! - bad arguments, unusable hosts file, panic: `NSS_STATUS_UNAVAIL` with
+//! - bad arguments, unreadable record, panic: `NSS_STATUS_UNAVAIL` with
 //!   an errno and `h_errno = NO_RECOVERY`.
 
 use std::ffi::CStr;
@@ -28,7 +28,7 @@ use libc::{hostent, socklen_t, AF_INET, AF_INET6, AF_UNSPEC};
 
 use crate::lookup::{self, Host, Outcome};
 use crate::pack::{self, GaihAddrtuple};
-use crate::HOSTS_PATH;
+use crate::HOSTS_DIR;
 
 /// glibc's `enum nss_status`.
 #[repr(C)]
@@ -231,7 +231,7 @@ unsafe fn fill_ttl_canon(ttlp: *mut i32, canonp: *mut *mut c_char, canon: *mut c
     }
 }
 
-/// `gethostbyname4_r` against the hosts file at `hosts`.
+/// `gethostbyname4_r` against the hosts directory `hosts`.
 ///
 /// # Safety
 /// As for [`_nss_vmctl_gethostbyname4_r`].
@@ -286,7 +286,7 @@ pub(crate) unsafe fn gethostbyname4_at(
     unsafe { guard(errnop, h_errnop, body) }
 }
 
-/// `gethostbyname3_r` against the hosts file at `hosts`.
+/// `gethostbyname3_r` against the hosts directory `hosts`.
 ///
 /// # Safety
 /// As for [`_nss_vmctl_gethostbyname3_r`].
@@ -329,7 +329,7 @@ pub(crate) unsafe fn gethostbyname3_at(
     unsafe { guard(errnop, h_errnop, body) }
 }
 
-/// `gethostbyaddr2_r` against the hosts file at `hosts`.
+/// `gethostbyaddr2_r` against the hosts directory `hosts`.
 ///
 /// # Safety
 /// As for [`_nss_vmctl_gethostbyaddr2_r`].
@@ -397,7 +397,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyname4_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyname4_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             name,
             pat,
             buffer,
@@ -431,7 +431,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyname3_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyname3_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             name,
             af,
             host,
@@ -462,7 +462,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyname2_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyname3_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             name,
             af,
             host,
@@ -492,7 +492,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyname_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyname3_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             name,
             AF_INET,
             host,
@@ -528,7 +528,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr2_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyaddr2_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             addr,
             len,
             af,
@@ -560,7 +560,7 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr_r(
     // SAFETY: arguments forwarded unchanged under the same contract.
     unsafe {
         gethostbyaddr2_at(
-            Path::new(HOSTS_PATH),
+            Path::new(HOSTS_DIR),
             addr,
             len,
             af,
@@ -577,19 +577,20 @@ pub unsafe extern "C" fn _nss_vmctl_gethostbyaddr_r(
 #[cfg(test)]
 mod tests {
     //! These tests call the `*_at` variants (same code as the exports, with a
-    //! test hosts file) and the exports themselves, exactly as glibc would.
+    //! test hosts directory) and the exports themselves, exactly as glibc would.
 
     use super::*;
     use crate::test_util::TempDir;
     use std::path::PathBuf;
 
-    const HOSTS: &str = "# vmctld\nblog 10.0.0.2\nweb 10.0.0.3 fd00::3\n";
     const SENTINEL: u8 = 0xa5;
 
     fn hosts_file(tag: &str) -> (TempDir, PathBuf) {
         let dir = TempDir::new(tag);
         let path = dir.0.join("hosts");
-        std::fs::write(&path, HOSTS).unwrap();
+        crate::hostdb::publish(&path, "blog", Ipv4Addr::new(10, 0, 0, 2), None).unwrap();
+        let v6 = "fd00::3".parse().ok();
+        crate::hostdb::publish(&path, "web", Ipv4Addr::new(10, 0, 0, 3), v6).unwrap();
         (dir, path)
     }
 
@@ -739,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_hosts_file_is_not_found() {
+    fn missing_hosts_directory_is_not_found() {
         let dir = TempDir::new("ffi-missing");
         let r = byname3(&dir.0.join("hosts"), "blog.vm", AF_INET, 256);
         assert_eq!(r.status, NssStatus::NotFound);

@@ -1,4 +1,8 @@
-//! Name matching, reading the hosts file, and forward/reverse lookups.
+//! Name matching, reading one record, and forward/reverse lookups.
+//!
+//! A lookup opens exactly one file by path (`name/<name>`), or two for a
+//! reverse lookup (`addr/<ip>`, then the name's record to confirm it still
+//! holds that address), so its cost does not depend on the number of VMs.
 
 #![forbid(unsafe_code)]
 
@@ -8,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::parse::{self, Entry};
-use crate::{DOMAIN, MAX_HOSTS_FILE_SIZE};
+use crate::parse::{self, MAX_RECORD_LEN};
+use crate::{ADDR_SUBDIR, DOMAIN, NAME_SUBDIR};
 
 /// Extracts the VM name from a query such as `blog.vm` or `BLOG.VM.`.
 ///
@@ -38,35 +42,29 @@ pub struct Host {
     pub ipv6: Option<Ipv6Addr>,
 }
 
-impl Host {
-    fn from_entry(entry: &Entry<'_>) -> Self {
-        Host {
-            canonical: format!("{}.{DOMAIN}", entry.name.to_ascii_lowercase()),
-            ipv4: entry.ipv4,
-            ipv6: entry.ipv6,
-        }
-    }
-}
-
 /// Result of a lookup, mapped one to one onto NSS statuses by [`crate::ffi`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The VM exists.
     Found(Host),
-    /// No such VM, or the name is not a `.vm` name, or there is no hosts file.
+    /// No such VM, not a `.vm` name, no hosts directory, or a damaged record.
     NotFound,
-    /// The hosts file exists but cannot be used; carries an errno value.
+    /// The record cannot be read (not a regular file, a symlink, permission
+    /// denied, I/O error); carries an errno value.
     Unavailable(i32),
 }
 
-/// Reads the hosts file without ever blocking: `Ok(None)` if it does not
-/// exist. Opens with `O_NONBLOCK` and refuses anything but a regular file (so
-/// a FIFO put in its place cannot hang the caller), and refuses files larger
-/// than [`MAX_HOSTS_FILE_SIZE`] with `EFBIG`.
-pub fn read_hosts_file(path: &Path) -> io::Result<Option<String>> {
+/// Reads one record without ever blocking: `Ok(None)` if it does not exist.
+///
+/// Opens with `O_NONBLOCK` (a FIFO in its place cannot hang the caller),
+/// `O_NOFOLLOW` (a symlink is refused with `ELOOP`) and `O_CLOEXEC` (std
+/// always adds it), refuses anything but a regular file, and reads at most
+/// [`MAX_RECORD_LEN`]` + 1` bytes: a longer file comes back longer than the
+/// cap and fails to parse.
+pub fn read_record(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let file = match File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
         .open(path)
     {
         Ok(file) => file,
@@ -75,63 +73,73 @@ pub fn read_hosts_file(path: &Path) -> io::Result<Option<String>> {
         }
         Err(err) => return Err(err),
     };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    if meta.len() > MAX_HOSTS_FILE_SIZE {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    let mut bytes = Vec::with_capacity(MAX_RECORD_LEN + 1);
+    file.take(MAX_RECORD_LEN as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Looks a lower-case VM name up in the hosts directory `dir`.
+fn lookup_name(dir: &Path, name: &str) -> Outcome {
+    match read_record(&dir.join(NAME_SUBDIR).join(name)) {
+        Ok(Some(record)) => match parse::parse_name_record(&record) {
+            Some((ipv4, ipv6)) => Outcome::Found(Host {
+                canonical: format!("{name}.{DOMAIN}"),
+                ipv4,
+                ipv6,
+            }),
+            None => Outcome::NotFound,
+        },
+        Ok(None) => Outcome::NotFound,
+        Err(err) => Outcome::Unavailable(err.raw_os_error().unwrap_or(libc::EIO)),
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(MAX_HOSTS_FILE_SIZE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_HOSTS_FILE_SIZE {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
-    }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-/// Finds a VM by name (without the domain, case-insensitive) in file text.
-pub fn find_by_name(text: &str, label: &str) -> Option<Host> {
-    parse::entries(text)
-        .find(|entry| entry.name.eq_ignore_ascii_case(label))
-        .map(|entry| Host::from_entry(&entry))
-}
-
-/// Finds a VM by one of its addresses in file text.
-pub fn find_by_addr(text: &str, addr: IpAddr) -> Option<Host> {
-    parse::entries(text)
-        .find(|entry| match addr {
-            IpAddr::V4(v4) => entry.ipv4 == v4,
-            IpAddr::V6(v6) => entry.ipv6 == Some(v6),
-        })
-        .map(|entry| Host::from_entry(&entry))
-}
-
-/// Resolves a query name using the hosts file at `path`. Names that are not
+/// Resolves a query name using the hosts directory `dir`. Names that are not
 /// `NAME.vm` are answered `NotFound` without touching the filesystem.
-pub fn resolve_name(path: &Path, query: &str) -> Outcome {
+pub fn resolve_name(dir: &Path, query: &str) -> Outcome {
     let Some(label) = vm_label(query) else {
         return Outcome::NotFound;
     };
-    with_hosts(path, |text| find_by_name(text, label))
+    lookup_name(dir, &label.to_ascii_lowercase())
 }
 
-/// Resolves an address back to its VM using the hosts file at `path`.
-pub fn resolve_addr(path: &Path, addr: IpAddr) -> Outcome {
-    with_hosts(path, |text| find_by_addr(text, addr))
+/// Resolves an address back to its VM using the hosts directory `dir`.
+///
+/// The answer is confirmed against the name's own record, so an `addr/`
+/// entry left behind by an interrupted writer never names a VM that no
+/// longer holds the address.
+pub fn resolve_addr(dir: &Path, addr: IpAddr) -> Outcome {
+    let path = dir.join(ADDR_SUBDIR).join(addr.to_string());
+    let name = match read_record(&path) {
+        Ok(Some(record)) => match parse::parse_addr_record(&record) {
+            Some(name) => name.to_ascii_lowercase(),
+            None => return Outcome::NotFound,
+        },
+        Ok(None) => return Outcome::NotFound,
+        Err(err) => return Outcome::Unavailable(err.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    match lookup_name(dir, &name) {
+        Outcome::Found(host) if holds(&host, addr) => Outcome::Found(host),
+        Outcome::Found(_) => Outcome::NotFound,
+        other => other,
+    }
 }
 
-fn with_hosts(path: &Path, find: impl FnOnce(&str) -> Option<Host>) -> Outcome {
-    match read_hosts_file(path) {
-        Ok(Some(text)) => find(&text).map_or(Outcome::NotFound, Outcome::Found),
-        Ok(None) => Outcome::NotFound,
-        Err(err) => Outcome::Unavailable(err.raw_os_error().unwrap_or(libc::EIO)),
+fn holds(host: &Host, addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => host.ipv4 == v4,
+        IpAddr::V6(v6) => host.ipv6 == Some(v6),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostdb;
     use crate::test_util::TempDir;
 
     #[test]
@@ -155,72 +163,100 @@ mod tests {
             "blög.vm",
             "é.vm",
             "blog.vm.example",
+            "../x.vm",
+            "x/y.vm",
         ] {
             assert_eq!(vm_label(query), None, "{query:?}");
         }
     }
 
-    const HOSTS: &str = "# written by vmctld\nblog 10.0.0.2\nweb 10.0.0.3 fd00::3\nBlog 10.9.9.9\n";
-
-    #[test]
-    fn finds_by_name_case_insensitively_first_wins() {
-        let host = find_by_name(HOSTS, "BLOG").unwrap();
-        assert_eq!(host.canonical, "blog.vm");
-        assert_eq!(host.ipv4, Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(host.ipv6, None);
-        assert_eq!(find_by_name(HOSTS, "nope"), None);
+    fn sample(tag: &str) -> TempDir {
+        let dir = TempDir::new(tag);
+        hostdb::publish(&dir.0, "blog", Ipv4Addr::new(10, 0, 0, 2), None).unwrap();
+        let v6 = "fd00::3".parse().unwrap();
+        hostdb::publish(&dir.0, "web", Ipv4Addr::new(10, 0, 0, 3), Some(v6)).unwrap();
+        dir
     }
 
     #[test]
-    fn finds_by_addr() {
-        let v6: Ipv6Addr = "fd00::3".parse().unwrap();
-        assert_eq!(find_by_addr(HOSTS, v6.into()).unwrap().canonical, "web.vm");
-        assert_eq!(
-            find_by_addr(HOSTS, Ipv4Addr::new(10, 0, 0, 3).into())
-                .unwrap()
-                .canonical,
-            "web.vm"
-        );
-        assert_eq!(find_by_addr(HOSTS, Ipv4Addr::new(10, 0, 0, 4).into()), None);
-    }
-
-    #[test]
-    fn missing_file_is_not_found() {
-        let dir = TempDir::new("missing");
-        let path = dir.0.join("hosts");
-        assert_eq!(resolve_name(&path, "blog.vm"), Outcome::NotFound);
-        let under_file = dir.0.join("file");
-        std::fs::write(&under_file, "").unwrap();
-        assert_eq!(
-            resolve_name(&under_file.join("hosts"), "blog.vm"),
-            Outcome::NotFound
-        );
-        assert_eq!(
-            resolve_addr(&path, Ipv4Addr::new(10, 0, 0, 2).into()),
-            Outcome::NotFound
-        );
-    }
-
-    #[test]
-    fn resolves_from_file() {
-        let dir = TempDir::new("resolve");
-        let path = dir.0.join("hosts");
-        std::fs::write(&path, HOSTS).unwrap();
-        match resolve_name(&path, "web.VM.") {
+    fn resolves_names_case_insensitively() {
+        let dir = sample("resolve");
+        match resolve_name(&dir.0, "WEB.vm.") {
             Outcome::Found(host) => {
                 assert_eq!(host.canonical, "web.vm");
+                assert_eq!(host.ipv4, Ipv4Addr::new(10, 0, 0, 3));
                 assert_eq!(host.ipv6, Some("fd00::3".parse().unwrap()));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(resolve_name(&path, "nope.vm"), Outcome::NotFound);
-        assert_eq!(resolve_name(&path, "web.example"), Outcome::NotFound);
+        assert_eq!(resolve_name(&dir.0, "nope.vm"), Outcome::NotFound);
+        assert_eq!(resolve_name(&dir.0, "web.example"), Outcome::NotFound);
+    }
+
+    #[test]
+    fn resolves_addresses() {
+        let dir = sample("addr");
+        let v6: Ipv6Addr = "fd00::3".parse().unwrap();
+        for addr in [IpAddr::from(v6), Ipv4Addr::new(10, 0, 0, 3).into()] {
+            match resolve_addr(&dir.0, addr) {
+                Outcome::Found(host) => assert_eq!(host.canonical, "web.vm"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let nope = Ipv4Addr::new(10, 0, 0, 4).into();
+        assert_eq!(resolve_addr(&dir.0, nope), Outcome::NotFound);
+    }
+
+    #[test]
+    fn stale_addr_entry_is_not_believed() {
+        let dir = sample("stale");
+        // An addr/ entry naming a VM whose record holds another address.
+        std::fs::write(dir.0.join("addr/10.0.0.9"), "web\n").unwrap();
+        let addr = Ipv4Addr::new(10, 0, 0, 9).into();
+        assert_eq!(resolve_addr(&dir.0, addr), Outcome::NotFound);
+        std::fs::write(dir.0.join("addr/10.0.0.8"), "gone\n").unwrap();
+        let addr = Ipv4Addr::new(10, 0, 0, 8).into();
+        assert_eq!(resolve_addr(&dir.0, addr), Outcome::NotFound);
+    }
+
+    #[test]
+    fn missing_directory_is_not_found() {
+        let dir = TempDir::new("missing");
+        let hosts = dir.0.join("hosts");
+        assert_eq!(resolve_name(&hosts, "blog.vm"), Outcome::NotFound);
+        let addr = Ipv4Addr::new(10, 0, 0, 2).into();
+        assert_eq!(resolve_addr(&hosts, addr), Outcome::NotFound);
+        // The previous layout: a plain file where the directory belongs.
+        std::fs::write(&hosts, "blog 10.0.0.2\n").unwrap();
+        assert_eq!(resolve_name(&hosts, "blog.vm"), Outcome::NotFound);
+        assert_eq!(resolve_addr(&hosts, addr), Outcome::NotFound);
+    }
+
+    #[test]
+    fn damaged_records_are_not_found() {
+        let dir = sample("damaged");
+        let record = dir.0.join("name/blog");
+        for bad in [
+            &b""[..],
+            b"10.0.0",
+            b"10.0.0.2",
+            b"garbage\n",
+            &[0xa5; 4096],
+        ] {
+            std::fs::write(&record, bad).unwrap();
+            assert_eq!(resolve_name(&dir.0, "blog.vm"), Outcome::NotFound);
+        }
+        std::fs::write(dir.0.join("addr/10.0.0.3"), b"we").unwrap();
+        let addr = Ipv4Addr::new(10, 0, 0, 3).into();
+        assert_eq!(resolve_addr(&dir.0, addr), Outcome::NotFound);
     }
 
     #[test]
     fn non_vm_names_do_not_touch_the_filesystem() {
-        // A directory where the file should be would be Unavailable if read.
+        // A directory where the record belongs is Unavailable when read.
         let dir = TempDir::new("nofs");
+        std::fs::create_dir(dir.0.join("name")).unwrap();
+        std::fs::create_dir(dir.0.join("name/blog")).unwrap();
         assert_eq!(resolve_name(&dir.0, "example.com"), Outcome::NotFound);
         assert_eq!(
             resolve_name(&dir.0, "blog.vm"),
@@ -229,25 +265,24 @@ mod tests {
     }
 
     #[test]
-    fn fifo_does_not_block_and_big_file_is_refused() {
-        let dir = TempDir::new("special");
-        let fifo = dir.0.join("fifo");
+    fn fifo_and_symlink_do_not_block_or_follow() {
+        let dir = sample("special");
+        let fifo = dir.0.join("name/blog");
+        std::fs::remove_file(&fifo).unwrap();
         let status = std::process::Command::new("mkfifo")
             .arg(&fifo)
             .status()
             .unwrap();
         assert!(status.success());
         assert_eq!(
-            resolve_name(&fifo, "blog.vm"),
+            resolve_name(&dir.0, "blog.vm"),
             Outcome::Unavailable(libc::EINVAL)
         );
-
-        let big = dir.0.join("big");
-        let file = File::create(&big).unwrap();
-        file.set_len(MAX_HOSTS_FILE_SIZE + 1).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
+        std::os::unix::fs::symlink(dir.0.join("name/web"), &fifo).unwrap();
         assert_eq!(
-            resolve_name(&big, "blog.vm"),
-            Outcome::Unavailable(libc::EFBIG)
+            resolve_name(&dir.0, "blog.vm"),
+            Outcome::Unavailable(libc::ELOOP)
         );
     }
 }

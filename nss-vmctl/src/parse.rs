@@ -1,10 +1,12 @@
-//! Parsing of the `/run/vmctl/hosts` file.
+//! The two record formats of the hosts directory (see the crate docs).
 //!
-//! One VM per line: `NAME IPV4 [IPV6]`, fields separated by spaces or tabs.
-//! `#` starts a comment that runs to the end of the line. Lines that do not
-//! parse (bad name, bad address, missing IPv4) are ignored, so one bad line
-//! never hides the others. Fields after the third are ignored (reserved for
-//! future extensions). The first line for a given name wins.
+//! - `name/<name>` holds `IPV4[ IPV6]\n`;
+//! - `addr/<ip>` holds `NAME\n`.
+//!
+//! Parsing is strict: exactly one line, one space between fields, a final
+//! newline. Records are only ever replaced whole (`rename`), so a record that
+//! does not parse was damaged by something other than vmctld (a truncated
+//! copy, an editor) and is treated as absent rather than guessed at.
 
 #![forbid(unsafe_code)]
 
@@ -13,16 +15,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Longest VM name: a single DNS label.
 pub const MAX_NAME_LEN: usize = 63;
 
-/// One VM from the hosts file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry<'a> {
-    /// The VM name as written in the file (a single DNS label, no domain).
-    pub name: &'a str,
-    /// The VM's IPv4 address (always present).
-    pub ipv4: Ipv4Addr,
-    /// The VM's IPv6 address, if it has one.
-    pub ipv6: Option<Ipv6Addr>,
-}
+/// Largest record the module reads; anything longer is corrupt. The longest
+/// valid record is `255.255.255.255 ffff:…:ffff\n`, 56 bytes.
+pub const MAX_RECORD_LEN: usize = 128;
 
 /// Whether `name` is a valid VM name: one DNS label of 1 to 63 ASCII letters,
 /// digits and hyphens, not starting or ending with a hyphen.
@@ -37,25 +32,41 @@ pub fn is_valid_vm_name(name: &str) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
-/// Parses one line; `None` for blank, comment-only and malformed lines.
-pub fn parse_line(line: &str) -> Option<Entry<'_>> {
-    let data = line.split('#').next().unwrap_or("");
-    let mut fields = data.split_ascii_whitespace();
-    let name = fields.next()?;
-    if !is_valid_vm_name(name) {
+/// The single line of a record without its final newline; `None` when the
+/// record is empty, too long, not UTF-8, lacks the final newline or has more
+/// than one line.
+fn single_line(record: &[u8]) -> Option<&str> {
+    if record.len() > MAX_RECORD_LEN {
         return None;
     }
-    let ipv4 = fields.next()?.parse::<Ipv4Addr>().ok()?;
-    let ipv6 = match fields.next() {
-        None => None,
-        Some(field) => Some(field.parse::<Ipv6Addr>().ok()?),
-    };
-    Some(Entry { name, ipv4, ipv6 })
+    let line = record.strip_suffix(b"\n")?;
+    if line.is_empty() || line.contains(&b'\n') {
+        return None;
+    }
+    std::str::from_utf8(line).ok()
 }
 
-/// All well-formed entries of a hosts file, in file order.
-pub fn entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
-    text.lines().filter_map(parse_line)
+/// Parses a `name/<name>` record: `IPV4\n` or `IPV4 IPV6\n`.
+pub fn parse_name_record(record: &[u8]) -> Option<(Ipv4Addr, Option<Ipv6Addr>)> {
+    let line = single_line(record)?;
+    let (v4, v6) = match line.split_once(' ') {
+        Some((v4, v6)) => (v4, Some(v6.parse::<Ipv6Addr>().ok()?)),
+        None => (line, None),
+    };
+    Some((v4.parse().ok()?, v6))
+}
+
+/// Renders a `name/<name>` record; [`parse_name_record`] reads it back.
+pub fn format_name_record(ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> String {
+    match ipv6 {
+        Some(v6) => format!("{ipv4} {v6}\n"),
+        None => format!("{ipv4}\n"),
+    }
+}
+
+/// Parses an `addr/<ip>` record: `NAME\n` with a valid VM name.
+pub fn parse_addr_record(record: &[u8]) -> Option<&str> {
+    single_line(record).filter(|name| is_valid_vm_name(name))
 }
 
 #[cfg(test)]
@@ -73,63 +84,60 @@ mod tests {
     }
 
     #[test]
-    fn parses_ipv4_only_and_dual_stack() {
+    fn name_records_round_trip() {
+        let v4 = Ipv4Addr::new(10, 77, 0, 2);
+        let v6: Ipv6Addr = "fd77:766d:6374::2".parse().unwrap();
+        for v6 in [None, Some(v6), Some(Ipv6Addr::from([0xffff; 8]))] {
+            let text = format_name_record(Ipv4Addr::BROADCAST, v6);
+            assert!(text.len() <= MAX_RECORD_LEN);
+            assert_eq!(
+                parse_name_record(text.as_bytes()),
+                Some((Ipv4Addr::BROADCAST, v6))
+            );
+        }
         assert_eq!(
-            parse_line("blog 10.0.0.2"),
-            Some(Entry {
-                name: "blog",
-                ipv4: Ipv4Addr::new(10, 0, 0, 2),
-                ipv6: None
-            })
-        );
-        assert_eq!(
-            parse_line("\tweb \t 10.0.0.3   fd00::3  "),
-            Some(Entry {
-                name: "web",
-                ipv4: Ipv4Addr::new(10, 0, 0, 3),
-                ipv6: Some("fd00::3".parse().unwrap())
-            })
+            parse_name_record(b"10.77.0.2 fd77:766d:6374::2\n"),
+            Some((v4, Some(v6)))
         );
     }
 
     #[test]
-    fn comments_and_blank_lines() {
-        assert_eq!(parse_line(""), None);
-        assert_eq!(parse_line("   "), None);
-        assert_eq!(parse_line("# blog 10.0.0.2"), None);
-        let entry = parse_line("blog 10.0.0.2 # the blog").unwrap();
-        assert_eq!(entry.name, "blog");
-        assert_eq!(entry.ipv6, None);
-        let entry = parse_line("blog 10.0.0.2 fd00::2#x").unwrap();
-        assert_eq!(entry.ipv6, Some("fd00::2".parse().unwrap()));
-    }
-
-    #[test]
-    fn bad_lines_are_ignored() {
-        for line in [
-            "blog",
-            "blog 10.0.0",
-            "blog fd00::2",
-            "blog 10.0.0.2 10.0.0.3",
-            "blog 10.0.0.2 fd00::zz",
-            "bad_name 10.0.0.2",
-            "a.b 10.0.0.2",
-            "10.0.0.2 blog",
+    fn damaged_name_records_are_refused() {
+        for record in [
+            &b""[..],
+            b"\n",
+            b"10.77.0.2",
+            b"10.77.0.2 fd77:766d:6374::2",
+            b"10.77.0.2 fd77:766d\n",
+            b"10.77.0\n",
+            b"10.77.0.2  fd77::2\n",
+            b"10.77.0.2 fd77::2 x\n",
+            b" 10.77.0.2\n",
+            b"10.77.0.2\n\n",
+            b"10.77.0.2\r\n",
+            b"fd77::2\n",
+            b"10.77.0.2 10.77.0.3\n",
+            b"\xff\xfe\n",
+            &[b'1'; 200],
         ] {
-            assert_eq!(parse_line(line), None, "{line}");
+            assert_eq!(parse_name_record(record), None, "{record:?}");
         }
     }
 
     #[test]
-    fn extra_fields_are_ignored() {
-        let entry = parse_line("blog 10.0.0.2 fd00::2 future stuff").unwrap();
-        assert_eq!(entry.ipv4, Ipv4Addr::new(10, 0, 0, 2));
-    }
-
-    #[test]
-    fn entries_skips_bad_lines() {
-        let text = "# vmctl hosts\nblog 10.0.0.2\ngarbage\n\nweb 10.0.0.3 fd00::3\r\n";
-        let names: Vec<_> = entries(text).map(|e| e.name).collect();
-        assert_eq!(names, ["blog", "web"]);
+    fn addr_records() {
+        assert_eq!(parse_addr_record(b"blog\n"), Some("blog"));
+        for record in [
+            &b""[..],
+            b"blog",
+            b"blo",
+            b"-blog\n",
+            b"blog web\n",
+            b"blog\nweb\n",
+            b"a.b\n",
+            b"\0\n",
+        ] {
+            assert_eq!(parse_addr_record(record), None, "{record:?}");
+        }
     }
 }

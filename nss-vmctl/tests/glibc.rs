@@ -8,12 +8,12 @@
 //!    `libnss_vmctl.so.2`, switches the `hosts` database to `vmctl` with
 //!    `__nss_configure_lookup`, resolves a name and checks glibc loaded the
 //!    module.
-//! 3. Real `getent` through `nsswitch.conf` and `/run/vmctl/hosts`, both
+//! 3. Real `getent` through `nsswitch.conf` and `/run/vmctl/hosts/`, both
 //!    replaced inside a private mount namespace (`unshare --mount`, needs
 //!    root; skipped with a notice otherwise). The host's files are never
 //!    touched. The end-to-end suite repeats this in the systemd dev host.
 //!
-//! Tests 1 and 2 read the real `/run/vmctl/hosts` (if any) but only ask for
+//! Tests 1 and 2 read the real `/run/vmctl/hosts/` (if any) but only ask for
 //! `.vm` names that do not exist.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -222,19 +222,31 @@ fn child_resolves_via_glibc() {
 }
 
 /// Runs `getent ARGS` in a private mount namespace where `/run` is a fresh
-/// tmpfs holding `vmctl/hosts` and `/etc/nsswitch.conf` says
-/// `hosts: files vmctl`. `None` when the namespace cannot be set up.
+/// tmpfs holding the hosts directory `vmctl/hosts/` (good records, damaged
+/// ones and a FIFO) and `/etc/nsswitch.conf` says `hosts: files vmctl`.
+/// `getent` runs under `timeout 120`, so a hang fails the test instead of
+/// stalling it. `None` when the namespace cannot be set up.
 fn getent_in_private_ns(lib_dir: &Path, args: &[&str]) -> Option<(i32, String)> {
     const SCRIPT: &str = r#"
 set -e
 mount -t tmpfs tmpfs /run
-mkdir /run/vmctl
-printf '# test\nblog 10.0.0.2\nweb 10.0.0.3 fd00::3\n' > /run/vmctl/hosts
+h=/run/vmctl/hosts
+mkdir -p $h/name $h/addr
+printf '10.0.0.2\n' > $h/name/blog
+printf 'blog\n' > $h/addr/10.0.0.2
+printf '10.0.0.3 fd00::3\n' > $h/name/web
+printf 'web\n' > $h/addr/10.0.0.3
+printf 'web\n' > $h/addr/fd00::3
+printf '10.0.0' > $h/name/trunc
+head -c 100 /dev/urandom > $h/name/garbage
+printf 'garbage\n' > $h/addr/10.0.0.9
+printf 'we' > $h/addr/10.0.0.8
+mkfifo $h/name/fifo
 printf 'hosts: files vmctl\n' > /run/nsswitch.conf
 mount --bind /run/nsswitch.conf /etc/nsswitch.conf
 echo SETUP-OK
 set +e
-exec getent "$@"
+exec timeout 120 getent "$@"
 "#;
     let output = Command::new("unshare")
         .args([
@@ -255,54 +267,155 @@ exec getent "$@"
     Some((output.status.code().unwrap_or(-1), rest.to_owned()))
 }
 
+/// A directory holding `libnss_vmctl.so.2`, removed on drop.
+struct LibDir(PathBuf);
+
+impl LibDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("nss-vmctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(cdylib_path(), dir.join("libnss_vmctl.so.2")).unwrap();
+        LibDir(dir)
+    }
+}
+
+impl Drop for LibDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn getent_through_nsswitch_in_private_mount_namespace() {
-    let dir = std::env::temp_dir().join(format!("nss-vmctl-getent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(cdylib_path(), dir.join("libnss_vmctl.so.2")).unwrap();
-
+    let dir = LibDir::new("getent");
     let words = |args: &[&str]| {
-        getent_in_private_ns(&dir, args).map(|(rc, out)| {
+        getent_in_private_ns(&dir.0, args).map(|(rc, out)| {
             let words: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
             (rc, words)
         })
     };
     let Some(first) = words(&["hosts", "blog.vm"]) else {
         eprintln!("SKIPPED: cannot create a private mount namespace (needs root and unshare)");
-        let _ = std::fs::remove_dir_all(&dir);
         return;
     };
+    assert_eq!(
+        first,
+        (0, vec!["10.0.0.2".to_owned(), "blog.vm".to_owned()])
+    );
     let cases: &[(&[&str], i32, &[&str])] = &[
+        // Forward, case-insensitive, with a trailing dot.
         (&["hosts", "BLOG.VM."], 0, &["10.0.0.2", "blog.vm"]),
+        // `getent hosts` asks for AAAA first.
         (&["hosts", "web.vm"], 0, &["fd00::3", "web.vm"]),
         (
             &["ahostsv4", "web.vm"],
             0,
             &["10.0.0.3", "STREAM", "web.vm"],
         ),
+        (&["ahostsv6", "Web.Vm"], 0, &["fd00::3", "STREAM", "web.vm"]),
+        // Reverse.
         (&["hosts", "10.0.0.3"], 0, &["10.0.0.3", "web.vm"]),
         (&["hosts", "fd00::3"], 0, &["fd00::3", "web.vm"]),
+        (&["hosts", "10.0.0.2"], 0, &["10.0.0.2", "blog.vm"]),
+        // Unknown and not VM names.
         (&["hosts", "nope.vm"], 2, &[]),
         (&["hosts", "a.b.vm"], 2, &[]),
+        (&["hosts", "10.0.0.7"], 2, &[]),
+        // Damaged records and a FIFO: NOTFOUND/UNAVAIL, no hang.
+        (&["hosts", "trunc.vm"], 2, &[]),
+        (&["hosts", "garbage.vm"], 2, &[]),
+        (&["hosts", "fifo.vm"], 2, &[]),
+        (&["ahosts", "fifo.vm"], 2, &[]),
+        (&["hosts", "10.0.0.9"], 2, &[]),
+        (&["hosts", "10.0.0.8"], 2, &[]),
     ];
-    let results: Vec<_> = cases.iter().map(|(args, _, _)| words(args)).collect();
-    let ahosts = words(&["ahosts", "web.vm"]);
-    let _ = std::fs::remove_dir_all(&dir);
-
-    assert_eq!(
-        first,
-        (0, vec!["10.0.0.2".to_owned(), "blog.vm".to_owned()])
-    );
-    for ((args, rc, expected), got) in cases.iter().zip(results) {
-        let (got_rc, got_words) = got.expect("namespace setup worked once");
+    for (args, rc, expected) in cases {
+        let (got_rc, got_words) = words(args).expect("namespace setup worked once");
         assert_eq!(got_rc, *rc, "getent {args:?}: {got_words:?}");
         assert!(
             got_words.starts_with(&expected.iter().map(|w| w.to_string()).collect::<Vec<_>>()),
             "getent {args:?}: {got_words:?}"
         );
     }
-    let (rc, both) = ahosts.expect("namespace setup worked once");
+    let (rc, both) = words(&["ahosts", "web.vm"]).unwrap();
     assert_eq!(rc, 0);
     assert!(both.contains(&"10.0.0.3".to_owned()) && both.contains(&"fd00::3".to_owned()));
+    // nss-files still answers localhost in front of the module.
+    let (rc, local) = words(&["ahosts", "localhost"]).unwrap();
+    assert_eq!(rc, 0, "{local:?}");
+    assert!(local.contains(&"localhost".to_owned()), "{local:?}");
+}
+
+/// A small deterministic generator (xorshift64*), enough to make varied
+/// names without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> usize {
+        (self.next() % n) as usize
+    }
+}
+
+/// 10,000 random query names, most ending in `.vm` in some case, made of
+/// label characters, dots, hyphens and arbitrary non-NUL bytes, up to 300
+/// bytes long.
+fn random_names(seed: u64) -> Vec<String> {
+    const CHARS: &[u8] = b"abcxyzBLOGWEB0189-._/%*\\ \t\x7f\x01";
+    let mut rng = Rng(seed);
+    (0..10_000)
+        .map(|_| {
+            let len = match rng.below(4) {
+                0 => rng.below(4),
+                1 => rng.below(64),
+                _ => rng.below(300),
+            };
+            let mut name: String = (0..len)
+                .map(|_| match rng.below(10) {
+                    0 => char::from_u32(1 + rng.below(0x2ff) as u32).unwrap_or('?'),
+                    _ => CHARS[rng.below(CHARS.len() as u64)] as char,
+                })
+                .collect();
+            match rng.below(5) {
+                0 => {}
+                1 => name.push_str(".VM."),
+                2 => name.push_str(".Vm"),
+                _ => name.push_str(".vm"),
+            }
+            if name.is_empty() {
+                name.push('x');
+            }
+            name
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_random_names_through_getent() {
+    let dir = LibDir::new("getent-random");
+    // `--`: some names start with `-`.
+    let mut args = vec!["--".to_owned(), "ahosts".to_owned()];
+    args.extend(random_names(0x9e37_79b9_7f4a_7c15));
+    // A real VM last: the module must still answer after all of them.
+    args.push("web.vm".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some((rc, out)) = getent_in_private_ns(&dir.0, &args) else {
+        eprintln!("SKIPPED: cannot create a private mount namespace (needs root and unshare)");
+        return;
+    };
+    // 2: some keys were not found; a crash would be a signal (-1 or 128+n)
+    // and a hang `timeout`'s 124.
+    assert_eq!(rc, 2, "getent exit status; output:\n{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("fd00::3 ") && l.ends_with("web.vm")),
+        "web.vm not resolved after the random names:\n{out}"
+    );
 }
