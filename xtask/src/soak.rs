@@ -1,15 +1,16 @@
 //! `cargo xtask soak`: runs every cargo-fuzz target in `guest/fuzz/` (what
-//! the guest agent and the host decode from untrusted peers) for a bounded
-//! time each, and fails on the first crash, naming the input libFuzzer
-//! saved.
+//! the guest agent and the host decode from untrusted peers) and
+//! `nss-vmctl/fuzz/` (the NSS module's name matching and record parsing) for
+//! a bounded time each, and fails on the first crash, naming the input
+//! libFuzzer saved.
 //!
 //! cargo-fuzz is installed with `cargo install` and cached like the other
 //! tools ([`crate::tools`]). It needs a nightly compiler for its sanitizer
 //! flags: a rustup `nightly` toolchain when one is installed, else the
 //! stable one with `RUSTC_BOOTSTRAP=1`, which unlocks the same flags.
 //! Inputs found interesting are kept in `target/fuzz/corpus/<target>/` for
-//! the next run, crashing inputs in `guest/fuzz/artifacts/<target>/`;
-//! `guest/fuzz/seeds/<target>/` holds hand-made starting points.
+//! the next run, crashing inputs in `<fuzz dir>/artifacts/<target>/`;
+//! `<fuzz dir>/seeds/<target>/` holds hand-made starting points.
 
 use crate::cmd;
 use crate::paths::{target_dir, workspace_root};
@@ -20,8 +21,14 @@ use std::process::Command;
 /// The cargo-fuzz release used.
 pub const CARGO_FUZZ: (&str, &str) = ("cargo-fuzz", "0.13.2");
 
-/// The fuzz targets in `guest/fuzz/fuzz_targets/`.
-pub const TARGETS: &[&str] = &["frame_decoder", "control", "hello"];
+/// The fuzz targets: (cargo-fuzz directory in the workspace, target name).
+pub const TARGETS: &[(&str, &str)] = &[
+    ("guest/fuzz", "frame_decoder"),
+    ("guest/fuzz", "control"),
+    ("guest/fuzz", "hello"),
+    ("nss-vmctl/fuzz", "nss_name"),
+    ("nss-vmctl/fuzz", "nss_records"),
+];
 
 /// Seconds each target runs by default.
 pub const DEFAULT_SECONDS: u64 = 60;
@@ -54,15 +61,18 @@ pub fn detect_toolchain() -> Toolchain {
 /// nightly toolchain if there is one and `stable` is false, else with
 /// stable and `RUSTC_BOOTSTRAP=1`.
 pub fn run(targets: &[String], seconds: u64, stable: bool) -> Result<()> {
-    let targets: Vec<&str> = if targets.is_empty() {
+    let targets: Vec<(&str, &str)> = if targets.is_empty() {
         TARGETS.to_vec()
     } else {
+        let mut chosen = Vec::new();
         for t in targets {
-            if !TARGETS.contains(&t.as_str()) {
-                bail!("unknown fuzz target {t:?}; the targets are {TARGETS:?}");
-            }
+            let Some(found) = TARGETS.iter().find(|(_, name)| name == t) else {
+                let names: Vec<&str> = TARGETS.iter().map(|(_, name)| *name).collect();
+                bail!("unknown fuzz target {t:?}; the targets are {names:?}");
+            };
+            chosen.push(*found);
         }
-        targets.iter().map(String::as_str).collect()
+        chosen
     };
     let cargo_fuzz = tools::ensure(CARGO_FUZZ)?;
     let toolchain = if stable {
@@ -78,9 +88,9 @@ pub fn run(targets: &[String], seconds: u64, stable: bool) -> Result<()> {
         }
     );
     let root = workspace_root();
-    let fuzz_dir = root.join("guest/fuzz");
     let out = target_dir().join("fuzz");
-    for target in targets {
+    for (dir, target) in targets {
+        let fuzz_dir = root.join(dir);
         let corpus = out.join("corpus").join(target);
         let artifacts = fuzz_dir.join("artifacts").join(target);
         std::fs::create_dir_all(&corpus)
