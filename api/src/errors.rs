@@ -22,6 +22,10 @@ pub const NO_SUCH_IMAGE: &str = "io.vmctl.Manager.NoSuchImage";
 pub const INVALID_SIZE: &str = "io.vmctl.Manager.InvalidSize";
 /// `io.vmctl.Manager.UnitFailed (unit, result)`.
 pub const UNIT_FAILED: &str = "io.vmctl.Manager.UnitFailed";
+/// `io.vmctl.Manager.InvalidArgument (what, reason)`.
+pub const INVALID_ARGUMENT: &str = "io.vmctl.Manager.InvalidArgument";
+/// `io.vmctl.Manager.NoFreeAddress (subnet, setting)`.
+pub const NO_FREE_ADDRESS: &str = "io.vmctl.Manager.NoFreeAddress";
 /// `io.vmctl.Manager.InternalError (message)`.
 pub const INTERNAL_ERROR: &str = "io.vmctl.Manager.InternalError";
 
@@ -95,6 +99,13 @@ impl fmt::Display for ErrorReply {
                 p("limit"),
                 p("requested")
             )?,
+            INVALID_ARGUMENT => write!(f, "invalid {}: {}", p("what"), p("reason"))?,
+            NO_FREE_ADDRESS => write!(
+                f,
+                "no free address left in {} (a larger subnet is set with {})",
+                p("subnet"),
+                p("setting")
+            )?,
             INTERNAL_ERROR => write!(f, "internal error in vmctld: {}", p("message"))?,
             INTERFACE_NOT_FOUND => write!(f, "the daemon has no interface {}", p("interface"))?,
             METHOD_NOT_FOUND => write!(f, "the daemon has no method {}", p("method"))?,
@@ -136,6 +147,8 @@ mod tests {
             NO_SUCH_IMAGE,
             INVALID_SIZE,
             UNIT_FAILED,
+            INVALID_ARGUMENT,
+            NO_FREE_ADDRESS,
             INTERNAL_ERROR,
         ] {
             let short = name.strip_prefix("io.vmctl.Manager.").unwrap();

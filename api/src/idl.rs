@@ -46,6 +46,8 @@ mod tests {
                 "UnitFailed",
                 "PermissionDenied",
                 "QuotaExceeded",
+                "InvalidArgument",
+                "NoFreeAddress",
                 "InternalError"
             ]
         );

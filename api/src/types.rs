@@ -21,6 +21,12 @@ pub struct Vm {
     /// IPv4 address on the host bridge, if allocated.
     #[serde(default)]
     pub ipv4: Option<String>,
+    /// IPv6 address on the host bridge, if allocated.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// MAC address of the VM's NIC, if it has one.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// Everything vmctld knows about one VM (the IDL type `VMDetails`).
@@ -51,6 +57,18 @@ pub struct VmDetails {
     /// IPv4 address on the host bridge, if allocated.
     #[serde(default)]
     pub ipv4: Option<String>,
+    /// IPv6 address on the host bridge, if allocated.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// MAC address of the VM's NIC, if it has one.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The guest account the SSH keys open.
+    #[serde(default)]
+    pub ssh_user: Option<String>,
+    /// The OpenSSH public keys allowed to log in.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// The parameters of `Create`; omitted values get the daemon's defaults.
@@ -73,6 +91,13 @@ pub struct CreateParams {
     /// `auto`, `cloud-hypervisor` or `qemu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<crate::spec::VmmChoice>,
+    /// `none` for a VM without NIC; `default` (or absent) for one on the
+    /// host bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// OpenSSH public keys for the guest account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_authorized_keys: Option<Vec<String>>,
 }
 
 /// The reply parameters of `Create` and `Describe`.
@@ -118,6 +143,8 @@ mod tests {
             vcpus: 2,
             memory_bytes: 2 << 30,
             ipv4: None,
+            ipv6: None,
+            mac: None,
         };
         let json = serde_json::to_value(&vm).unwrap();
         for field in [
@@ -127,6 +154,8 @@ mod tests {
             "vcpus",
             "memory_bytes",
             "ipv4",
+            "ipv6",
+            "mac",
         ] {
             assert!(json.get(field).is_some(), "missing {field}");
         }

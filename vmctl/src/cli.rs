@@ -70,6 +70,14 @@ pub enum Command {
         /// KVM works, else QEMU [default: auto].
         #[arg(long, value_name = "VMM", value_parser = vmm)]
         vmm: Option<VmmChoice>,
+        /// An OpenSSH public key file for the guest account (named like
+        /// you); repeat for more. Without it, your ~/.ssh/*.pub are sent.
+        #[arg(long = "ssh-key", value_name = "FILE")]
+        ssh_keys: Vec<std::path::PathBuf>,
+        /// `default`: a NIC on the host bridge with its own IPv4 and IPv6
+        /// addresses, reachable as NAME.vm; `none`: no NIC at all.
+        #[arg(long, value_name = "MODE", value_parser = ["default", "none"])]
+        network: Option<String>,
         /// Print the new VM as JSON.
         #[arg(long)]
         json: bool,

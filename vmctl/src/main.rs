@@ -5,6 +5,7 @@ mod client;
 mod console;
 mod docs;
 mod exec;
+mod keys;
 mod output;
 
 use std::process::ExitCode;
@@ -73,8 +74,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             memory,
             disk,
             vmm,
+            ssh_keys,
+            network,
             json,
         } => {
+            let keys = if ssh_keys.is_empty() {
+                keys::default_keys()
+            } else {
+                keys::read_key_files(&ssh_keys)?
+            };
             let params = CreateParams {
                 name,
                 image,
@@ -82,6 +90,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 memory_bytes: memory,
                 disk_bytes: disk,
                 vmm,
+                network,
+                ssh_authorized_keys: Some(keys),
             };
             let mut client = Client::connect(&cli.address).await?;
             let reply: DetailsReply = client

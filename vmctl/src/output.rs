@@ -3,12 +3,15 @@
 use vmctl_api::{Vm, VmDetails};
 
 /// The column headers of `vmctl list`.
-pub const LIST_HEADER: [&str; 6] = ["NAME", "STATE", "OWNER", "VCPUS", "MEMORY", "IPV4"];
+pub const LIST_HEADER: [&str; 8] = [
+    "NAME", "STATE", "OWNER", "VCPUS", "MEMORY", "IPV4", "IPV6", "MAC",
+];
 
 /// Renders VMs as an aligned table with a header line; an empty list is
 /// just the header.
 pub fn vm_table(vms: &[Vm]) -> String {
-    let rows: Vec<[String; 6]> = vms
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let rows: Vec<[String; 8]> = vms
         .iter()
         .map(|vm| {
             [
@@ -17,7 +20,9 @@ pub fn vm_table(vms: &[Vm]) -> String {
                 vm.owner_uid.to_string(),
                 vm.vcpus.to_string(),
                 human_bytes(vm.memory_bytes),
-                vm.ipv4.clone().unwrap_or_else(|| "-".to_string()),
+                dash(&vm.ipv4),
+                dash(&vm.ipv6),
+                dash(&vm.mac),
             ]
         })
         .collect();
@@ -53,7 +58,7 @@ pub fn vm_json(vms: &[Vm]) -> String {
 pub fn created(vm: &VmDetails) -> String {
     format!(
         "Created VM {} ({}): {} vCPU{}, {} memory, {} disk from image {}.\n\
-         Start it with: vmctl start {} (or systemctl start vm@{})\n",
+         Start it with: vmctl start {} (or systemctl start vm@{}){}\n",
         vm.name,
         vm.unit,
         vm.vcpus,
@@ -62,7 +67,13 @@ pub fn created(vm: &VmDetails) -> String {
         human_bytes(vm.disk_bytes),
         vm.image,
         vm.name,
-        vm.name
+        vm.name,
+        match (&vm.ipv4, &vm.ssh_user) {
+            (Some(_), Some(user)) if !vm.ssh_authorized_keys.is_empty() => {
+                format!(", then: ssh {user}@{}.vm", vm.name)
+            }
+            _ => String::new(),
+        }
     )
 }
 
@@ -81,9 +92,16 @@ pub fn details(vm: &VmDetails) -> String {
         ("ID", vm.id.clone()),
         ("CID", vm.cid.to_string()),
         ("IPv4", vm.ipv4.clone().unwrap_or_else(|| "-".into())),
+        ("IPv6", vm.ipv6.clone().unwrap_or_else(|| "-".into())),
+        ("MAC", vm.mac.clone().unwrap_or_else(|| "-".into())),
+        (
+            "SSH user",
+            vm.ssh_user.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("SSH keys", vm.ssh_authorized_keys.len().to_string()),
     ];
     rows.iter()
-        .map(|(k, v)| format!("{:>7}: {v}\n", k))
+        .map(|(k, v)| format!("{:>8}: {v}\n", k))
         .collect()
 }
 
@@ -104,12 +122,17 @@ mod tests {
             vcpus: 2,
             memory_bytes: 2 << 30,
             ipv4: ipv4.map(String::from),
+            ipv6: ipv4.map(|_| "fd77:766d:6374::2".to_string()),
+            mac: ipv4.map(|_| "02:76:6d:00:00:03".to_string()),
         }
     }
 
     #[test]
     fn empty_table_is_header_only() {
-        assert_eq!(vm_table(&[]), "NAME  STATE  OWNER  VCPUS  MEMORY  IPV4\n");
+        assert_eq!(
+            vm_table(&[]),
+            "NAME  STATE  OWNER  VCPUS  MEMORY  IPV4  IPV6  MAC\n"
+        );
         assert_eq!(vm_json(&[]), "[]");
     }
 
@@ -118,9 +141,9 @@ mod tests {
         let t = vm_table(&[vm("blog", Some("10.77.0.2")), vm("a-longer-name", None)]);
         assert_eq!(
             t,
-            "NAME           STATE    OWNER  VCPUS  MEMORY  IPV4\n\
-             blog           running  1000   2      2G      10.77.0.2\n\
-             a-longer-name  running  1000   2      2G      -\n"
+            "NAME           STATE    OWNER  VCPUS  MEMORY  IPV4       IPV6               MAC\n\
+             blog           running  1000   2      2G      10.77.0.2  fd77:766d:6374::2  02:76:6d:00:00:03\n\
+             a-longer-name  running  1000   2      2G      -          -                  -\n"
         );
     }
 
@@ -138,15 +161,25 @@ mod tests {
             id: "ab".repeat(16),
             cid: 3,
             unit: "vm@blog.service".into(),
-            ipv4: None,
+            ipv4: Some("10.77.0.2".into()),
+            ipv6: Some("fd77:766d:6374::2".into()),
+            mac: Some("02:76:6d:00:00:03".into()),
+            ssh_user: Some("root".into()),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA a".into()],
         };
         let text = details(&vm);
         assert!(
-            text.starts_with("   Name: blog\n  State: stopped\n"),
+            text.starts_with("    Name: blog\n   State: stopped\n"),
             "{text}"
         );
-        assert!(text.contains(" Memory: 1G\n"), "{text}");
+        assert!(text.contains("  Memory: 1G\n"), "{text}");
+        assert!(
+            text.contains("    IPv6: fd77:766d:6374::2\n     MAC: 02:76:6d:00:00:03\n"),
+            "{text}"
+        );
+        assert!(text.contains("SSH user: root\nSSH keys: 1\n"), "{text}");
         assert!(created(&vm).contains("2 vCPUs, 1G memory, 4G disk"));
+        assert!(created(&vm).contains("then: ssh root@blog.vm"));
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub state_directory: Option<PathBuf>,
 
+    /// Publish runtime files (NSS names, SSH known hosts) in DIR
+    /// [default: /run/vmctl].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_directory: Option<PathBuf>,
+
+    /// Read the configuration from FILE (section [Network]: IPv4Subnet=,
+    /// IPv6Subnet=) [default: /etc/vmctl/vmctl.conf].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Close a varlink connection that completes no message for SECS
     /// seconds (tests shorten it; see `varlink_server::IDLE_TIMEOUT`).
     #[arg(long, value_name = "SECS", hide = true, default_value_t = crate::varlink_server::IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]

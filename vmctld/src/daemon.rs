@@ -24,6 +24,10 @@ pub struct Options {
     pub bus: Option<BusChoice>,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// The runtime directory (`/run/vmctl`).
+    pub runtime_dir: PathBuf,
+    /// The configuration file (`/etc/vmctl/vmctl.conf`).
+    pub config_path: PathBuf,
     /// Caps, timeouts and the size limit of the varlink server.
     pub varlink_limits: crate::varlink_server::Limits,
 }
@@ -62,7 +66,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         },
     };
 
-    let mut manager = Manager::new(Registry::new(&options.state_dir));
+    let mut manager = Manager::new(Registry::new(&options.state_dir))
+        .with_runtime_dir(&options.runtime_dir)
+        .with_config(&options.config_path);
+    // A bad configuration is reported now, not only at the first create.
+    if let Err(e) = crate::addresses::NetworkConfig::load(&options.config_path) {
+        tracing::error!("{e}");
+    }
+    if let Err(e) = manager.publish_all() {
+        tracing::warn!("cannot publish VM names and host keys: {e}");
+    }
     if let Some(systemd) = systemd_client(bus.as_ref()).await {
         manager = manager.with_systemd(systemd);
     }

@@ -1,9 +1,9 @@
 //! The D-Bus front end: `org.vmctl.Manager1` at `/org/vmctl/Manager1`,
 //! a thin typed translation onto the [`Manager`].
 //!
-//! `List` returns `a(ssuuts)`: name, state, owner UID, vCPUs, memory in
-//! bytes and IPv4 address (empty when none; D-Bus has no null), which
-//! `busctl call` prints as one readable line per VM.
+//! `List` returns `a(ssuutsss)`: name, state, owner UID, vCPUs, memory in
+//! bytes, IPv4 address, IPv6 address and MAC (each empty when none; D-Bus
+//! has no null), which `busctl call` prints as one readable line per VM.
 //!
 //! `Create(s name, a{sv} options) -> a{sv}` takes the optional settings by
 //! name, as systemd's `StartTransientUnit` does, so busctl users write only
@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Options: `image` (s), `vcpus` (u), `memory_bytes` (t), `disk_bytes`
-//! (t), `vmm` (s); any integer type is accepted for the numbers.
+//! (t), `vmm` (s), `network` (s: `none` or `default`),
+//! `ssh_authorized_keys` (as); any integer type is accepted for the
+//! numbers.
 //! `Describe(s) -> a{sv}` and Create's reply have the fields of the varlink
 //! `VMDetails`. `Start`, `Stop`, `Restart` and `Remove` take the name and
 //! return when systemd's job is done: a TCG boot may take minutes, so call
@@ -64,6 +66,10 @@ pub enum DbusError {
     UnitFailed(String),
     /// An argument of the call is malformed (unknown option, wrong type).
     InvalidArgs(String),
+    /// See [`ManagerError::InvalidArgument`].
+    InvalidArgument(String),
+    /// See [`ManagerError::NoFreeAddress`].
+    NoFreeAddress(String),
     /// See [`ManagerError::Internal`].
     InternalError(String),
 }
@@ -80,12 +86,14 @@ impl From<ManagerError> for DbusError {
             ManagerError::NoSuchImage { .. } => Self::NoSuchImage(text),
             ManagerError::InvalidSize { .. } => Self::InvalidSize(text),
             ManagerError::UnitFailed { .. } => Self::UnitFailed(text),
+            ManagerError::InvalidArgument { .. } => Self::InvalidArgument(text),
+            ManagerError::NoFreeAddress { .. } => Self::NoFreeAddress(text),
             ManagerError::Internal { .. } => Self::InternalError(text),
         }
     }
 }
 
-/// A VM as a D-Bus struct `(ssuuts)`.
+/// A VM as a D-Bus struct `(ssuutsss)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct DbusVm {
     /// VM name.
@@ -100,6 +108,10 @@ pub struct DbusVm {
     pub memory_bytes: u64,
     /// IPv4 address, empty when none is allocated.
     pub ipv4: String,
+    /// IPv6 address, empty when none is allocated.
+    pub ipv6: String,
+    /// MAC address, empty when the VM has no NIC.
+    pub mac: String,
 }
 
 impl From<Vm> for DbusVm {
@@ -111,6 +123,8 @@ impl From<Vm> for DbusVm {
             vcpus: vm.vcpus,
             memory_bytes: vm.memory_bytes,
             ipv4: vm.ipv4.unwrap_or_default(),
+            ipv6: vm.ipv6.unwrap_or_default(),
+            mac: vm.mac.unwrap_or_default(),
         }
     }
 }
@@ -254,9 +268,14 @@ pub fn create_params(
             "disk_bytes" => {
                 params.disk_bytes = Some(integer(value).ok_or_else(|| bad("an integer"))?)
             }
+            "network" => params.network = Some(string(value).ok_or_else(|| bad("a string (s)"))?),
+            "ssh_authorized_keys" => {
+                params.ssh_authorized_keys =
+                    Some(strings(value).ok_or_else(|| bad("an array of strings (as)"))?)
+            }
             other => {
                 return Err(DbusError::InvalidArgs(format!(
-                "unknown option {other:?}: expected image, vcpus, memory_bytes, disk_bytes or vmm"
+                "unknown option {other:?}: expected image, vcpus, memory_bytes, disk_bytes, vmm, network or ssh_authorized_keys"
             )))
             }
         }
@@ -267,6 +286,13 @@ pub fn create_params(
 fn string(value: &Value<'_>) -> Option<String> {
     match value {
         Value::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(value: &Value<'_>) -> Option<Vec<String>> {
+    match value {
+        Value::Array(array) => array.iter().map(string).collect(),
         _ => None,
     }
 }
@@ -305,6 +331,10 @@ pub fn details_dict(vm: VmDetails) -> HashMap<String, OwnedValue> {
     put("cid", Value::U32(vm.cid));
     put("unit", Value::from(vm.unit));
     put("ipv4", Value::from(vm.ipv4.unwrap_or_default()));
+    put("ipv6", Value::from(vm.ipv6.unwrap_or_default()));
+    put("mac", Value::from(vm.mac.unwrap_or_default()));
+    put("ssh_user", Value::from(vm.ssh_user.unwrap_or_default()));
+    put("ssh_authorized_keys", Value::from(vm.ssh_authorized_keys));
     dict
 }
 
@@ -399,12 +429,27 @@ mod tests {
             Err(DbusError::InvalidArgs(_))
         ));
         let mut options = HashMap::new();
+        let keys = vec!["ssh-ed25519 AAAA a".to_string()];
+        options.insert(
+            "ssh_authorized_keys".to_string(),
+            OwnedValue::try_from(Value::from(keys.clone())).unwrap(),
+        );
+        options.insert(
+            "network".to_string(),
+            OwnedValue::try_from(Value::from("none")).unwrap(),
+        );
+        let p = create_params("blog".into(), &options).unwrap();
+        assert_eq!(p.ssh_authorized_keys, Some(keys));
+        assert_eq!(p.network.as_deref(), Some("none"));
+        options.insert("network".to_string(), OwnedValue::from(1u32));
+        assert!(create_params("blog".into(), &options).is_err());
+        let mut options = HashMap::new();
         options.insert("vcpus".to_string(), OwnedValue::from(-1i32));
         assert!(create_params("blog".into(), &options).is_err());
     }
 
     #[test]
     fn vm_struct_signature() {
-        assert_eq!(DbusVm::SIGNATURE.to_string(), "(ssuuts)");
+        assert_eq!(DbusVm::SIGNATURE.to_string(), "(ssuutsss)");
     }
 }

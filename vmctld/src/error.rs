@@ -69,6 +69,22 @@ pub enum ManagerError {
         /// The job result (`failed`, `timeout`, ...).
         result: String,
     },
+    /// An argument is malformed (a bad SSH key, an unknown network mode).
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// The argument, e.g. `ssh_authorized_keys`.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Every address of a subnet is taken.
+    #[error("no free address left in {subnet} (a larger subnet is set with {setting})")]
+    NoFreeAddress {
+        /// The full subnet, e.g. `10.77.0.0/16`.
+        subnet: String,
+        /// The setting that chooses it, naming the file.
+        setting: String,
+    },
     /// vmctld failed internally (I/O, corrupt state, ...).
     #[error("internal error: {message}")]
     Internal {
@@ -89,6 +105,8 @@ impl ManagerError {
             Self::NoSuchImage { .. } => "NoSuchImage",
             Self::InvalidSize { .. } => "InvalidSize",
             Self::UnitFailed { .. } => "UnitFailed",
+            Self::InvalidArgument { .. } => "InvalidArgument",
+            Self::NoFreeAddress { .. } => "NoFreeAddress",
             Self::Internal { .. } => "InternalError",
         }
     }
@@ -104,6 +122,8 @@ impl ManagerError {
             Self::NoSuchImage { .. } => errors::NO_SUCH_IMAGE,
             Self::InvalidSize { .. } => errors::INVALID_SIZE,
             Self::UnitFailed { .. } => errors::UNIT_FAILED,
+            Self::InvalidArgument { .. } => errors::INVALID_ARGUMENT,
+            Self::NoFreeAddress { .. } => errors::NO_FREE_ADDRESS,
             Self::Internal { .. } => errors::INTERNAL_ERROR,
         }
     }
@@ -132,6 +152,10 @@ impl ManagerError {
                 reason,
             } => json!({ "what": what, "value": value, "reason": reason }),
             Self::UnitFailed { unit, result } => json!({ "unit": unit, "result": result }),
+            Self::InvalidArgument { what, reason } => json!({ "what": what, "reason": reason }),
+            Self::NoFreeAddress { subnet, setting } => {
+                json!({ "subnet": subnet, "setting": setting })
+            }
             Self::Internal { message } => json!({ "message": message }),
         }
     }
@@ -186,6 +210,14 @@ pub(crate) fn one_of_each() -> Vec<ManagerError> {
             unit: "vm@a.service".into(),
             result: "failed".into(),
         },
+        ManagerError::InvalidArgument {
+            what: "network".into(),
+            reason: "r".into(),
+        },
+        ManagerError::NoFreeAddress {
+            subnet: "10.77.0.0/16".into(),
+            setting: "IPv4Subnet=".into(),
+        },
         ManagerError::internal("boom"),
     ]
 }
@@ -208,6 +240,8 @@ mod tests {
                 "io.vmctl.Manager.NoSuchImage",
                 "io.vmctl.Manager.InvalidSize",
                 "io.vmctl.Manager.UnitFailed",
+                "io.vmctl.Manager.InvalidArgument",
+                "io.vmctl.Manager.NoFreeAddress",
                 "io.vmctl.Manager.InternalError",
             ]
         );
@@ -227,6 +261,8 @@ mod tests {
                 "org.vmctl.Manager1.Error.NoSuchImage",
                 "org.vmctl.Manager1.Error.InvalidSize",
                 "org.vmctl.Manager1.Error.UnitFailed",
+                "org.vmctl.Manager1.Error.InvalidArgument",
+                "org.vmctl.Manager1.Error.NoFreeAddress",
                 "org.vmctl.Manager1.Error.InternalError",
             ]
         );

@@ -7,7 +7,9 @@
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod activation;
+pub mod addresses;
 pub mod admission;
 pub mod caller;
 pub mod cid;
@@ -16,6 +18,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod disk;
 pub mod error;
+pub mod hostkeys;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

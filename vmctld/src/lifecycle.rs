@@ -9,13 +9,17 @@ use std::{
 };
 
 use vmctl_api::{
+    guest_credentials::is_plain_user_name,
     spec::{unit_name, VmSpec},
-    validate_vm_name, CreateParams, VmDetails,
+    ssh_keys, validate_vm_name, CreateParams, VmDetails,
 };
 
 use crate::{
+    accounts,
+    addresses::{self, NetworkConfig},
     cid,
     disk::{self, CopyMethod},
+    hostkeys,
     limits::{self, UnitLimits},
     units::Systemd,
     Caller, Manager, ManagerError,
@@ -139,13 +143,51 @@ impl Manager {
             .disk_bytes
             .unwrap_or_else(|| limits::DEFAULT_DISK.max(image_size));
         limits::check_disk(disk_bytes, image_size)?;
+        let ssh_authorized_keys =
+            ssh_keys::validate_public_keys(&params.ssh_authorized_keys.unwrap_or_default())
+                .map_err(|reason| ManagerError::InvalidArgument {
+                    what: "ssh_authorized_keys".into(),
+                    reason,
+                })?;
+        let networked = match params.network.as_deref() {
+            None | Some("default") => true,
+            Some("none") => false,
+            Some(other) => {
+                return Err(ManagerError::InvalidArgument {
+                    what: "network".into(),
+                    reason: format!("unknown network {other:?}: expected \"default\" or \"none\""),
+                })
+            }
+        };
+        let guest_user = accounts::user_name(caller.uid)
+            .filter(|user| is_plain_user_name(user))
+            .ok_or_else(|| {
+                ManagerError::internal(format!(
+                    "uid {} has no user name usable as the guest account",
+                    caller.uid
+                ))
+            })?;
 
-        // One create or remove at a time: names and CIDs stay unique.
+        // One create or remove at a time: names, CIDs and addresses stay
+        // unique.
         let _guard = self.lock().await;
         if self.registry().get(&name)?.is_some() {
             return Err(ManagerError::VmExists { name });
         }
-        let cid = cid::smallest_free(self.registry().list()?.iter().map(|s| s.cid));
+        let existing = self.registry().list()?;
+        let cid = cid::smallest_free(existing.iter().map(|s| s.cid));
+        let network = if networked {
+            let config = NetworkConfig::load(self.config_path())
+                .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?;
+            Some(addresses::allocate(
+                &config,
+                self.config_path(),
+                existing.iter().filter_map(|s| s.network.as_ref()),
+                cid,
+            )?)
+        } else {
+            None
+        };
         let spec = VmSpec {
             name: name.clone(),
             id: random_id()?,
@@ -156,9 +198,9 @@ impl Manager {
             image,
             vmm: params.vmm.unwrap_or_default(),
             cid,
-            network: None,
-            ssh_authorized_keys: Vec::new(),
-            guest_user: None,
+            network,
+            ssh_authorized_keys,
+            guest_user: Some(guest_user),
         };
 
         let mut rollback = Rollback::default();
@@ -181,6 +223,22 @@ impl Manager {
                 CopyMethod::Sparse => "sparse copy",
             }
         );
+        let key_dir = self.layout().key_dir(&name);
+        if key_dir.exists() {
+            return Err(ManagerError::internal(format!(
+                "{} exists although no VM of that name does; remove it first",
+                key_dir.display()
+            )));
+        }
+        let layout = self.layout().clone();
+        let result = tokio::task::spawn_blocking({
+            let name = name.clone();
+            move || hostkeys::generate(&layout, &name)
+        })
+        .await
+        .map_err(ManagerError::internal)?;
+        rollback.add(key_dir);
+        result.map_err(|e| ManagerError::internal(format!("{name}: SSH host key: {e}")))?;
         rollback.add(self.registry().write(&spec)?);
 
         if let Some(systemd) = self.systemd() {
@@ -199,6 +257,11 @@ impl Manager {
             tracing::warn!("{name}: no systemd connection, unit limits not set");
         }
         rollback.commit();
+        // Names and known hosts are derived state: a failure is logged and
+        // repaired by the next start of vmctld (publish_all).
+        if let Err(e) = self.publish_vm(&spec, &existing) {
+            tracing::warn!("{name}: {e}");
+        }
         tracing::info!("created VM {name} (cid {cid}) for uid {}", caller.uid);
         Ok(self.details(spec).await)
     }
@@ -259,8 +322,18 @@ impl Manager {
         } else {
             _guard = self.lock().await;
         }
+        if let Err(e) = nss_vmctl::hostdb::withdraw(&self.layout().hosts_dir(), name) {
+            tracing::warn!("{name}: cannot withdraw its host name: {e}");
+        }
         remove_path(&self.layout().disk_dir(name))?;
         remove_path(&self.registry().spec_file(name))?;
+        remove_path(&self.layout().key_dir(name))?;
+        if let Err(e) = hostkeys::write_known_hosts(self.layout(), &self.registry().list()?) {
+            tracing::warn!(
+                "cannot rewrite {}: {e}",
+                self.layout().known_hosts().display()
+            );
+        }
         tracing::info!("removed VM {name}");
         Ok(())
     }
@@ -285,8 +358,59 @@ impl Manager {
             vmm: spec.vmm.as_str().to_string(),
             id: spec.id,
             cid: spec.cid,
-            ipv4: None,
+            ipv4: spec.network.as_ref().map(|n| n.ipv4.to_string()),
+            ipv6: spec.network.as_ref().map(|n| n.ipv6.to_string()),
+            mac: spec.network.as_ref().map(|n| n.mac.clone()),
+            ssh_user: spec.guest_user,
+            ssh_authorized_keys: spec.ssh_authorized_keys,
         }
+    }
+
+    /// Publishes a new VM: its name for NSS and its host key in the known
+    /// hosts (with the `others` already there).
+    fn publish_vm(&self, spec: &VmSpec, others: &[VmSpec]) -> Result<(), String> {
+        if let Some(net) = &spec.network {
+            nss_vmctl::hostdb::publish(
+                &self.layout().hosts_dir(),
+                &spec.name,
+                net.ipv4,
+                Some(net.ipv6),
+            )
+            .map_err(|e| format!("cannot publish its host name: {e}"))?;
+        }
+        let mut all = others.to_vec();
+        all.push(spec.clone());
+        hostkeys::write_known_hosts(self.layout(), &all).map_err(|e| {
+            format!(
+                "cannot write {}: {e}",
+                self.layout().known_hosts().display()
+            )
+        })
+    }
+
+    /// Makes the NSS hosts directory and the known hosts match the stored
+    /// VMs (at start: whatever happened while vmctld was down).
+    pub fn publish_all(&self) -> Result<(), String> {
+        let specs = self.registry().list().map_err(|e| e.to_string())?;
+        let entries: Vec<_> = specs
+            .iter()
+            .filter_map(|s| {
+                s.network.as_ref().map(|n| nss_vmctl::hostdb::HostEntry {
+                    name: s.name.clone(),
+                    ipv4: n.ipv4,
+                    ipv6: Some(n.ipv6),
+                })
+            })
+            .collect();
+        let hosts = self.layout().hosts_dir();
+        nss_vmctl::hostdb::replace_all(&hosts, &entries)
+            .map_err(|e| format!("cannot write {}: {e}", hosts.display()))?;
+        hostkeys::write_known_hosts(self.layout(), &specs).map_err(|e| {
+            format!(
+                "cannot write {}: {e}",
+                self.layout().known_hosts().display()
+            )
+        })
     }
 }
 
@@ -342,7 +466,9 @@ mod tests {
     /// A manager on a temp state dir with a sparse 64 MiB image `default`.
     fn setup() -> (tempfile::TempDir, Manager) {
         let dir = tempfile::tempdir().unwrap();
-        let m = Manager::new(Registry::new(dir.path()));
+        let m = Manager::new(Registry::new(dir.path()))
+            .with_runtime_dir(dir.path().join("run"))
+            .with_config(dir.path().join("vmctl.conf"));
         let image = m.layout().image_dir("default");
         fs::create_dir_all(&image).unwrap();
         let root = fs::File::create(image.join("root.raw")).unwrap();
@@ -363,7 +489,7 @@ mod tests {
     /// Everything under the state dir except the images.
     fn files(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
-        for sub in ["vms", "disks"] {
+        for sub in ["vms", "disks", "keys"] {
             if let Ok(entries) = fs::read_dir(dir.join(sub)) {
                 for e in entries {
                     out.push(e.unwrap().path().display().to_string());
@@ -436,12 +562,148 @@ mod tests {
                 },
                 "InvalidSize",
             ),
+            (
+                CreateParams {
+                    ssh_authorized_keys: Some(vec![format!("{KEY}\nssh-ed25519 AAAAinjected")]),
+                    ..params("x")
+                },
+                "InvalidArgument",
+            ),
+            (
+                CreateParams {
+                    ssh_authorized_keys: Some(vec!["-----BEGIN OPENSSH PRIVATE KEY-----".into()]),
+                    ..params("x")
+                },
+                "InvalidArgument",
+            ),
+            (
+                CreateParams {
+                    network: Some("bridged".into()),
+                    ..params("x")
+                },
+                "InvalidArgument",
+            ),
         ];
         for (p, error) in cases {
             let e = m.create(&Caller::ROOT, p).await.unwrap_err();
             assert_eq!(e.short_name(), error, "{e}");
         }
         assert_eq!(files(dir.path()), Vec::<String>::new());
+    }
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ1Fo4s6ZcVAqGOD3iKhvVv8Ns3N5XMK0c9uVY2Rl8e me@host";
+
+    #[tokio::test]
+    async fn addresses_mac_keys_and_names_are_allocated_published_and_freed() {
+        let (dir, m) = setup();
+        let a = m
+            .create(
+                &Caller::ROOT,
+                CreateParams {
+                    ssh_authorized_keys: Some(vec![format!(" {KEY}\n")]),
+                    ..params("a")
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.ipv4.as_deref(), Some("10.77.0.2"));
+        assert_eq!(a.ipv6.as_deref(), Some("fd77:766d:6374::2"));
+        assert_eq!(a.mac.as_deref(), Some("02:76:6d:00:00:03"));
+        assert_eq!(a.ssh_user.as_deref(), Some("root"));
+        assert_eq!(a.ssh_authorized_keys, [KEY]);
+        let spec = m.registry().get("a").unwrap().unwrap();
+        assert_eq!(
+            spec.network.as_ref().unwrap().gateway4.to_string(),
+            "10.77.0.1"
+        );
+        let b = m.create(&Caller::ROOT, params("b")).await.unwrap();
+        assert_eq!(b.ipv4.as_deref(), Some("10.77.0.3"));
+        let none = CreateParams {
+            network: Some("none".into()),
+            ..params("c")
+        };
+        let c = m.create(&Caller::ROOT, none).await.unwrap();
+        assert_eq!((c.ipv4, c.ipv6, c.mac), (None, None, None));
+
+        // Published: NSS records and known hosts with the host key.
+        let run = dir.path().join("run");
+        assert_eq!(
+            fs::read_to_string(run.join("hosts/name/a")).unwrap(),
+            "10.77.0.2 fd77:766d:6374::2\n"
+        );
+        assert_eq!(
+            fs::read_to_string(run.join("hosts/addr/10.77.0.3")).unwrap(),
+            "b\n"
+        );
+        let known = fs::read_to_string(run.join("ssh_known_hosts")).unwrap();
+        let public = hostkeys::public_key(m.layout(), "a").unwrap();
+        let key = public.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        assert!(
+            known.contains(&format!("a.vm,10.77.0.2,fd77:766d:6374::2 {key}\n")),
+            "{known}"
+        );
+        assert!(known.contains("\nc.vm ssh-ed25519 "), "{known}");
+
+        // rm frees everything; the next VM gets a's addresses.
+        m.remove(&Caller::ROOT, "a").await.unwrap();
+        assert!(!run.join("hosts/name/a").exists());
+        assert!(!run.join("hosts/addr/10.77.0.2").exists());
+        assert!(!m.layout().key_dir("a").exists());
+        assert!(!fs::read_to_string(run.join("ssh_known_hosts"))
+            .unwrap()
+            .contains("a.vm"));
+        let d = m.create(&Caller::ROOT, params("d")).await.unwrap();
+        assert_eq!(d.ipv4.as_deref(), Some("10.77.0.2"));
+        assert_eq!(d.ipv6.as_deref(), Some("fd77:766d:6374::2"));
+        assert_eq!(
+            d.mac.as_deref(),
+            Some("02:76:6d:00:00:03"),
+            "from the reused CID"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_subnet_or_a_bad_config_creates_nothing() {
+        let (dir, m) = setup();
+        fs::write(
+            dir.path().join("vmctl.conf"),
+            "[Network]\nIPv4Subnet=10.9.0.0/30\n",
+        )
+        .unwrap();
+        m.create(&Caller::ROOT, params("a")).await.unwrap();
+        let e = m.create(&Caller::ROOT, params("b")).await.unwrap_err();
+        assert_eq!(e.short_name(), "NoFreeAddress", "{e}");
+        assert!(e.to_string().contains("10.9.0.0/30"), "{e}");
+        assert!(e.to_string().contains("IPv4Subnet="), "{e}");
+        fs::write(
+            dir.path().join("vmctl.conf"),
+            "[Network]\nIPv4Subnet=10.9.0.1/30\n",
+        )
+        .unwrap();
+        let e = m.create(&Caller::ROOT, params("b")).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("vmctl.conf:2: IPv4Subnet=10.9.0.1/30"),
+            "{e}"
+        );
+        assert!(m.registry().get("b").unwrap().is_none());
+        assert!(!m.layout().disk_dir("b").exists());
+        assert!(!m.layout().key_dir("b").exists());
+    }
+
+    #[tokio::test]
+    async fn publish_all_rebuilds_names_and_known_hosts() {
+        let (dir, m) = setup();
+        m.create(&Caller::ROOT, params("a")).await.unwrap();
+        let run = dir.path().join("run");
+        fs::remove_dir_all(run.join("hosts")).unwrap();
+        fs::write(run.join("ssh_known_hosts"), "stale\n").unwrap();
+        m.publish_all().unwrap();
+        assert!(run.join("hosts/name/a").exists());
+        assert!(fs::read_to_string(run.join("ssh_known_hosts"))
+            .unwrap()
+            .contains("a.vm,"));
     }
 
     #[tokio::test]

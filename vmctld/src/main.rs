@@ -34,6 +34,12 @@ fn main() -> ExitCode {
         state_dir: cli
             .state_directory
             .unwrap_or_else(Registry::default_state_dir),
+        runtime_dir: cli
+            .runtime_directory
+            .unwrap_or_else(|| vmctl_api::spec::Layout::default().runtime_dir),
+        config_path: cli
+            .config
+            .unwrap_or_else(vmctld::addresses::default_config_path),
         varlink_limits: Limits {
             idle_timeout: Duration::from_secs_f64(cli.varlink_idle_timeout),
             ..Limits::default()

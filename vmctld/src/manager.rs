@@ -5,6 +5,8 @@
 //! (Create, Start, ...) are added as methods returning
 //! `Result<_, ManagerError>`; the front ends then only translate.
 
+use std::path::{Path, PathBuf};
+
 use tokio::sync::{Mutex, MutexGuard};
 use vmctl_api::{
     spec::{Layout, VmSpec},
@@ -23,8 +25,11 @@ pub struct Manager {
     registry: Registry,
     layout: Layout,
     systemd: Option<Systemd>,
+    /// `/etc/vmctl/vmctl.conf`, read at each create (see
+    /// [`crate::addresses`]).
+    config_path: PathBuf,
     /// Serialises the steps of Create and Remove that allocate or free
-    /// names and CIDs.
+    /// names, CIDs and addresses.
     lock: Mutex<()>,
 }
 
@@ -40,8 +45,28 @@ impl Manager {
             registry,
             layout: Layout::under(state_dir, Layout::default().runtime_dir),
             systemd: None,
+            config_path: crate::addresses::default_config_path(),
             lock: Mutex::new(()),
         }
+    }
+
+    /// Publishes runtime files (names for NSS, known hosts) under `dir`
+    /// instead of `/run/vmctl`.
+    pub fn with_runtime_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.layout.runtime_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Reads the configuration from `path` instead of
+    /// `/etc/vmctl/vmctl.conf`.
+    pub fn with_config(mut self, path: impl AsRef<Path>) -> Self {
+        self.config_path = path.as_ref().to_path_buf();
+        self
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// Reads VM states from systemd through `systemd`.
@@ -98,16 +123,18 @@ impl Manager {
     }
 }
 
-/// What the API shows of a stored VM in `state`. The allocated address is
-/// not tracked yet: reported as none.
+/// What the API shows of a stored VM in `state`.
 fn public_view(spec: VmSpec, state: String) -> Vm {
+    let net = spec.network.as_ref();
     Vm {
+        ipv4: net.map(|n| n.ipv4.to_string()),
+        ipv6: net.map(|n| n.ipv6.to_string()),
+        mac: net.map(|n| n.mac.clone()),
         name: spec.name,
         state,
         owner_uid: spec.owner_uid,
         vcpus: spec.vcpus,
         memory_bytes: spec.memory_bytes,
-        ipv4: None,
     }
 }
 
@@ -137,6 +164,8 @@ mod tests {
                 vcpus: 2,
                 memory_bytes: 1 << 30,
                 ipv4: None,
+                ipv6: None,
+                mac: None,
             }]
         );
     }

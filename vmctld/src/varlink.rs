@@ -264,13 +264,15 @@ fn name_parameter(call: &RawCall) -> Result<String, ErrorReply> {
 
 /// `Create`'s parameters, each checked so that a bad one is named.
 fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 8] = [
         "name",
         "image",
         "vcpus",
         "memory_bytes",
         "disk_bytes",
         "vmm",
+        "network",
+        "ssh_authorized_keys",
     ];
     check_parameters(call, &NAMES)?;
     let map = match &call.parameters {
@@ -302,6 +304,8 @@ fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
         memory_bytes: field(&map, "memory_bytes")?,
         disk_bytes: field(&map, "disk_bytes")?,
         vmm,
+        network: field(&map, "network")?,
+        ssh_authorized_keys: field(&map, "ssh_authorized_keys")?,
     })
 }
 

@@ -80,7 +80,10 @@ async fn manager_on_dbus() {
         vms.join("blog.json"),
         json!({"name":"blog","id":"0123456789abcdef0123456789abcdef","owner_uid":uid,"vcpus":2,
                "memory_bytes":1073741824u64,"disk_bytes":10737418240u64,"image":"default",
-               "vmm":"qemu","cid":3})
+               "vmm":"qemu","cid":3,
+               "network":{"ipv4":"10.77.0.2","ipv4_prefix":16,"ipv6":"fd77:766d:6374::2",
+                          "ipv6_prefix":64,"mac":"02:76:6d:00:00:03","gateway4":"10.77.0.1",
+                          "gateway6":"fd77:766d:6374::1"}})
         .to_string(),
     )
     .unwrap();
@@ -112,28 +115,40 @@ async fn manager_on_dbus() {
     .unwrap();
     let version: String = proxy.call("GetVersion", &()).await.unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
-    let list: Vec<(String, String, u32, u32, u64, String)> = proxy.call("List", &()).await.unwrap();
+    type Row = (String, String, u32, u32, u64, String, String, String);
+    let list: Vec<Row> = proxy.call("List", &()).await.unwrap();
+    let s = |v: &str| v.to_string();
     assert_eq!(
         list,
         [
             (
-                "blog".to_string(),
-                "running".to_string(),
+                s("blog"),
+                s("running"),
                 uid,
                 2,
                 1 << 30,
-                String::new()
+                s("10.77.0.2"),
+                s("fd77:766d:6374::2"),
+                s("02:76:6d:00:00:03"),
             ),
             (
-                "web".to_string(),
-                "stopped".to_string(),
+                s("web"),
+                s("stopped"),
                 uid,
                 1,
                 1 << 29,
-                String::new()
+                String::new(),
+                String::new(),
+                String::new(),
             )
         ]
     );
+    let details: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        proxy.call("Describe", &("blog",)).await.unwrap();
+    let text = |key: &str| String::try_from(details[key].try_clone().unwrap()).unwrap();
+    assert_eq!(text("ipv4"), "10.77.0.2");
+    assert_eq!(text("ipv6"), "fd77:766d:6374::2");
+    assert_eq!(text("mac"), "02:76:6d:00:00:03");
 
     // busctl, as users will call it.
     // Run it off this thread: the fake systemd is served by this runtime.
@@ -157,8 +172,9 @@ async fn manager_on_dbus() {
             assert_eq!(
                 text.trim(),
                 format!(
-                    "a(ssuuts) 2 \"blog\" \"running\" {uid} 2 1073741824 \"\" \
-                     \"web\" \"stopped\" {uid} 1 536870912 \"\""
+                    "a(ssuutsss) 2 \"blog\" \"running\" {uid} 2 1073741824 \"10.77.0.2\" \
+                     \"fd77:766d:6374::2\" \"02:76:6d:00:00:03\" \
+                     \"web\" \"stopped\" {uid} 1 536870912 \"\" \"\" \"\""
                 )
             );
         }

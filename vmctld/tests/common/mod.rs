@@ -50,6 +50,11 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-directory")
             .arg(dir.path().join("state"))
+            // Never the machine's /run/vmctl or /etc/vmctl.
+            .arg("--runtime-directory")
+            .arg(dir.path().join("run"))
+            .arg("--config")
+            .arg(dir.path().join("vmctl.conf"))
             .args(extra)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
