@@ -177,6 +177,17 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
             entries.push(Entry::data(source.clone(), p(target_dir).join(name)).relocated());
         }
     }
+    // OpenSSH reads drop-ins only from /etc: `Host *.vm` trusts the known
+    // hosts vmctld publishes.
+    let sysconf = if prefix == Path::new("/usr") {
+        PathBuf::from("/etc")
+    } else {
+        prefix.join("etc")
+    };
+    entries.push(Entry::data(
+        root.join("units/ssh_config.d/50-vmctl.conf"),
+        sysconf.join("ssh/ssh_config.d/50-vmctl.conf"),
+    ));
     let docs = generate_docs(profile)?;
     for page in files_with_suffix(&docs.join("man"), "")? {
         let name = page.file_name().expect("listed files have names");
