@@ -56,6 +56,9 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-directory")
             .arg(dir.path().join("state"))
+            // Never the machine's /run/vmctl.
+            .arg("--runtime-directory")
+            .arg(dir.path().join("run"))
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("NOTIFY_SOCKET")
@@ -106,7 +109,7 @@ fn list_prints_header() {
     let d = Daemon::start();
     assert_eq!(
         stdout(&d.vmctl(&["list"])),
-        "NAME  STATE  OWNER  VCPUS  MEMORY  IPV4\n"
+        "NAME  STATE  OWNER  VCPUS  MEMORY  IPV4  IPV6  MAC\n"
     );
 }
 
@@ -127,7 +130,19 @@ fn list_shows_vms() {
     let table = stdout(&d.vmctl(&["list"]));
     let line = table.lines().nth(1).expect("a VM row");
     let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cells, ["blog", "unknown", &uid.to_string(), "2", "2G", "-"]);
+    assert_eq!(
+        cells,
+        [
+            "blog",
+            "unknown",
+            &uid.to_string(),
+            "2",
+            "2G",
+            "-",
+            "-",
+            "-"
+        ]
+    );
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&d.vmctl(&["list", "--json"]))).unwrap();
     assert_eq!(json[0]["name"], "blog");
@@ -240,4 +255,38 @@ fn cp_max_size_defaults_to_4g_and_bad_sizes_are_refused() {
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("invalid --max-size size \"lots\""), "{err}");
+}
+
+#[test]
+fn bad_ssh_key_file_is_a_clear_error_and_creates_nothing() {
+    let d = Daemon::start();
+    let missing = d.dir.path().join("missing.pub");
+    let private = d.dir.path().join("id_ed25519");
+    std::fs::write(&private, "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n").unwrap();
+    for (file, expected) in [
+        (&missing, "cannot read the file"),
+        (&private, "line 1: unknown key type"),
+    ] {
+        let out = d.vmctl(&["create", "blog", "--ssh-key", file.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("--ssh-key {}", file.display())),
+            "{err}"
+        );
+        assert!(err.contains(expected), "{err}");
+    }
+    assert_eq!(stdout(&d.vmctl(&["list", "--json"])), "[]\n");
+    assert!(!d.dir.path().join("state/vms").exists());
+}
+
+#[test]
+fn create_help_names_ssh_key_and_network() {
+    let out = Command::new(VMCTL)
+        .args(["create", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--ssh-key <FILE>"), "{text}");
+    assert!(text.contains("--network <MODE>"), "{text}");
 }

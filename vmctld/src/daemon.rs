@@ -40,6 +40,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         options.state_dir.display()
     );
 
+    // Before the socket exists: a client may send SIGTERM as soon as it
+    // can connect, and the start-up work below takes a moment.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let (std_listener, origin) = activation::varlink_listener(&options.varlink_address)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     match &origin {
@@ -95,8 +99,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let status = if serving_dbus {
         "Serving varlink and D-Bus"
     } else {

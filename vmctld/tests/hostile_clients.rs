@@ -265,6 +265,8 @@ fn start_with_nofile(dir: &Path, limit: u64, log: &Path) -> (common::KillOnDrop,
         .arg(&socket)
         .arg("--state-directory")
         .arg(dir.join("state"))
+        .arg("--runtime-directory")
+        .arg(dir.join("run"))
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("NOTIFY_SOCKET")

@@ -50,7 +50,7 @@ async fn lists_registered_vms() {
         .await
         .unwrap();
     let shown = json!({"name":"blog","state":"unknown","owner_uid":0,"vcpus":2,
-                       "memory_bytes":1073741824u64,"ipv4":null});
+                       "memory_bytes":1073741824u64,"ipv4":null,"ipv6":null,"mac":null});
     let expected = if current_uid() == 0 {
         json!([shown])
     } else {
@@ -199,6 +199,8 @@ async fn socket_activation() {
         .arg(dir.path().join("unused.sock"))
         .arg("--state-directory")
         .arg(dir.path().join("state"))
+        .arg("--runtime-directory")
+        .arg(dir.path().join("run"))
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec. It only
     // calls dup2/fcntl/getpid (async-signal-safe) and setenv; setenv may
@@ -323,6 +325,8 @@ fn notifies_ready_only_when_listening() {
         .arg(&socket)
         .arg("--state-directory")
         .arg(dir.path().join("state"))
+        .arg("--runtime-directory")
+        .arg(dir.path().join("run"))
         .env("NOTIFY_SOCKET", &notify_path)
         .env("RUST_LOG", "warn")
         .env_remove("LISTEN_FDS")
