@@ -1,0 +1,145 @@
+//! `ssh NAME.vm` end to end in the dev host: the owner's public key reaches
+//! the guest by credential, the VM's host key made by vmctld is the one the
+//! guest's sshd shows and the one published in /run/vmctl/ssh_known_hosts,
+//! and the installed `ssh_config.d` drop-in makes plain `ssh NAME.vm` (no
+//! `-o` options) work without a prompt, while a changed host key is
+//! refused. Needs the bridge and TAP (networking) and the NSS module.
+
+use std::time::{Duration, Instant};
+use vmctl_e2e::{host, Run};
+
+const VM: &str = "sshvm";
+
+/// `ssh NAME.vm CMD` as a user types it: no options, stdin closed, bounded.
+fn ssh(cmd: &str) -> Run {
+    host(&[
+        "sh",
+        "-c",
+        &format!("timeout 60 ssh {VM}.vm {cmd} < /dev/null"),
+    ])
+}
+
+/// Retries while sshd in the guest is not accepting yet (connection
+/// refused or reset), for at most `within`; any other answer is returned.
+fn ssh_when_up(cmd: &str, within: Duration) -> Run {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = ssh(cmd);
+        let not_yet = run.stderr.contains("Connection refused")
+            || run.stderr.contains("Connection reset")
+            || run.stderr.contains("Connection closed");
+        if !not_yet || Instant::now() > deadline {
+            return run;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
+    host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
+    host(&["test", "-f", "/etc/ssh/ssh_config.d/50-vmctl.conf"]).ok();
+
+    // A key made here, as a user has one: the default identity.
+    host(&[
+        "sh",
+        "-c",
+        "mkdir -p -m 700 /root/.ssh && rm -f /root/.ssh/id_ed25519 /root/.ssh/id_ed25519.pub \
+         && ssh-keygen -q -t ed25519 -N '' -C e2e@devhost -f /root/.ssh/id_ed25519",
+    ])
+    .ok();
+    let public = host(&["cat", "/root/.ssh/id_ed25519.pub"]).ok().stdout;
+
+    // Without --ssh-key the CLI sends ~/.ssh/*.pub.
+    host(&["vmctl", "create", "sshdefault", "--network", "none"]).ok();
+    let described = host(&["vmctl", "describe", "sshdefault", "--json"])
+        .ok()
+        .stdout;
+    host(&["vmctl", "rm", "sshdefault"]).ok();
+    // The JSON string of the key is the key itself (nothing in a public
+    // key line needs escaping).
+    assert!(
+        described.contains(&format!("\"{}\"", public.trim())),
+        "{described}"
+    );
+
+    host(&[
+        "vmctl",
+        "create",
+        VM,
+        "--memory",
+        "1G",
+        "--ssh-key",
+        "/root/.ssh/id_ed25519.pub",
+    ])
+    .ok();
+    let described = host(&["vmctl", "describe", VM]).ok().stdout;
+    let ipv4 = described
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("IPv4: "))
+        .filter(|a| *a != "-")
+        .unwrap_or_else(|| panic!("no IPv4 address: {described}"))
+        .to_owned();
+    let known = host(&["cat", "/run/vmctl/ssh_known_hosts"]).ok().stdout;
+    assert!(
+        known
+            .lines()
+            .any(|l| l.starts_with(&format!("{VM}.vm,{ipv4},")) && l.contains(" ssh-ed25519 ")),
+        "{known}"
+    );
+    assert_eq!(
+        host(&[
+            "stat",
+            "-c",
+            "%a",
+            &format!("/var/lib/vmctl/keys/{VM}/ssh_host_ed25519_key")
+        ])
+        .ok()
+        .stdout
+        .trim(),
+        "600"
+    );
+
+    host(&["systemctl", "start", &format!("vm@{VM}.service")]).ok();
+
+    // Plain ssh: the name resolves, the host key is trusted, the key opens.
+    let run = ssh_when_up("hostname", Duration::from_secs(180));
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.stdout.trim(), VM);
+    assert!(!run.stderr.contains("authenticity"), "prompted: {run:#?}");
+
+    // The guest (or an impostor at its address) shows another host key:
+    // ssh refuses and runs nothing.
+    host(&[
+        "vmctl",
+        "exec",
+        VM,
+        "--",
+        "sh",
+        "-c",
+        "rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && \
+         ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && \
+         systemctl restart ssh.service",
+    ])
+    .ok();
+    let refused = ssh_when_up("echo ran", Duration::from_secs(60));
+    assert_eq!(refused.code, Some(255), "{refused:#?}");
+    assert!(!refused.stdout.contains("ran"), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("Host key verification failed")
+            || refused.stderr.contains("HOST IDENTIFICATION HAS CHANGED"),
+        "{refused:#?}"
+    );
+
+    host(&["vmctl", "rm", VM]).ok();
+    let known = host(&["cat", "/run/vmctl/ssh_known_hosts"]).ok().stdout;
+    assert!(!known.contains(&format!("{VM}.vm")), "{known}");
+    host(&[
+        "rm",
+        "-f",
+        "/root/.ssh/id_ed25519",
+        "/root/.ssh/id_ed25519.pub",
+    ])
+    .ok();
+}
