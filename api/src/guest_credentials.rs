@@ -15,7 +15,9 @@
 //!   key baked into the image, so the key vmctld published is the one sshd
 //!   shows.
 
-use crate::spec::VmSpec;
+use std::{fs, io};
+
+use crate::spec::{Layout, VmSpec};
 
 /// One credential for the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +112,26 @@ pub fn is_plain_user_name(name: &str) -> bool {
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The credentials of `spec` with its host key read from `layout` (as
+/// root: the private key is 0600). A VM without a host key (made before
+/// vmctld made them) gets the others.
+pub fn for_vm(layout: &Layout, spec: &VmSpec) -> io::Result<Vec<GuestCredential>> {
+    let private_path = layout.host_key(&spec.name);
+    let mut public_path = private_path.clone().into_os_string();
+    public_path.push(".pub");
+    let read = |path: &std::path::Path| match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    };
+    let private = read(&private_path)?;
+    let public = read(std::path::Path::new(&public_path))?;
+    Ok(for_spec(spec, &private, &public))
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
@@ -217,6 +239,29 @@ mod tests {
         let hostile = for_spec(&spec(Some("x 0777 root"), &["ssh-ed25519 A a"]), "", "");
         assert_eq!(hostile.len(), 1, "{hostile:?}");
         assert!(!is_plain_user_name("Alice") && is_plain_user_name("_a-1"));
+    }
+
+    #[test]
+    fn for_vm_reads_the_host_key_files() {
+        let dir = std::env::temp_dir().join(format!("vmctl-gc-{}", std::process::id()));
+        let layout = Layout::under(&dir, dir.join("run"));
+        let s = spec(None, &[]);
+        assert_eq!(for_vm(&layout, &s).unwrap().len(), 1, "no key yet");
+        fs::create_dir_all(layout.key_dir("blog")).unwrap();
+        fs::write(layout.host_key("blog"), "PRIV\n").unwrap();
+        fs::write(
+            layout.key_dir("blog").join("ssh_host_ed25519_key.pub"),
+            "ssh-ed25519 P c\n",
+        )
+        .unwrap();
+        let creds = for_vm(&layout, &s).unwrap();
+        let tmpfiles = value(&creds, "tmpfiles.extra");
+        assert!(tmpfiles.contains(&base64(b"PRIV\n")), "{tmpfiles}");
+        assert!(
+            tmpfiles.contains(&base64(b"ssh-ed25519 P c\n")),
+            "{tmpfiles}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -326,8 +326,10 @@ impl Manager {
             tracing::warn!("{name}: cannot withdraw its host name: {e}");
         }
         remove_path(&self.layout().disk_dir(name))?;
-        remove_path(&self.registry().spec_file(name))?;
         remove_path(&self.layout().key_dir(name))?;
+        // The spec last: until it is gone the VM exists and rm can be
+        // repeated after a crash.
+        remove_path(&self.registry().spec_file(name))?;
         if let Err(e) = hostkeys::write_known_hosts(self.layout(), &self.registry().list()?) {
             tracing::warn!(
                 "cannot rewrite {}: {e}",
