@@ -61,7 +61,17 @@ enum Task {
         /// Measured runs of each side.
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// Instead: NSS lookup latency (nss-vmctl, nss-files, libvirt) at
+        /// 50 and 1000 VMs, in mount namespaces on this machine (root).
+        #[arg(long)]
+        nss: bool,
+        /// Lookups per NSS case.
+        #[arg(long, default_value_t = xtask::bench_nss::DEFAULT_LOOKUPS)]
+        lookups: usize,
     },
+    /// Internal: the timed child of `bench --nss`, run inside its namespace.
+    #[command(hide = true)]
+    BenchNssChild { names: PathBuf, lookups: usize },
     /// Run every fuzz target in guest/fuzz/ for a bounded time (cargo-fuzz).
     Soak {
         /// Seconds each target runs.
@@ -192,7 +202,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             stable,
             targets,
         } => xtask::soak::run(&targets, seconds, stable)?,
-        Task::Bench { runs } => {
+        Task::Bench {
+            nss: true, lookups, ..
+        } => xtask::bench_nss::run(lookups)?,
+        Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
+        Task::Bench { runs, .. } => {
             deps::ensure_build_machine()?;
             let host = host::up(UpOptions::default())?;
             let image = xtask::image::ensure_default()?;
