@@ -158,6 +158,7 @@ fn agent_refuses_guest_processes() {
             "/tmp/exec.frame",
             "--read",
         ]);
+        eprintln!("probe through CID {cid}: {probe:?}");
         // The connection itself is made (so the attack reached the agent),
         // then closed at once: no `started`, no output.
         assert!(
@@ -181,6 +182,9 @@ fn agent_refuses_guest_processes() {
             before + 1,
             "the agent did not log refusing the connection made to CID {cid}:\n{journal}"
         );
+        for line in journal.lines().filter(|l| l.contains(REFUSAL)) {
+            eprintln!("agent: {line}");
+        }
         assert!(
             !journal.contains(&format!("{REFUSAL} 2 ")),
             "the host's CID in a refusal:\n{journal}"
@@ -343,6 +347,7 @@ fn another_vms_agent_is_unreachable() {
             "/tmp/exec.frame",
             "--read",
         ]);
+        eprintln!("probe from {a} to {b} (CID {cid_b}): {attempt:?}");
         assert!(
             !attempt.stdout.contains("started"),
             "VM {a} ran a command in VM {b}: {attempt:#?}"
