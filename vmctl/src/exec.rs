@@ -124,12 +124,18 @@ pub async fn copy(address: &Path, from: &str, to: &str, max_size: u64) -> anyhow
                 .with_context(|| format!("cannot copy {} to {vm}:{path}", local.display()))
         }
         (CopyEnd::Guest { vm, path }, CopyEnd::Local(local)) => {
-            connect(address, &vm)
+            let pulled = connect(address, &vm)
                 .await?
                 .pull_to_file(&path, &local, max_size)
-                .await
-                .with_context(|| format!("cannot copy {vm}:{path} to {}", local.display()))?;
-            Ok(())
+                .await;
+            let what = || format!("cannot copy {vm}:{path} to {}", local.display());
+            match pulled {
+                Ok(_) => Ok(()),
+                Err(e @ ClientError::TooLarge { .. }) => {
+                    Err(anyhow::anyhow!("{e}; --max-size raises the limit")).with_context(what)
+                }
+                Err(e) => Err(e).with_context(what),
+            }
         }
         _ => bail!(
             "vmctl cp copies between this host and a VM: one side must be VM:/absolute/path \
