@@ -56,9 +56,20 @@ pub fn vm_json(vms: &[Vm]) -> String {
 
 /// What `vmctl create` says about the new VM.
 pub fn created(vm: &VmDetails) -> String {
+    let network = match (&vm.ipv4, &vm.ipv6) {
+        (Some(v4), Some(v6)) => format!("{}.vm, {v4}, {v6}", vm.name),
+        _ => "none".to_string(),
+    };
+    let ssh = match (&vm.ipv4, &vm.ssh_user) {
+        (Some(_), Some(user)) if !vm.ssh_authorized_keys.is_empty() => {
+            format!(", then: ssh {user}@{}.vm", vm.name)
+        }
+        _ => String::new(),
+    };
     format!(
         "Created VM {} ({}): {} vCPU{}, {} memory, {} disk from image {}.\n\
-         Start it with: vmctl start {} (or systemctl start vm@{}){}\n",
+         Network: {network}\n\
+         Start it with: vmctl start {} (or systemctl start vm@{}){ssh}\n",
         vm.name,
         vm.unit,
         vm.vcpus,
@@ -68,12 +79,6 @@ pub fn created(vm: &VmDetails) -> String {
         vm.image,
         vm.name,
         vm.name,
-        match (&vm.ipv4, &vm.ssh_user) {
-            (Some(_), Some(user)) if !vm.ssh_authorized_keys.is_empty() => {
-                format!(", then: ssh {user}@{}.vm", vm.name)
-            }
-            _ => String::new(),
-        }
     )
 }
 
@@ -180,6 +185,7 @@ mod tests {
         assert!(text.contains("SSH user: root\nSSH keys: 1\n"), "{text}");
         assert!(created(&vm).contains("2 vCPUs, 1G memory, 4G disk"));
         assert!(created(&vm).contains("then: ssh root@blog.vm"));
+        assert!(created(&vm).contains("\nNetwork: blog.vm, 10.77.0.2, fd77:766d:6374::2\n"));
     }
 
     #[test]
