@@ -76,6 +76,13 @@ pub struct Net {
     pub tap: String,
     /// Guest MAC address, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
+    /// QEMU only: a descriptor of the caller's, open on `/dev/net/tun` and
+    /// attached to `tap` (`TUNSETIFF`), that QEMU inherits at the same
+    /// number (`-netdev tap,fd=N`). A non-persistent TAP held this way
+    /// vanishes with its last holder, even after `kill -9`.
+    /// cloud-hypervisor ignores it and opens `tap` by name.
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 /// A virtio-vsock device.
@@ -88,14 +95,51 @@ pub struct Vsock {
     pub socket: PathBuf,
 }
 
-/// One systemd credential, rendered as `io.systemd.credential:NAME=VALUE`.
+/// One systemd credential, rendered as `io.systemd.credential:NAME=VALUE`,
+/// or `io.systemd.credential.binary:NAME=VALUE` when `binary` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     /// Credential name (no `=`, `/`, whitespace or control characters).
     pub name: String,
-    /// Credential value (no newline, no NUL).
+    /// Credential value (no newline, no NUL); base64 when `binary` is set.
     pub value: String,
+    /// The value is base64 (for values that span lines or hold any bytes).
+    #[serde(default)]
+    pub binary: bool,
+}
+
+impl Credential {
+    /// A credential whose value is any bytes, carried as base64.
+    pub fn binary(name: impl Into<String>, value: &[u8]) -> Credential {
+        Credential {
+            name: name.into(),
+            value: base64(value),
+            binary: true,
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// QEMU machine type.
@@ -149,6 +193,12 @@ pub enum ConfigError {
     /// Bad credential value.
     #[error("credential {0:?} has a value with a newline or NUL")]
     InvalidCredentialValue(String),
+    /// A binary credential whose value is not base64.
+    #[error("binary credential {0:?} has a value that is not base64")]
+    InvalidCredentialBase64(String),
+    /// A TAP descriptor that cannot be one the caller passes on.
+    #[error("TAP {0:?}: descriptor {1} is not above 2 (stdin, stdout, stderr)")]
+    InvalidTapFd(String, i32),
 }
 
 impl VmConfig {
@@ -192,6 +242,9 @@ impl VmConfig {
             if !valid_mac(&net.mac) {
                 return Err(ConfigError::InvalidMac(net.mac.clone()));
             }
+            if let Some(fd) = net.fd.filter(|fd| *fd < 3) {
+                return Err(ConfigError::InvalidTapFd(net.tap.clone(), fd));
+            }
         }
         if let Some(vsock) = &self.vsock {
             if vsock.cid < 3 {
@@ -214,6 +267,14 @@ impl VmConfig {
             if cred.value.contains(['\0', '\n']) {
                 return Err(ConfigError::InvalidCredentialValue(cred.name.clone()));
             }
+            if cred.binary
+                && !cred
+                    .value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            {
+                return Err(ConfigError::InvalidCredentialBase64(cred.name.clone()));
+            }
         }
         absolute("runtime_dir", &self.runtime_dir)?;
         Ok(())
@@ -223,7 +284,10 @@ impl VmConfig {
     pub fn oem_strings(&self) -> Vec<String> {
         self.credentials
             .iter()
-            .map(|c| format!("io.systemd.credential:{}={}", c.name, c.value))
+            .map(|c| {
+                let kind = if c.binary { ".binary" } else { "" };
+                format!("io.systemd.credential{kind}:{}={}", c.name, c.value)
+            })
             .collect()
     }
 
@@ -280,6 +344,7 @@ pub(crate) mod tests {
             net: vec![Net {
                 tap: "vmt-blog".into(),
                 mac: "52:54:00:12:34:56".into(),
+                fd: None,
             }],
             vsock: Some(Vsock {
                 cid: 7,
@@ -289,6 +354,7 @@ pub(crate) mod tests {
             credentials: vec![Credential {
                 name: "ssh.authorized_keys.root".into(),
                 value: "ssh-ed25519 AAAA x@y".into(),
+                binary: false,
             }],
             runtime_dir: "/run/vmctl/vm/blog".into(),
             accel: Accel::Auto,
@@ -350,6 +416,25 @@ pub(crate) mod tests {
             Err(ConfigError::InvalidCredentialValue(_))
         ));
         let mut c = sample();
+        c.credentials[0] = Credential::binary("x", b"a\nb");
+        c.validate().unwrap();
+        c.credentials[0].value.push('\n');
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InvalidCredentialValue(_))
+        ));
+        c.credentials[0].value = "a b".into();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InvalidCredentialBase64(_))
+        ));
+        let mut c = sample();
+        c.net[0].fd = Some(2);
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::InvalidTapFd("vmt-blog".into(), 2))
+        );
+        let mut c = sample();
         c.cmdline = "a\nb".into();
         assert_eq!(c.validate(), Err(ConfigError::InvalidCmdline));
     }
@@ -374,5 +459,25 @@ pub(crate) mod tests {
             sample().oem_strings(),
             ["io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA x@y"]
         );
+    }
+
+    #[test]
+    fn binary_credentials_render_base64() {
+        let mut c = sample();
+        c.credentials = vec![
+            Credential::binary("network.network.50-vmctl", b"[Match]\nName=*\n"),
+            Credential::binary("a", b"ab"),
+            Credential::binary("b", b"abc"),
+        ];
+        assert_eq!(
+            c.oem_strings(),
+            [
+                "io.systemd.credential.binary:network.network.50-vmctl=W01hdGNoXQpOYW1lPSoK",
+                "io.systemd.credential.binary:a=YWI=",
+                "io.systemd.credential.binary:b=YWJj",
+            ]
+        );
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), c);
     }
 }

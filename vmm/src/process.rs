@@ -171,6 +171,17 @@ impl StderrTail {
 /// unit's journal) and its tail kept. The child is killed if its handle is
 /// dropped, and by the kernel if this process dies.
 pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<(Child, StderrTail)> {
+    spawn_keeping(program, args, &[])
+}
+
+/// [`spawn`], and the child inherits our descriptors `keep_fds` at the same
+/// numbers (every other descriptor of ours is close-on-exec, as Rust opens
+/// them). The caller keeps them open until the spawn returns.
+pub(crate) fn spawn_keeping(
+    program: &Path,
+    args: &[OsString],
+    keep_fds: &[i32],
+) -> Result<(Child, StderrTail)> {
     let spawn_err = |source: io::Error| Error::Spawn {
         program: program.display().to_string(),
         source,
@@ -195,6 +206,12 @@ pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<(Child, StderrT
     // builds io::Error values from plain integers (no allocation, no locks).
     unsafe {
         cmd.pre_exec(move || die_with_parent(parent));
+    }
+    let keep_fds = keep_fds.to_vec();
+    // SAFETY: as above; fcntl(2) is async-signal-safe and the vector was
+    // allocated before the fork (only read here).
+    unsafe {
+        cmd.pre_exec(move || keep_open_across_exec(&keep_fds));
     }
     // The command (holding our copy of the pipe's write end) is dropped on
     // the spawner thread right after the fork, so the forwarding thread sees
@@ -226,6 +243,22 @@ fn die_with_parent(parent: u32) -> io::Result<()> {
         }
         if getppid() as u32 != parent {
             return Err(io::Error::from_raw_os_error(ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// In the forked child: clear `FD_CLOEXEC` on `fds` so the program inherits them.
+fn keep_open_across_exec(fds: &[i32]) -> io::Result<()> {
+    use std::ffi::c_int;
+    unsafe extern "C" {
+        fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    }
+    const F_SETFD: c_int = 2;
+    for &fd in fds {
+        // SAFETY: F_SETFD with flags 0 only changes the descriptor's flags.
+        if unsafe { fcntl(fd, F_SETFD, 0 as c_int) } != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())
@@ -527,6 +560,28 @@ mod tests {
         );
         assert_eq!(line, b"last");
         assert_eq!(read_line_capped(&mut input, &mut line, 8).unwrap(), None);
+    }
+
+    /// The kept descriptor reaches the child at its number; an ordinary
+    /// one (close-on-exec) does not.
+    #[tokio::test]
+    async fn kept_descriptors_are_inherited_and_only_those() {
+        use std::os::fd::AsRawFd;
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        let probe = |fd: i32| -> Vec<OsString> {
+            vec!["-c".into(), format!("test -e /proc/self/fd/{fd}").into()]
+        };
+        let sh = Path::new("/bin/sh");
+        let fd = kept.as_raw_fd();
+        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[fd]).unwrap();
+        assert!(
+            child.wait().await.unwrap().success(),
+            "kept fd {fd} missing"
+        );
+        let fd = other.as_raw_fd();
+        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[kept.as_raw_fd()]).unwrap();
+        assert!(!child.wait().await.unwrap().success(), "fd {fd} leaked");
     }
 
     #[tokio::test]

@@ -63,6 +63,7 @@ pub fn credential() -> Credential {
     Credential {
         name: "vmm.notify_socket".into(),
         value: format!("vsock-stream:{HOST_CID}:{NOTIFY_PORT}"),
+        binary: false,
     }
 }
 

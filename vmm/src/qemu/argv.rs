@@ -190,7 +190,14 @@ pub fn qemu_args_with_cache(
 
     for (i, net) in cfg.net.iter().enumerate() {
         a.push("-netdev".into());
-        a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", net.tap).into());
+        a.push(
+            match net.fd {
+                // QEMU probes the TAP's flags (IFF_VNET_HDR) through the fd.
+                Some(fd) => format!("tap,id=net{i},fd={fd}"),
+                None => format!("tap,id=net{i},ifname={},script=no,downscript=no", net.tap),
+            }
+            .into(),
+        );
         a.push("-device".into());
         a.push(format!("virtio-net-{bus},netdev=net{i},mac={}", net.mac).into());
     }
@@ -296,6 +303,26 @@ mod tests {
         ];
         assert_eq!(a, expected);
         assert!(!a.contains(&"-cpu".to_owned()));
+    }
+
+    #[test]
+    fn tap_passed_as_inherited_fd() {
+        let mut cfg = sample();
+        cfg.net[0].fd = Some(7);
+        let a = strs(&qemu_args(
+            &cfg,
+            ResolvedAccel::Tcg,
+            &QemuPaths::for_config(&cfg),
+        ));
+        assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fd=7"]);
+        assert!(!a.iter().any(|x| x.contains("ifname=")), "{a:?}");
+        assert_eq!(
+            after(&a, "-device")
+                .into_iter()
+                .filter(|d| d.starts_with("virtio-net"))
+                .collect::<Vec<_>>(),
+            ["virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"]
+        );
     }
 
     #[test]

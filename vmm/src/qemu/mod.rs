@@ -93,7 +93,9 @@ impl QemuVm {
             }
         };
 
-        let (mut child, stderr) = process::spawn(&bins.qemu, &qemu_args(config, accel, &paths))?;
+        let tap_fds: Vec<i32> = config.net.iter().filter_map(|n| n.fd).collect();
+        let (mut child, stderr) =
+            process::spawn_keeping(&bins.qemu, &qemu_args(config, accel, &paths), &tap_fds)?;
         // QEMU creates the QMP socket while parsing its options, before it
         // loads the kernel and disks: it can die after that (bad kernel,
         // unreadable disk). Stop waiting as soon as it does, and say why.
