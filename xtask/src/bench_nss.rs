@@ -8,6 +8,11 @@
 //!   `*.macs` file mapping each domain to its MAC and a `*.status` file of
 //!   dnsmasq leases for those MACs (the JSON both files hold in libvirt).
 //!
+//! A last row measures glibc's own floor: `localhost` (IPv4 and IPv6) from
+//! a two-line `/etc/hosts`. With two addresses `getaddrinfo` sorts them by
+//! RFC 6724, which costs a `socket` + `connect` per address: that, not the
+//! module, is most of every dual-stack figure.
+//!
 //! Each case runs in a child process (this xtask again, `bench-nss-child`)
 //! inside a private mount namespace (`unshare --mount`, needs root) whose
 //! `/etc/nsswitch.conf`, `/etc/hosts`, `/run` and `/var/lib` are the
@@ -61,6 +66,7 @@ enum Backend {
     Files,
     Vmctl,
     Libvirt,
+    Floor,
 }
 
 impl Backend {
@@ -69,12 +75,13 @@ impl Backend {
             Backend::Files => "nss-files (/etc/hosts)",
             Backend::Vmctl => "nss-vmctl",
             Backend::Libvirt => "libnss_libvirt_guest",
+            Backend::Floor => "floor: localhost, files",
         }
     }
 
     fn nsswitch(self) -> &'static str {
         match self {
-            Backend::Files => "hosts: files\n",
+            Backend::Files | Backend::Floor => "hosts: files\n",
             Backend::Vmctl => "hosts: files vmctl\n",
             Backend::Libvirt => "hosts: files libvirt_guest\n",
         }
@@ -148,6 +155,10 @@ pub fn run(lookups: usize) -> Result<()> {
             rows.push((count, backend, figures));
         }
     }
+    let stage = stage_root.join("floor");
+    stage_case(&stage, Backend::Floor, &[], &module)?;
+    eprintln!("xtask: == glibc floor (localhost), {lookups} lookups ==");
+    rows.push((0, Backend::Floor, run_case(&exe, &stage, lookups)?));
     let _ = std::fs::remove_dir_all(&stage_root);
     print!("{}", table(&rows, lookups));
     Ok(())
@@ -185,6 +196,9 @@ fn stage_case(stage: &Path, backend: Backend, vms: &[Vm], module: &Path) -> Resu
     for vm in vms {
         writeln!(names, "{}.vm {}", vm.name, vm.ipv4)?;
     }
+    if backend == Backend::Floor {
+        names.push_str("localhost 127.0.0.1\n");
+    }
     write(&stage.join("names"), &names)?;
     match backend {
         Backend::Files => {
@@ -213,6 +227,7 @@ fn stage_case(stage: &Path, backend: Backend, vms: &[Vm], module: &Path) -> Resu
             write(&dnsmasq.join("vmbench.macs"), &macs)?;
             write(&dnsmasq.join("vmbench.status"), &status)?;
         }
+        Backend::Floor => {}
     }
     write(&etc.join("hosts"), &hosts)
 }
@@ -348,9 +363,14 @@ fn table(rows: &[(usize, Backend, Figures)], lookups: usize) -> String {
                 format!("{:.2}", figures.p50.as_secs_f64() / o.p50.as_secs_f64())
             })
         };
+        let vms = if count == 0 {
+            "-".to_owned()
+        } else {
+            count.to_string()
+        };
         let _ = writeln!(
             out,
-            "{count:>5}  {:<24} {:>9} {:>9} {:>11} {:>11}",
+            "{vms:>5}  {:<24} {:>9} {:>9} {:>11} {:>11}",
             backend.label(),
             micros(figures.p50),
             micros(figures.p99),
