@@ -1,14 +1,20 @@
 //! Step 6: register the VM with systemd-machined (`machinectl list`).
 
 /// Registers VM `name` with machine ID `id`, led by the VMM process `leader`,
-/// on the system bus.
+/// with its network interfaces `ifindices` (`RegisterMachineWithNetwork`,
+/// so `machinectl status` shows them), on the system bus.
 ///
 /// machined drops the registration itself when the unit stops.
-pub async fn register(name: &str, id: [u8; 16], leader: u32) -> Result<(), String> {
+pub async fn register(
+    name: &str,
+    id: [u8; 16],
+    leader: u32,
+    ifindices: &[i32],
+) -> Result<(), String> {
     let conn = zbus::Connection::system()
         .await
         .map_err(|e| format!("no system bus: {e}"))?;
-    register_on(&conn, name, id, leader).await
+    register_on(&conn, name, id, leader, ifindices).await
 }
 
 /// [`register`] on a given bus connection.
@@ -17,17 +23,26 @@ async fn register_on(
     name: &str,
     id: [u8; 16],
     leader: u32,
+    ifindices: &[i32],
 ) -> Result<(), String> {
     conn.call_method(
         Some("org.freedesktop.machine1"),
         "/org/freedesktop/machine1",
         Some("org.freedesktop.machine1.Manager"),
-        "RegisterMachine",
-        // name, id, service, class, leader, root_directory: "sayssus".
-        &(name, id.to_vec(), "vmctl", "vm", leader, ""),
+        "RegisterMachineWithNetwork",
+        // name, id, service, class, leader, root_directory, ifindices: "sayssusai".
+        &(
+            name,
+            id.to_vec(),
+            "vmctl",
+            "vm",
+            leader,
+            "",
+            ifindices.to_vec(),
+        ),
     )
     .await
-    .map_err(|e| format!("RegisterMachine failed: {e}"))?;
+    .map_err(|e| format!("RegisterMachineWithNetwork failed: {e}"))?;
     Ok(())
 }
 
@@ -38,14 +53,15 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
-    type Call = (String, Vec<u8>, String, String, u32, String);
+    type Call = (String, Vec<u8>, String, String, u32, String, Vec<i32>);
 
-    /// Stands in for machined's `Manager.RegisterMachine`.
+    /// Stands in for machined's `Manager.RegisterMachineWithNetwork`.
     struct FakeMachined(Arc<Mutex<Vec<Call>>>);
 
     #[zbus::interface(name = "org.freedesktop.machine1.Manager")]
     impl FakeMachined {
-        async fn register_machine(
+        #[allow(clippy::too_many_arguments)]
+        async fn register_machine_with_network(
             &self,
             name: String,
             id: Vec<u8>,
@@ -53,11 +69,17 @@ mod tests {
             class: String,
             leader: u32,
             root_directory: String,
+            ifindices: Vec<i32>,
         ) -> zbus::zvariant::OwnedObjectPath {
-            self.0
-                .lock()
-                .unwrap()
-                .push((name, id, service, class, leader, root_directory));
+            self.0.lock().unwrap().push((
+                name,
+                id,
+                service,
+                class,
+                leader,
+                root_directory,
+                ifindices,
+            ));
             zbus::zvariant::OwnedObjectPath::try_from("/org/freedesktop/machine1/machine/t1")
                 .unwrap()
         }
@@ -102,7 +124,7 @@ mod tests {
             .await
             .unwrap();
         let id = crate::inputs::machine_id_bytes("0123456789abcdef0123456789abcdef").unwrap();
-        register_on(&launcher, "t1", id, 4242).await.unwrap();
+        register_on(&launcher, "t1", id, 4242, &[17]).await.unwrap();
         let _ = daemon.kill();
         let _ = daemon.wait();
         let calls = calls.lock().unwrap();
@@ -114,7 +136,8 @@ mod tests {
                 "vmctl".to_string(),
                 "vm".to_string(),
                 4242,
-                String::new()
+                String::new(),
+                vec![17]
             )]
         );
     }

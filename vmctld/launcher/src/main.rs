@@ -57,9 +57,11 @@ mod hello;
 mod inputs;
 mod lifecycle;
 mod machined;
+mod network;
 mod notify;
 mod plan;
 mod ratelimit;
+mod tap;
 mod vmm;
 
 use std::io::IsTerminal;
@@ -155,7 +157,16 @@ async fn run(args: &Args) -> Outcome {
         Err(e) => return Outcome::Error(e),
     };
     let driver = plan::select_driver(inputs.spec.vmm);
-    let config = plan::vm_config(&inputs, &layout);
+    let mut config = plan::vm_config(&inputs, &layout);
+    // Held until the launcher exits: the VM's TAP (with QEMU's copy).
+    let network = match network::setup(&inputs.spec, driver, &mut config) {
+        Ok(n) => n,
+        Err(e) => return Outcome::Error(e),
+    };
+    match vmctl_api::guest_credentials::for_vm(&layout, &inputs.spec) {
+        Ok(creds) => config.credentials.extend(plan::guest_credentials(&creds)),
+        Err(e) => return Outcome::Error(format!("cannot read the VM's SSH host key: {e}")),
+    }
     if let Err(e) = std::fs::create_dir_all(&config.runtime_dir) {
         return Outcome::Error(format!(
             "cannot create {}: {e}",
@@ -264,9 +275,10 @@ async fn run(args: &Args) -> Outcome {
     });
 
     if let (Some(leader), Some(id)) = (running.pid(), inputs::machine_id_bytes(&inputs.spec.id)) {
+        let ifindices: Vec<i32> = network.iter().map(|n| n.ifindex() as i32).collect();
         match tokio::time::timeout(
             Duration::from_secs(5),
-            machined::register(&args.name, id, leader),
+            machined::register(&args.name, id, leader, &ifindices),
         )
         .await
         {

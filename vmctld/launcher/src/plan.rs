@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use vmctl_api::guest_credentials::GuestCredential;
 use vmctl_api::spec::{Layout, VmmChoice};
-use vmctl_vmm::{Accel, Disk, Driver, VmConfig, Vsock};
+use vmctl_vmm::{Accel, Credential, Disk, Driver, VmConfig, Vsock};
 
 use crate::inputs::Inputs;
 
@@ -40,6 +41,12 @@ pub fn host_port_socket(vsock: &std::path::Path, port: u32) -> PathBuf {
     let mut s = vsock.as_os_str().to_owned();
     s.push(format!("_{port}"));
     s.into()
+}
+
+/// vmctld's guest credentials (SSH keys, host key, hostname) in the form
+/// the VMM passes them: their values span lines, so base64 (`.binary:`).
+pub fn guest_credentials(creds: &[GuestCredential]) -> impl Iterator<Item = Credential> + '_ {
+    creds.iter().map(|c| Credential::binary(&c.name, &c.value))
 }
 
 /// The VMM configuration for `inputs` under `layout`.
@@ -106,6 +113,20 @@ mod tests {
         assert!(c.contains(" systemd.machine_id=0123456789abcdef0123456789abcdef "));
         assert!(c.contains(" panic=-1"));
         assert!(c.contains(" systemd.hostname=blog "));
+    }
+
+    #[test]
+    fn guest_credentials_render_like_vmctld_says() {
+        let mut spec = inputs().spec;
+        spec.ssh_authorized_keys = vec!["ssh-ed25519 AAAAC3Nza k@h".into()];
+        let creds = vmctl_api::guest_credentials::for_spec(&spec, "PRIVATE\n", "ssh-ed25519 P");
+        let mut c = vm_config(&inputs(), &Layout::under("/s", "/r"));
+        c.credentials.extend(guest_credentials(&creds));
+        c.validate().unwrap();
+        let rendered = c.oem_strings();
+        let expected: Vec<String> = creds.iter().map(|g| g.oem_string()).collect();
+        assert_eq!(rendered[1..], expected[..]);
+        assert!(rendered[1..].iter().all(|s| !s.contains('\n')));
     }
 
     #[test]
