@@ -102,6 +102,9 @@ pub fn ensure() -> Result<Kernel> {
         Command::new("make")
             .current_dir(&src)
             .arg(format!("-j{jobs}"))
+            // Only warnings and errors: thousands of "CC" lines would bury
+            // the rest of a CI log.
+            .arg("-s")
             .arg("bzImage")
             // Reproducible: the same inputs give the same kernel anywhere.
             .env(

@@ -56,9 +56,9 @@ enum Task {
         #[arg(long)]
         keep_host: bool,
     },
-    /// Benchmark VM start, exec and the launcher against raw QEMU.
+    /// Benchmark VM boot: Debian kernel + initrd against vmctl's kernel.
     Bench {
-        /// Measured runs of each side.
+        /// Rounds (each boots both paths, fresh then again).
         #[arg(long, default_value_t = 2)]
         runs: usize,
         /// Instead: NSS lookup latency (nss-vmctl, nss-files, libvirt) at
