@@ -65,6 +65,8 @@ pub const HOST_PACKAGES: &[&str] = &[
     "qemu-utils",
     "openssh-client",
     "curl",
+    // `ping -c1 VM` in the network tests.
+    "iputils-ping",
 ];
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
@@ -133,6 +135,10 @@ pub fn up(opts: UpOptions) -> Result<DevHost> {
     };
     host.wait_until_booted()?;
     host.install_packages(&debs)?;
+    // VMs with a network need networkd's bridge vmbr0 (from the files the
+    // packages just installed): enable networkd and make it read them.
+    host.check(&["systemctl", "enable", "systemd-networkd.service"])?;
+    host.check(&["systemctl", "reload-or-restart", "systemd-networkd.service"])?;
     Ok(host)
 }
 

@@ -159,7 +159,7 @@ async fn run(args: &Args) -> Outcome {
     let driver = plan::select_driver(inputs.spec.vmm);
     let mut config = plan::vm_config(&inputs, &layout);
     // Held until the launcher exits: the VM's TAP (with QEMU's copy).
-    let network = match network::setup(&inputs.spec, driver, &mut config) {
+    let network = match network::setup(&inputs.spec, driver, &mut config).await {
         Ok(n) => n,
         Err(e) => return Outcome::Error(e),
     };

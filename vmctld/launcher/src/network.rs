@@ -3,6 +3,7 @@
 //! credential that gives the guest its addresses without DHCP.
 
 use std::io;
+use std::time::Duration;
 
 use vmctl_api::spec::{VmNetwork, VmSpec};
 use vmctl_vmm::{Credential, Driver, Net, VmConfig};
@@ -89,7 +90,7 @@ impl Drop for Attached {
 /// cloud-hypervisor, which opens the TAP by name, it is persistent and
 /// deleted when the returned value is dropped (a `kill -9` of the launcher
 /// leaves it behind until the next start of the VM replaces it).
-pub fn setup(
+pub async fn setup(
     spec: &VmSpec,
     driver: Driver,
     config: &mut VmConfig,
@@ -97,7 +98,7 @@ pub fn setup(
     let Some(net) = &spec.network else {
         return Ok(None);
     };
-    let bridge = tap::ifindex(BRIDGE).map_err(|_| {
+    let bridge = bridge_index().await.map_err(|_| {
         format!(
             "the VM bridge {BRIDGE} does not exist: systemd-networkd makes it from \
              /usr/lib/systemd/network/vmctl-vmbr0.netdev; is systemd-networkd running? \
@@ -120,6 +121,23 @@ pub fn setup(
         .credentials
         .push(Credential::binary(CREDENTIAL, network_file(net).as_bytes()));
     Ok(Some(attached))
+}
+
+/// How long a start waits for networkd to make the bridge (at boot, VMs
+/// may start while networkd is still creating it).
+const BRIDGE_WAIT: Duration = Duration::from_secs(3);
+
+/// The bridge's interface index, waiting up to [`BRIDGE_WAIT`] for it.
+async fn bridge_index() -> io::Result<u32> {
+    let deadline = tokio::time::Instant::now() + BRIDGE_WAIT;
+    loop {
+        match tap::ifindex(BRIDGE) {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Creates TAP `name`; a persistent one left by an earlier launcher that
@@ -170,8 +188,8 @@ mod tests {
         assert_ne!(device_group(u32::MAX), 0);
     }
 
-    #[test]
-    fn no_network_no_nic() {
+    #[tokio::test]
+    async fn no_network_no_nic() {
         let mut spec: VmSpec = serde_json::from_str(
             r#"{"name":"a","id":"0123456789abcdef0123456789abcdef","owner_uid":0,
             "vcpus":1,"memory_bytes":134217728,"disk_bytes":1,"image":"default","cid":3}"#,
@@ -182,7 +200,8 @@ mod tests {
             r#"{"name":"a","vcpus":1,"memory_bytes":134217728,"kernel":"/k","runtime_dir":"/r"}"#,
         )
         .unwrap();
-        assert!(setup(&spec, Driver::Qemu, &mut config).unwrap().is_none());
+        let attached = setup(&spec, Driver::Qemu, &mut config).await.unwrap();
+        assert!(attached.is_none());
         assert!(config.net.is_empty() && config.credentials.is_empty());
     }
 }

@@ -1,0 +1,330 @@
+//! VM networking end to end in the dev host (issue 9, host side):
+//!
+//! - systemd-networkd runs and brings up `vmbr0` with both gateway
+//!   addresses from the files the packages ship;
+//! - a VM gets its static addresses from the `network.network.50-vmctl`
+//!   credential (the guest's systemd-network-generator writes the file,
+//!   networkd applies it: `networkctl status` names it, `ip -j addr` shows
+//!   both addresses); the host pings it;
+//! - its TAP `vmt-<CID>` is on `vmbr0`, in the owner's device group, and
+//!   machined knows it (`machinectl status` shows the interface);
+//! - "the outside" is a network namespace inside the dev host behind a veth
+//!   uplink with a small HTTP server (`http-peer`, which answers with the
+//!   source address it saw): the VM reaches it through NAT and the server
+//!   sees the host's uplink address;
+//! - two VMs reach each other (the second VM's sshd, over IPv4 and IPv6);
+//! - after `systemctl stop` the TAP is gone; after `kill -9` of QEMU too.
+//!
+//! All traffic stays inside the dev host's own network namespace and the
+//! namespace this test makes in it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vmctl_e2e::{host, Run};
+use xtask::host::DevHost;
+
+const VM1: &str = "net1";
+const VM2: &str = "net2";
+/// The "outside" namespace and its addresses (TEST-NET-1, inside the dev host).
+const OUTSIDE: &str = "vmctl-outside";
+const UPLINK_HOST: &str = "192.0.2.1";
+const UPLINK_OUTSIDE: &str = "192.0.2.2";
+
+/// Runs `argv` in VM `vm` as root, through the host's `vmctl exec`.
+fn guest(vm: &str, argv: &[&str]) -> Run {
+    let mut full = vec!["vmctl", "exec", vm, "--"];
+    full.extend_from_slice(argv);
+    host(&full)
+}
+
+/// `"key":VALUE` from the VM's stored spec (a string value unquoted).
+fn spec_field(vm: &str, key: &str) -> String {
+    let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{vm}.json")])
+        .ok()
+        .stdout;
+    let after = spec
+        .split(&format!("\"{key}\":"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key} in the spec of {vm}: {spec}"));
+    after
+        .trim_start()
+        .trim_start_matches('"')
+        .split(['"', ',', '}'])
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn tap_of(vm: &str) -> String {
+    format!("vmt-{}", spec_field(vm, "cid"))
+}
+
+fn link_exists(name: &str) -> bool {
+    host(&["ip", "link", "show", "dev", name]).code == Some(0)
+}
+
+/// Polls `f` every 500 ms for at most `within`; returns its last answer.
+fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn create_and_start(vm: &str) {
+    host(&[
+        "sh",
+        "-c",
+        &format!("systemctl stop vm@{vm}; vmctl rm {vm}; true"),
+    ]);
+    host(&["vmctl", "create", vm, "--memory", "1G", "--disk", "4G"]).ok();
+    host(&["systemctl", "start", &format!("vm@{vm}")]).ok();
+}
+
+fn make_outside() {
+    host(&[
+        "sh",
+        "-c",
+        &format!("ip netns del {OUTSIDE} 2>/dev/null; ip link del vmctl-up 2>/dev/null; true"),
+    ]);
+    for cmd in [
+        format!("ip netns add {OUTSIDE}"),
+        format!("ip link add vmctl-up type veth peer name eth0 netns {OUTSIDE}"),
+        format!("ip addr add {UPLINK_HOST}/24 dev vmctl-up"),
+        "ip link set vmctl-up up".to_string(),
+        format!("ip -n {OUTSIDE} addr add {UPLINK_OUTSIDE}/24 dev eth0"),
+        format!("ip -n {OUTSIDE} link set eth0 up"),
+        format!("ip -n {OUTSIDE} link set lo up"),
+    ] {
+        let argv: Vec<&str> = cmd.split(' ').collect();
+        host(&argv).ok();
+    }
+    DevHost::current()
+        .unwrap()
+        .copy_in(
+            Path::new(env!("CARGO_BIN_EXE_http-peer")),
+            "/usr/local/bin/http-peer",
+        )
+        .unwrap();
+    host(&[
+        "systemd-run",
+        "--unit",
+        "vmctl-e2e-outside",
+        "--collect",
+        "ip",
+        "netns",
+        "exec",
+        OUTSIDE,
+        "/usr/local/bin/http-peer",
+        &format!("{UPLINK_OUTSIDE}:8080"),
+    ])
+    .ok();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            host(&["ip", "netns", "exec", OUTSIDE, "ss", "-ltn"])
+                .stdout
+                .contains(&format!("{UPLINK_OUTSIDE}:8080"))
+        }),
+        "the outside HTTP server did not start: {:?}",
+        host(&["journalctl", "-u", "vmctl-e2e-outside", "--no-pager"])
+    );
+}
+
+fn remove_outside() {
+    host(&["systemctl", "stop", "vmctl-e2e-outside"]);
+    host(&["ip", "netns", "del", OUTSIDE]);
+    host(&["ip", "link", "del", "vmctl-up"]);
+}
+
+/// An HTTP GET from inside `vm` with bash's /dev/tcp (the image has no curl).
+fn http_get_from(vm: &str, ip: &str, port: u16) -> Run {
+    guest(
+        vm,
+        &[
+            "timeout",
+            "20",
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+            ),
+        ],
+    )
+}
+
+/// The first bytes a TCP server at `ip`:22 sends, read from inside `vm`.
+fn ssh_banner_from(vm: &str, ip: &str) -> Run {
+    guest(
+        vm,
+        &[
+            "timeout",
+            "20",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip}/22 && head -c 8 <&3"),
+        ],
+    )
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
+    // networkd and the bridge from the shipped files.
+    host(&["test", "-f", "/usr/lib/systemd/network/vmctl-vmbr0.netdev"]).ok();
+    let active = host(&["systemctl", "is-active", "systemd-networkd"]);
+    assert_eq!(active.stdout.trim(), "active", "{active:?}");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let a = host(&["ip", "-j", "addr", "show", "dev", "vmbr0"]).stdout;
+            a.contains("\"10.77.0.1\"") && a.contains("\"fd77:766d:6374::1\"")
+        }),
+        "vmbr0 without its addresses: {:?}",
+        host(&["networkctl", "status", "vmbr0", "--no-pager"])
+    );
+    eprintln!(
+        "{}",
+        host(&["ip", "-br", "addr", "show", "dev", "vmbr0"]).stdout
+    );
+
+    make_outside();
+    let result = std::panic::catch_unwind(|| {
+        create_and_start(VM1);
+        create_and_start(VM2);
+        addresses_and_tap(VM1);
+        addresses_and_tap(VM2);
+        nat_to_the_outside(VM1);
+        vms_reach_each_other();
+        taps_die_with_the_vmm();
+    });
+    for vm in [VM1, VM2] {
+        let _ = host(&["systemctl", "stop", &format!("vm@{vm}")]);
+        let _ = host(&["vmctl", "rm", vm]);
+    }
+    remove_outside();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn addresses_and_tap(vm: &str) {
+    let ipv4 = spec_field(vm, "ipv4");
+    let ipv6 = spec_field(vm, "ipv6");
+    let mac = spec_field(vm, "mac");
+    eprintln!("{vm}: {ipv4} {ipv6} {mac}");
+
+    // The credential became a .network file that networkd applied.
+    let status = guest(vm, &["networkctl", "status", "--no-pager", "-n0"]).ok();
+    eprintln!("{vm} networkctl status:\n{}", status.stdout);
+    let files = guest(vm, &["ls", "/run/systemd/network/"]).ok();
+    assert!(
+        files.stdout.contains("50-vmctl.network"),
+        "systemd-network-generator did not write the credential's file: {files:?}"
+    );
+    // Static addresses apply at once, IPv6 after DAD: allow a few seconds.
+    let mut addr = Run {
+        code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    let has_both = wait_for(Duration::from_secs(20), || {
+        addr = guest(vm, &["ip", "-j", "addr"]);
+        addr.stdout
+            .contains(&format!("\"local\":\"{ipv4}\",\"prefixlen\":16"))
+            && addr
+                .stdout
+                .contains(&format!("\"local\":\"{ipv6}\",\"prefixlen\":64"))
+            && addr.stdout.contains(&format!("\"address\":\"{mac}\""))
+    });
+    assert!(has_both, "{vm} lacks its addresses or MAC: {addr:?}");
+    let link = guest(vm, &["networkctl", "status", "--no-pager", "-n0", "eth0"]);
+    let link = if link.code == Some(0) {
+        link
+    } else {
+        guest(vm, &["networkctl", "list", "--no-pager"])
+    };
+    eprintln!("{vm}: {}", link.stdout);
+
+    // The host reaches it.
+    let ping = host(&["ping", "-c1", "-W5", &ipv4]);
+    eprintln!("{}", ping.stdout);
+    assert_eq!(ping.code, Some(0), "ping {ipv4}: {ping:?}");
+    let ping6 = host(&["ping", "-6", "-c1", "-W5", &ipv6]);
+    assert_eq!(ping6.code, Some(0), "ping {ipv6}: {ping6:?}");
+
+    // Its TAP: on vmbr0, up, in the owner's (root's) device group 1.
+    let tap = tap_of(vm);
+    let link = host(&["ip", "-d", "-j", "link", "show", "dev", &tap]).ok();
+    eprintln!("{tap}: {}", link.stdout);
+    assert!(link.stdout.contains("\"master\":\"vmbr0\""), "{link:?}");
+    assert!(link.stdout.contains("\"group\":\"1\""), "{link:?}");
+    assert!(link.stdout.contains("\"persist\":false"), "{link:?}");
+    let machine = host(&["machinectl", "status", vm, "--no-pager"]).ok();
+    eprintln!("{}", machine.stdout);
+    assert!(
+        machine.stdout.contains(&tap),
+        "machinectl status does not show {tap}: {machine:?}"
+    );
+}
+
+fn nat_to_the_outside(vm: &str) {
+    let got = http_get_from(vm, UPLINK_OUTSIDE, 8080);
+    eprintln!("{vm} -> outside: {got:?}");
+    assert_eq!(got.code, Some(0), "{got:?}");
+    assert!(
+        got.stdout.contains(&format!("peer {UPLINK_HOST}\n")),
+        "the outside did not see the masqueraded source {UPLINK_HOST}: {got:?}"
+    );
+    let server = host(&[
+        "journalctl",
+        "-u",
+        "vmctl-e2e-outside",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    eprintln!("outside server log:\n{}", server.stdout);
+}
+
+fn vms_reach_each_other() {
+    for (from, to) in [(VM1, VM2), (VM2, VM1)] {
+        for key in ["ipv4", "ipv6"] {
+            let ip = spec_field(to, key);
+            let banner = ssh_banner_from(from, &ip);
+            eprintln!("{from} -> {to} {ip}:22: {banner:?}");
+            assert!(banner.stdout.starts_with("SSH-2.0"), "{banner:?}");
+        }
+    }
+}
+
+fn taps_die_with_the_vmm() {
+    let tap1 = tap_of(VM1);
+    host(&["systemctl", "stop", &format!("vm@{VM1}")]).ok();
+    assert!(!link_exists(&tap1), "{tap1} left after stop");
+    eprintln!("after stop: {tap1} is gone");
+
+    let tap2 = tap_of(VM2);
+    let leader = host(&["machinectl", "show", VM2, "-p", "Leader", "--value"])
+        .ok()
+        .stdout;
+    let leader = leader.trim();
+    let comm = host(&["cat", &format!("/proc/{leader}/comm")]).ok().stdout;
+    assert!(
+        comm.starts_with("qemu"),
+        "machined's leader {leader} is {comm}"
+    );
+    host(&["kill", "-9", leader]).ok();
+    assert!(
+        wait_for(Duration::from_secs(30), || !link_exists(&tap2)),
+        "{tap2} left after kill -9 of QEMU ({leader}): {:?}",
+        host(&["ip", "-d", "link", "show", "dev", &tap2])
+    );
+    eprintln!("after kill -9 of QEMU {leader}: {tap2} is gone");
+    let state = host(&["systemctl", "is-active", &format!("vm@{VM2}")]);
+    eprintln!("vm@{VM2} after kill -9: {}", state.stdout.trim());
+}
