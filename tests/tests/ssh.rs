@@ -35,10 +35,27 @@ fn ssh_when_up(cmd: &str, within: Duration) -> Run {
     }
 }
 
+/// Removes the test's VMs and key even when an assertion fails.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        host(&[
+            "sh",
+            "-c",
+            &format!(
+                "vmctl rm {VM} 2>/dev/null; vmctl rm sshdefault 2>/dev/null; \
+                 rm -f /root/.ssh/id_ed25519 /root/.ssh/id_ed25519.pub; true"
+            ),
+        ]);
+    }
+}
+
 #[test]
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
+    let _cleanup = Cleanup;
     host(&["test", "-f", "/etc/ssh/ssh_config.d/50-vmctl.conf"]).ok();
 
     // A key made here, as a user has one: the default identity.
@@ -135,11 +152,4 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     host(&["vmctl", "rm", VM]).ok();
     let known = host(&["cat", "/run/vmctl/ssh_known_hosts"]).ok().stdout;
     assert!(!known.contains(&format!("{VM}.vm")), "{known}");
-    host(&[
-        "rm",
-        "-f",
-        "/root/.ssh/id_ed25519",
-        "/root/.ssh/id_ed25519.pub",
-    ])
-    .ok();
 }
