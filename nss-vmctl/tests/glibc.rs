@@ -364,25 +364,35 @@ impl Rng {
     }
 }
 
-/// 10,000 random query names, most ending in `.vm` in some case, made of
-/// label characters, dots, hyphens and arbitrary non-NUL bytes, up to 300
-/// bytes long.
+/// 10,000 random query names, most ending in `.vm` in some case: a third
+/// made of label characters only (some longer than a label may be), the
+/// rest of label characters, dots, slashes, spaces, control and non-ASCII
+/// characters, up to 300 bytes long.
 fn random_names(seed: u64) -> Vec<String> {
     const CHARS: &[u8] = b"abcxyzBLOGWEB0189-._/%*\\ \t\x7f\x01";
+    const LABEL: &[u8] = b"abcxyzBLOGWEB0189-";
     let mut rng = Rng(seed);
     (0..10_000)
         .map(|_| {
-            let len = match rng.below(4) {
-                0 => rng.below(4),
-                1 => rng.below(64),
-                _ => rng.below(300),
+            let mut name: String = if rng.below(3) == 0 {
+                // Label characters only, sometimes longer than a label.
+                let len = 1 + rng.below(70);
+                (0..len)
+                    .map(|_| LABEL[rng.below(LABEL.len() as u64)] as char)
+                    .collect()
+            } else {
+                let len = match rng.below(3) {
+                    0 => rng.below(4),
+                    1 => rng.below(64),
+                    _ => rng.below(300),
+                };
+                (0..len)
+                    .map(|_| match rng.below(10) {
+                        0 => char::from_u32(1 + rng.below(0x2ff) as u32).unwrap_or('?'),
+                        _ => CHARS[rng.below(CHARS.len() as u64)] as char,
+                    })
+                    .collect()
             };
-            let mut name: String = (0..len)
-                .map(|_| match rng.below(10) {
-                    0 => char::from_u32(1 + rng.below(0x2ff) as u32).unwrap_or('?'),
-                    _ => CHARS[rng.below(CHARS.len() as u64)] as char,
-                })
-                .collect();
             match rng.below(5) {
                 0 => {}
                 1 => name.push_str(".VM."),
@@ -402,7 +412,18 @@ fn ten_thousand_random_names_through_getent() {
     let dir = LibDir::new("getent-random");
     // `--`: some names start with `-`.
     let mut args = vec!["--".to_owned(), "ahosts".to_owned()];
-    args.extend(random_names(0x9e37_79b9_7f4a_7c15));
+    let names = random_names(0x9e37_79b9_7f4a_7c15);
+    // Enough of them are well-formed `LABEL.vm` names to reach the disk.
+    let reaching = names
+        .iter()
+        .filter(|n| nss_vmctl::lookup::vm_label(n).is_some())
+        .count();
+    eprintln!(
+        "{reaching} of {} random names are LABEL.vm names",
+        names.len()
+    );
+    assert!(reaching >= 1500, "only {reaching} names reach the records");
+    args.extend(names);
     // A real VM last: the module must still answer after all of them.
     args.push("web.vm".to_owned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

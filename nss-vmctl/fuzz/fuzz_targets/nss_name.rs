@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(label, expected, "{query:?}");
     if let Some(label) = label {
         assert!(
-            label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
             "{query:?}"
         );
     }
