@@ -4,8 +4,8 @@
 //!   addresses from the files the packages ship;
 //! - a VM gets its static addresses from the `network.network.50-vmctl`
 //!   credential (the guest's systemd-network-generator writes the file,
-//!   networkd applies it: `networkctl status` names it, `ip -j addr` shows
-//!   both addresses); the host pings it;
+//!   networkd applies it: `networkctl status en*` names it as the NIC's
+//!   network file, `ip -j addr` shows both addresses); the host pings both;
 //! - its TAP `vmt-<CID>` is on `vmbr0`, in the owner's device group, and
 //!   machined knows it (`machinectl status` shows the interface);
 //! - "the outside" is a network namespace inside the dev host behind a veth
@@ -13,6 +13,8 @@
 //!   source address it saw): the VM reaches it through NAT and the server
 //!   sees the host's uplink address;
 //! - two VMs reach each other (the second VM's sshd, over IPv4 and IPv6);
+//! - a VM of another owner (user alice, group vmctl) works and reaches the
+//!   outside but neither reaches nor is reached by the first owner's VMs;
 //! - after `systemctl stop` the TAP is gone; after `kill -9` of QEMU too.
 //!
 //! All traffic stays inside the dev host's own network namespace and the
@@ -20,11 +22,13 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, host_as, Run};
 use xtask::host::DevHost;
 
 const VM1: &str = "net1";
 const VM2: &str = "net2";
+/// Owned by another user.
+const VM3: &str = "net3";
 /// The "outside" namespace and its addresses (TEST-NET-1, inside the dev host).
 const OUTSIDE: &str = "vmctl-outside";
 const UPLINK_HOST: &str = "192.0.2.1";
@@ -200,9 +204,10 @@ fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
         addresses_and_tap(VM2);
         nat_to_the_outside(VM1);
         vms_reach_each_other();
+        other_owner_is_isolated();
         taps_die_with_the_vmm();
     });
-    for vm in [VM1, VM2] {
+    for vm in [VM1, VM2, VM3] {
         let _ = host(&["systemctl", "stop", &format!("vm@{vm}")]);
         let _ = host(&["vmctl", "rm", vm]);
     }
@@ -213,26 +218,26 @@ fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
 }
 
 fn addresses_and_tap(vm: &str) {
+    addresses_and_tap_of_owner(vm, "1");
+}
+
+/// `vm` has its addresses (from the credential), answers ping, and its TAP
+/// is on vmbr0 in device group `group` (the owner's uid + 1) and known to
+/// machined.
+fn addresses_and_tap_of_owner(vm: &str, group: &str) {
     let ipv4 = spec_field(vm, "ipv4");
     let ipv6 = spec_field(vm, "ipv6");
     let mac = spec_field(vm, "mac");
     eprintln!("{vm}: {ipv4} {ipv6} {mac}");
 
-    // The credential became a .network file that networkd applied.
-    let status = guest(vm, &["networkctl", "status", "--no-pager", "-n0"]).ok();
-    eprintln!("{vm} networkctl status:\n{}", status.stdout);
-    let files = guest(vm, &["ls", "/run/systemd/network/"]).ok();
-    assert!(
-        files.stdout.contains("50-vmctl.network"),
-        "systemd-network-generator did not write the credential's file: {files:?}"
-    );
-    // Static addresses apply at once, IPv6 after DAD: allow a few seconds.
+    // The agent says hello before guest networkd is up; static addresses
+    // apply as soon as it is, IPv6 after DAD: allow some seconds.
     let mut addr = Run {
         code: None,
         stdout: String::new(),
         stderr: String::new(),
     };
-    let has_both = wait_for(Duration::from_secs(20), || {
+    let has_both = wait_for(Duration::from_secs(60), || {
         addr = guest(vm, &["ip", "-j", "addr"]);
         addr.stdout
             .contains(&format!("\"local\":\"{ipv4}\",\"prefixlen\":16"))
@@ -242,13 +247,21 @@ fn addresses_and_tap(vm: &str) {
             && addr.stdout.contains(&format!("\"address\":\"{mac}\""))
     });
     assert!(has_both, "{vm} lacks its addresses or MAC: {addr:?}");
-    let link = guest(vm, &["networkctl", "status", "--no-pager", "-n0", "eth0"]);
-    let link = if link.code == Some(0) {
-        link
-    } else {
-        guest(vm, &["networkctl", "list", "--no-pager"])
-    };
+    // They come from the credential's .network file, applied by networkd.
+    let files = guest(vm, &["ls", "/run/systemd/network/"]).ok();
+    assert!(
+        files.stdout.contains("50-vmctl.network"),
+        "systemd-network-generator did not write the credential's file: {files:?}"
+    );
+    let status = guest(vm, &["networkctl", "status", "--no-pager", "-n0"]).ok();
+    eprintln!("{vm} networkctl status:\n{}", status.stdout);
+    let link = guest(vm, &["networkctl", "status", "--no-pager", "-n0", "en*"]).ok();
     eprintln!("{vm}: {}", link.stdout);
+    assert!(
+        link.stdout
+            .contains("/run/systemd/network/50-vmctl.network"),
+        "the NIC is not configured by the credential's file: {link:?}"
+    );
 
     // The host reaches it.
     let ping = host(&["ping", "-c1", "-W5", &ipv4]);
@@ -257,17 +270,20 @@ fn addresses_and_tap(vm: &str) {
     let ping6 = host(&["ping", "-6", "-c1", "-W5", &ipv6]);
     assert_eq!(ping6.code, Some(0), "ping {ipv6}: {ping6:?}");
 
-    // Its TAP: on vmbr0, up, in the owner's (root's) device group 1.
+    // Its TAP: on vmbr0, up, in the owner's device group.
     let tap = tap_of(vm);
     let link = host(&["ip", "-d", "-j", "link", "show", "dev", &tap]).ok();
     eprintln!("{tap}: {}", link.stdout);
     assert!(link.stdout.contains("\"master\":\"vmbr0\""), "{link:?}");
-    assert!(link.stdout.contains("\"group\":\"1\""), "{link:?}");
+    assert!(
+        link.stdout.contains(&format!("\"group\":\"{group}\"")),
+        "{link:?}"
+    );
     assert!(link.stdout.contains("\"persist\":false"), "{link:?}");
     let machine = host(&["machinectl", "status", vm, "--no-pager"]).ok();
     eprintln!("{}", machine.stdout);
     assert!(
-        machine.stdout.contains(&tap),
+        machine.stdout.contains(&format!("Iface: {tap}")),
         "machinectl status does not show {tap}: {machine:?}"
     );
 }
@@ -300,6 +316,54 @@ fn vms_reach_each_other() {
             assert!(banner.stdout.starts_with("SSH-2.0"), "{banner:?}");
         }
     }
+}
+
+/// A VM of another owner (a member of group vmctl, as users are) works,
+/// reaches the outside, and cannot reach the first owner's VMs, nor they it.
+fn other_owner_is_isolated() {
+    host(&[
+        "sh",
+        "-c",
+        "id alice >/dev/null 2>&1 || useradd -m -G vmctl alice",
+    ])
+    .ok();
+    host(&[
+        "sh",
+        "-c",
+        &format!("systemctl stop vm@{VM3}; vmctl rm {VM3}; true"),
+    ]);
+    host_as(
+        Some("alice"),
+        &["vmctl", "create", VM3, "--memory", "1G", "--disk", "4G"],
+    )
+    .ok();
+    host_as(Some("alice"), &["vmctl", "start", VM3]).ok();
+    assert!(
+        wait_for(Duration::from_secs(120), || guest(VM3, &["true"]).code
+            == Some(0)),
+        "{VM3} did not come up"
+    );
+    let uid = host(&["id", "-u", "alice"]).ok().stdout.trim().to_owned();
+    assert_eq!(spec_field(VM3, "owner_uid"), uid);
+    let group = (uid.parse::<u32>().unwrap() + 1).to_string();
+    addresses_and_tap_of_owner(VM3, &group);
+    nat_to_the_outside(VM3);
+    for (from, to) in [(VM3, VM1), (VM1, VM3), (VM3, VM2)] {
+        for key in ["ipv4", "ipv6"] {
+            let ip = spec_field(to, key);
+            let banner = ssh_banner_from(from, &ip);
+            eprintln!("{from} -> {to} {ip}:22 (other owner): {banner:?}");
+            assert!(
+                !banner.stdout.contains("SSH"),
+                "{from} reached {to}, a VM of another owner: {banner:?}"
+            );
+        }
+    }
+    // The rules that did it.
+    eprintln!(
+        "{}",
+        host(&["nft", "list", "table", "bridge", "vmctl"]).stdout
+    );
 }
 
 fn taps_die_with_the_vmm() {
