@@ -17,6 +17,14 @@
 //!    launcher's stderr line by line (`console: ...` in the journal:
 //!    escaped, cut at 512 bytes, rate-limited; see `console.rs`) and to
 //!    clients of the Unix socket `Layout::console_socket`.
+//!    A VM with a network (see `network.rs`) gets a TAP `vmt-<CID>` made
+//!    with the TUN ioctl, non-persistent and inherited by QEMU as a
+//!    descriptor (so it is gone with the VMM, even after `kill -9`), in the
+//!    owner's device group on the bridge `vmbr0` (waited for 3 s; missing,
+//!    the start fails naming systemd-networkd) behind the nftables rules
+//!    that keep owners apart, and its addresses by the credential
+//!    `network.network.50-vmctl`; vmctld's SSH credentials
+//!    (`guest_credentials::for_vm`) go with it in binary form.
 //! 4. Listens on `<vsock socket>_1025` (the agent's hello) and
 //!    `<vsock socket>_1026` (guest systemd's sd_notify messages, asked for
 //!    with the credential `vmm.notify_socket=vsock-stream:2:1026`) before
@@ -37,9 +45,9 @@
 //!    goes into an sd_notify message (`notify.rs` refuses any field with a
 //!    newline or control character besides). Guest details (kernel
 //!    release, boot ID) are only logged.
-//! 6. Registers the VM with systemd-machined (`RegisterMachine`, class
-//!    `vm`, leader = the VMM); without a system bus or machined it logs a
-//!    warning and goes on.
+//! 6. Registers the VM with systemd-machined (`RegisterMachineWithNetwork`,
+//!    class `vm`, leader = the VMM, its TAP as the interface); without a
+//!    system bus or machined it logs a warning and goes on.
 //! 7. Runs until the VMM exits or SIGTERM/SIGINT arrives. On a signal:
 //!    `STOPPING=1`, the ACPI power button through the driver (after 10 s
 //!    without effect also the guest agent's `shutdown` and a second press),
