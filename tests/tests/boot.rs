@@ -287,3 +287,36 @@ fn vm_limits_are_in_the_kernels_cgroup_files() {
     let (file, pids) = cgroup_limit(&cgroup, "pids.max");
     assert_eq!(pids, tasks_max, "{file}");
 }
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn a_kernel_without_the_drivers_fails_the_unit_saying_what_is_missing() {
+    // Debian's kernel keeps virtio-blk and vsock in modules: without its
+    // initrd it cannot even mount the root disk.
+    host(&[
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/vmctl/images/nodrivers && \
+         cp --sparse=always /var/lib/vmctl/images/debian-kernel/root.raw \
+            /var/lib/vmctl/images/debian-kernel/vmlinuz /var/lib/vmctl/images/nodrivers/",
+    ])
+    .ok();
+    let guard = Vm::create("nodrivers", &["--image", "nodrivers"]);
+    let unit = &guard.unit();
+    let started = Instant::now();
+    // Well under the launcher's 240 s boot timeout, or it hung.
+    let start = host(&["timeout", "120", "systemctl", "start", unit]);
+    eprintln!("the unit failed after {:?}", started.elapsed());
+    assert_eq!(start.code, Some(1), "{start:#?}");
+    assert_eq!(unit_property(unit, "ActiveState"), "failed");
+    let journal = host(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]).ok();
+    assert!(
+        journal
+            .stdout
+            .contains("cannot mount the root disk /dev/vda: it has no virtio-blk driver"),
+        "the failure does not say what is missing:\n{}",
+        journal.stdout
+    );
+    drop(guard);
+    host(&["rm", "-r", "/var/lib/vmctl/images/nodrivers"]).ok();
+}

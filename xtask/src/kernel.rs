@@ -212,6 +212,20 @@ mod tests {
         assert_ne!(k, kernel_key("6.12.95-1", b"CONFIG_VSOCKETS=n\n"));
     }
 
+    /// Builds the kernel for real (about 10 minutes on two cores); point
+    /// `VMCTL_CACHE_DIR` at an empty directory to build it from nothing.
+    #[test]
+    #[ignore = "builds the guest kernel: minutes of CPU"]
+    fn builds_from_the_installed_source() {
+        let kernel = ensure().unwrap();
+        for file in ["bzImage", "vmlinux", "config"] {
+            assert!(kernel.dir.join(file).is_file(), "no {file}");
+        }
+        let config = fs::read_to_string(kernel.dir.join("config")).unwrap();
+        assert!(config.contains("\nCONFIG_VIRTIO_VSOCKETS=y\n"));
+        assert!(config.contains("\n# CONFIG_MODULES is not set\n"));
+    }
+
     #[test]
     fn lost_options_are_named() {
         let report = "Using .config as base\n\

@@ -59,6 +59,7 @@
 //! 8. Logs to stderr, without timestamps or colours when `JOURNAL_STREAM`
 //!    says stderr is the journal.
 
+mod boot_check;
 mod console;
 mod guest_notify;
 mod hello;
@@ -220,8 +221,13 @@ async fn run(args: &Args) -> Outcome {
 
     agent.booting(|| status("Booting: waiting for the guest agent"));
     let boot_timeout = Duration::from_secs(args.boot_timeout);
+    let mut failure = running.boot_failure();
     let hello = tokio::select! {
         hello = tokio::time::timeout(boot_timeout, hellos.recv()) => hello,
+        reason = boot_check::failed(&mut failure) => {
+            running.kill().await;
+            return Outcome::Error(reason);
+        }
         exited = running.wait() => {
             return match exited.map(Outcome::from_vmm_exit) {
                 Ok(Outcome::PoweredOff) => Outcome::Error("the VMM exited before the guest was ready".into()),

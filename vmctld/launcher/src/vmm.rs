@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use vmctl_vmm::qemu::{QemuBinaries, QemuVm};
 use vmctl_vmm::{AnyVm, Driver, VmConfig, Vmm};
 
+use crate::boot_check::{self, Failure};
 use crate::console::ConsoleLog;
 
 /// Environment variable naming the `vhost-device-vsock` binary (else `PATH`).
@@ -22,6 +23,7 @@ pub const QEMU_ENV: &str = "VMCTL_QEMU";
 /// The running VM; the VMM and its helpers are killed when this is dropped.
 pub struct Running {
     vm: AnyVm,
+    failure: Failure,
 }
 
 impl Running {
@@ -44,13 +46,14 @@ impl Running {
             Driver::CloudHypervisor => driver.spawn(config).await,
         }
         .map_err(|e| format!("cannot start the VMM ({driver:?}): {e}"))?;
-        let mut running = Running { vm };
+        let (failure_tx, failure) = watch::channel(None);
+        let mut running = Running { vm, failure };
         if let Some(serial) = &config.serial_socket {
             let _ = std::fs::remove_file(console);
             let listener = UnixListener::bind(console)
                 .map_err(|e| format!("cannot listen on {}: {e}", console.display()))?;
             let stream = connect_serial(serial).await?;
-            relay_console(stream, listener);
+            relay_console(stream, listener, failure_tx);
         }
         running
             .vm
@@ -58,6 +61,12 @@ impl Running {
             .await
             .map_err(|e| format!("cannot boot the guest: {e}"))?;
         Ok(running)
+    }
+
+    /// The console's verdict on a boot that cannot succeed (see
+    /// [`boot_check`]); pending while there is none.
+    pub fn boot_failure(&self) -> Failure {
+        self.failure.clone()
     }
 
     /// The VMM's process ID (the machine's leader for machined).
@@ -123,7 +132,11 @@ fn write_lines(lines: &mut Vec<String>) {
 
 /// Copies the guest's serial output line by line to stderr and raw to every
 /// connected console client; client input goes to the guest.
-fn relay_console(serial: UnixStream, listener: UnixListener) {
+fn relay_console(
+    serial: UnixStream,
+    listener: UnixListener,
+    failure: watch::Sender<Option<String>>,
+) {
     let (mut from_guest, mut to_guest) = serial.into_split();
     let (out_tx, _) = broadcast::channel::<Vec<u8>>(256);
     let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(64);
@@ -149,6 +162,11 @@ fn relay_console(serial: UnixStream, listener: UnixListener) {
             };
             let _ = out.send(buf[..n].to_vec());
             log.feed(&buf[..n], Instant::now(), &mut lines);
+            if failure.borrow().is_none() {
+                if let Some(reason) = lines.iter().find_map(|l| boot_check::diagnose(l)) {
+                    failure.send_replace(Some(reason));
+                }
+            }
             write_lines(&mut lines);
         }
         log.finish(Instant::now(), &mut lines);
