@@ -61,22 +61,27 @@ pub fn network_file(net: &VmNetwork) -> String {
 /// cloud-hypervisor) is deleted when this is dropped.
 #[derive(Debug)]
 pub struct Attached {
-    tap: Tap,
-    persistent: bool,
+    /// Held for QEMU's TAP (which then lives as long as the launcher or
+    /// QEMU holds it); `None` for a persistent one, which
+    /// cloud-hypervisor must be able to open itself (a single-queue TAP
+    /// takes one holder).
+    tap: Option<Tap>,
+    name: String,
+    ifindex: u32,
 }
 
 impl Attached {
     /// The TAP's interface index (for machined).
     pub fn ifindex(&self) -> u32 {
-        self.tap.ifindex()
+        self.ifindex
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if self.persistent {
-            if let Err(e) = tap::delete_link(self.tap.ifindex()) {
-                tracing::warn!("cannot delete TAP {}: {e}", self.tap.name());
+        if self.tap.is_none() {
+            if let Err(e) = tap::delete_link(self.ifindex) {
+                tracing::warn!("cannot delete TAP {}: {e}", self.name);
             }
         }
     }
@@ -109,7 +114,11 @@ pub async fn setup(
     let persistent = driver == Driver::CloudHypervisor;
     let tap = create_replacing_stale(&name, persistent)
         .map_err(|e| format!("cannot create the VM's TAP {name}: {e}"))?;
-    let attached = Attached { tap, persistent };
+    let mut attached = Attached {
+        name: tap.name().to_owned(),
+        ifindex: tap.ifindex(),
+        tap: Some(tap),
+    };
     let group = device_group(spec.owner_uid);
     // The rules first: the TAP joins the bridge already filtered.
     isolate(group).map_err(|e| {
@@ -117,11 +126,18 @@ pub async fn setup(
     })?;
     tap::attach(attached.ifindex(), bridge, group)
         .map_err(|e| format!("cannot attach TAP {name} to {BRIDGE}: {e}"))?;
+    let fd = match &attached.tap {
+        Some(tap) if !persistent => Some(tap.fd()),
+        _ => None,
+    };
     config.net.push(Net {
         tap: name,
         mac: net.mac.clone(),
-        fd: (!persistent).then(|| attached.tap.fd()),
+        fd,
     });
+    if persistent {
+        attached.tap = None;
+    }
     config
         .credentials
         .push(Credential::binary(CREDENTIAL, network_file(net).as_bytes()));
@@ -339,6 +355,87 @@ mod tests {
                 .unwrap();
             assert!(ok.success());
             assert_eq!(broadcast_reaches(a1, &[a2, b1], 5), [true, true]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// `setup` for real in a private network namespace: QEMU gets the TAP's
+    /// descriptor and the TAP dies with it; cloud-hypervisor gets a
+    /// persistent TAP it can open itself, deleted when the launcher is done;
+    /// without the bridge the error names systemd-networkd.
+    #[test]
+    fn setup_per_driver() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's
+            // network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!("SKIPPED: cannot make a network namespace; run as root");
+                return;
+            }
+            if std::process::Command::new("nft").arg("--version").output().is_err() {
+                eprintln!("SKIPPED: nft (nftables) is not installed");
+                return;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut spec: VmSpec = serde_json::from_str(
+                r#"{"name":"a","id":"0123456789abcdef0123456789abcdef","owner_uid":1000,
+                "vcpus":1,"memory_bytes":134217728,"disk_bytes":1,"image":"default","cid":42}"#,
+            )
+            .unwrap();
+            spec.network = Some(net());
+            let config: VmConfig = serde_json::from_str(
+                r#"{"name":"a","vcpus":1,"memory_bytes":134217728,"kernel":"/k","runtime_dir":"/r"}"#,
+            )
+            .unwrap();
+
+            let mut c = config.clone();
+            let err = rt
+                .block_on(setup(&spec, Driver::Qemu, &mut c))
+                .unwrap_err();
+            assert!(err.contains("systemd-networkd"), "{err}");
+            assert!(c.net.is_empty());
+
+            let ok = std::process::Command::new("ip")
+                .args(["link", "add", BRIDGE, "type", "bridge"])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let mut c = config.clone();
+            let attached = rt
+                .block_on(setup(&spec, Driver::Qemu, &mut c))
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.net.len(), 1);
+            assert_eq!(c.net[0].tap, "vmt-42");
+            assert_eq!(c.net[0].mac, "02:76:6d:00:00:03");
+            assert!(c.net[0].fd.is_some());
+            assert_eq!(attached.ifindex(), tap::ifindex("vmt-42").unwrap());
+            assert_eq!(
+                c.oem_strings(),
+                [format!(
+                    "io.systemd.credential.binary:{CREDENTIAL}={}",
+                    vmctl_api::guest_credentials::base64(network_file(&net()).as_bytes())
+                )]
+            );
+            drop(attached);
+            assert!(tap::ifindex("vmt-42").is_err(), "QEMU's TAP outlived its holders");
+
+            let mut c = config.clone();
+            let attached = rt
+                .block_on(setup(&spec, Driver::CloudHypervisor, &mut c))
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.net[0].fd, None);
+            // What cloud-hypervisor does with `tap=vmt-42`.
+            let ch = Tap::create("vmt-42", true).expect("cloud-hypervisor can open its TAP");
+            drop(ch);
+            assert!(tap::ifindex("vmt-42").is_ok());
+            drop(attached);
+            assert!(tap::ifindex("vmt-42").is_err(), "the persistent TAP was left");
         })
         .join()
         .unwrap();

@@ -67,11 +67,12 @@ impl Tap {
                 format!("cannot create TAP {name}: {e}"),
             ));
         }
-        if persistent {
-            // SAFETY: TUNSETPERSIST takes an integer argument, no memory.
-            if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+        // Also when not asked for: TUNSETIFF re-attaches to a persistent TAP
+        // of that name left behind, which must then die with us.
+        let persist = libc::c_ulong::from(persistent);
+        // SAFETY: TUNSETPERSIST takes an integer argument, no memory.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST, persist) } < 0 {
+            return Err(io::Error::last_os_error());
         }
         let ifindex = ifindex(name)?;
         Ok(Tap {
@@ -281,6 +282,16 @@ mod tests {
             drop(tap);
             let link = show("vmt-5").expect("persistent TAP stays");
             assert_eq!(link["linkinfo"]["info_data"]["persist"], true, "{link}");
+            // Taken over by a non-persistent holder, it dies with it.
+            let again = Tap::create("vmt-5", false).unwrap();
+            assert_eq!(again.ifindex(), index, "the same device");
+            let link = show("vmt-5").unwrap();
+            assert_eq!(link["linkinfo"]["info_data"]["persist"], false, "{link}");
+            drop(again);
+            assert!(show("vmt-5").is_none());
+            let tap = Tap::create("vmt-5", true).unwrap();
+            let index = tap.ifindex();
+            drop(tap);
             delete_link(index).unwrap();
             assert!(show("vmt-5").is_none());
             assert!(ifindex("vmt-5").is_err());
