@@ -121,7 +121,9 @@ pub async fn setup(
     };
     let group = device_group(spec.owner_uid);
     // The rules first: the TAP joins the bridge already filtered.
-    isolate(group).map_err(|e| {
+    let bridge_mac = tap::hardware_address(BRIDGE)
+        .map_err(|e| format!("cannot read the MAC address of {BRIDGE}: {e}"))?;
+    isolate(group, &bridge_mac).map_err(|e| {
         format!("cannot install the isolation between owners (nftables table vmctl): {e}")
     })?;
     tap::attach(attached.ifindex(), bridge, group)
@@ -151,11 +153,14 @@ pub async fn setup(
 /// the same device group (the concatenation `iifgroup . oifgroup` is in the
 /// set `same_owner`, which gets one `g . g` element per owner); flooded
 /// frames are checked per output port. Routed hairpin traffic (a VM
-/// sending another VM's address to the host's MAC) is dropped in `inet
-/// vmctl`: VMs of one owner talk over the bridge. Applied as one `nft`
+/// sending another VM's address to the host's MAC, `bridge_mac`) is dropped
+/// in `inet vmctl`: VMs of one owner talk over the bridge. Bridged IP
+/// traffic passes that chain too where br_netfilter is active (with
+/// `vmbr0` in and out): it is told apart by its destination MAC, which is
+/// not the bridge's. Applied as one `nft`
 /// transaction, so concurrent launchers never see half a table; repeating
 /// it is harmless.
-pub fn ruleset(group: u32) -> String {
+pub fn ruleset(group: u32, bridge_mac: &str) -> String {
     format!(
         "add table bridge vmctl\n\
          add set bridge vmctl same_owner {{ typeof meta iifgroup . meta oifgroup; }}\n\
@@ -167,12 +172,13 @@ pub fn ruleset(group: u32) -> String {
          add table inet vmctl\n\
          add chain inet vmctl forward {{ type filter hook forward priority 0; policy accept; }}\n\
          flush chain inet vmctl forward\n\
+         add rule inet vmctl forward iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" ether daddr != {bridge_mac} accept\n\
          add rule inet vmctl forward iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" drop\n"
     )
 }
 
 /// Applies [`ruleset`] with `nft -f -`.
-pub fn isolate(group: u32) -> io::Result<()> {
+pub fn isolate(group: u32, bridge_mac: &str) -> io::Result<()> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("nft")
@@ -186,7 +192,7 @@ pub fn isolate(group: u32) -> io::Result<()> {
         .stdin
         .take()
         .expect("stdin is piped")
-        .write_all(ruleset(group).as_bytes());
+        .write_all(ruleset(group, bridge_mac).as_bytes());
     let out = child.wait_with_output()?;
     written?;
     if !out.status.success() {
@@ -274,6 +280,44 @@ mod tests {
         frame.extend_from_slice(&[0x02, 0x76, 0x6d, 0, 0, marker]);
         frame.extend_from_slice(&[0x88, 0xb5]);
         frame.extend_from_slice(&[marker; 46]);
+        frame_reaches(from, to, &frame, marker)
+    }
+
+    /// Like [`broadcast_reaches`] with an IPv4/UDP packet to an unknown
+    /// unicast MAC (flooded): bridged IP, which br_netfilter (where the
+    /// kernel has it) also passes through the `inet` forward hook.
+    fn ipv4_reaches(from: &Tap, to: &[&Tap], marker: u8) -> Vec<bool> {
+        let mut frame = vec![0u8; 10];
+        frame.extend_from_slice(&[0x02, 0x76, 0x6d, 0xff, 0xff, marker]);
+        frame.extend_from_slice(&[0x02, 0x76, 0x6d, 0, 0, marker]);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let payload = [marker; 18];
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[10, 77, 0, 10, 10, 77, 0, 11]);
+        let mut sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let udp_len = (8 + payload.len()) as u16;
+        frame.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+        frame.extend_from_slice(&udp_len.to_be_bytes());
+        frame.extend_from_slice(&[0, 0]);
+        frame.extend_from_slice(&payload);
+        frame_reaches(from, to, &frame, marker)
+    }
+
+    /// Writes `frame` (virtio_net_hdr + Ethernet) into `from` and says
+    /// whether each of `to` delivers a frame of the same EtherType ending
+    /// in `marker` within 1 s.
+    fn frame_reaches(from: &Tap, to: &[&Tap], frame: &[u8], marker: u8) -> Vec<bool> {
+        let ethertype = [frame[22], frame[23]];
         // SAFETY: `frame` is valid for its length; `from.fd()` is open.
         let n = unsafe { libc::write(from.fd(), frame.as_ptr().cast(), frame.len()) };
         assert_eq!(n, frame.len() as isize, "{}", io::Error::last_os_error());
@@ -290,7 +334,7 @@ mod tests {
                         continue;
                     }
                     let got = &buf[10..n as usize];
-                    if got.len() >= 15 && got[12..14] == [0x88, 0xb5] && got[14] == marker {
+                    if got.len() >= 15 && got[12..14] == ethertype && got.last() == Some(&marker) {
                         return true;
                     }
                 }
@@ -330,12 +374,13 @@ mod tests {
             ip(&["link", "add", BRIDGE, "type", "bridge"]);
             ip(&["link", "set", BRIDGE, "up"]);
             let bridge = tap::ifindex(BRIDGE).unwrap();
+            let mac = tap::hardware_address(BRIDGE).unwrap();
             let alice = device_group(1000);
             let bob = device_group(1001);
             let mut taps = Vec::new();
             for (i, group) in [alice, alice, bob].into_iter().enumerate() {
                 let tap = Tap::create(&tap_name(10 + i as u32), false).unwrap();
-                isolate(group).unwrap();
+                isolate(group, &mac).unwrap();
                 tap::attach(tap.ifindex(), bridge, group).unwrap();
                 taps.push(tap);
             }
@@ -345,7 +390,11 @@ mod tests {
             assert_eq!(broadcast_reaches(a1, &[a2, b1], 1), [true, false]);
             assert_eq!(broadcast_reaches(b1, &[a1, a2], 2), [false, false]);
             assert_eq!(broadcast_reaches(a2, &[a1, b1], 3), [true, false]);
-            isolate(alice).unwrap();
+            // Bridged IP between one owner's VMs passes the routed-hairpin
+            // rule too; not to the other owner.
+            assert_eq!(ipv4_reaches(a1, &[a2, b1], 6), [true, false]);
+            assert_eq!(ipv4_reaches(b1, &[a1, a2], 7), [false, false]);
+            isolate(alice, &mac).unwrap();
             assert_eq!(broadcast_reaches(a1, &[a2, b1], 4), [true, false]);
             // Without the rules the same frame does reach bob: the test
             // can tell.

@@ -111,6 +111,44 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
+/// The hardware (MAC) address of interface `name`, as `aa:bb:cc:dd:ee:ff`.
+pub fn hardware_address(name: &str) -> io::Result<String> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    #[repr(C)]
+    struct IfReqHw {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        family: libc::c_ushort,
+        data: [u8; 14],
+        _pad: [u8; 8],
+    }
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut req = IfReqHw {
+        name: [0; libc::IFNAMSIZ],
+        family: 0,
+        data: [0; 14],
+        _pad: [0; 8],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads the name and writes a sockaddr into one
+    // `struct ifreq` (40 bytes), which `req` is and outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mac: Vec<String> = req.data[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(mac.join(":"))
+}
+
 const RTM_DELLINK: u16 = 17;
 const RTM_SETLINK: u16 = 19;
 const IFLA_MASTER: u16 = 10;
@@ -251,6 +289,8 @@ mod tests {
             let tap = Tap::create("vmt-3", false).unwrap();
             assert_eq!(tap.name(), "vmt-3");
             assert_eq!(tap.ifindex(), ifindex("vmt-3").unwrap());
+            let link = show("vmt-3").unwrap();
+            assert_eq!(link["address"], hardware_address("vmt-3").unwrap());
             attach(tap.ifindex(), bridge, 1001).unwrap();
             let link = show("vmt-3").expect("TAP exists while held");
             assert_eq!(link["master"], "vmbr0", "{link}");
