@@ -122,6 +122,7 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
 
     // Plain ssh: the name resolves, the host key is trusted, the key opens.
     let run = ssh_when_up("hostname", Duration::from_secs(180));
+    eprintln!("ssh {VM}.vm hostname -> {:?} {run:?}", run.code);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.stdout.trim(), VM);
     assert!(!run.stderr.contains("authenticity"), "prompted: {run:#?}");
@@ -141,6 +142,7 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     ])
     .ok();
     let refused = ssh_when_up("echo ran", Duration::from_secs(60));
+    eprintln!("after the key change -> {refused:?}");
     assert_eq!(refused.code, Some(255), "{refused:#?}");
     assert!(!refused.stdout.contains("ran"), "{refused:#?}");
     assert!(
