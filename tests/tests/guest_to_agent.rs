@@ -246,7 +246,7 @@ fn cp_out_of_the_guest_is_safe() {
     assert_ne!(big.code, Some(0), "{big:#?}");
     assert!(
         big.stderr
-            .contains("2097152 bytes, over the limit of 1048576 bytes"),
+            .contains("2097152 bytes, over the limit of 1048576 bytes; --max-size raises"),
         "{big:#?}"
     );
     assert_eq!(listing("/tmp/cpdir"), before);
