@@ -18,6 +18,9 @@ use xtask::paths::{target_dir, Profile};
 
 const VM: &str = "pkgtest";
 
+/// A file the vmctl package ships in /etc (a conffile).
+const SSH_CONFFILE: &str = "/etc/ssh/ssh_config.d/50-vmctl.conf";
+
 fn dev_host() -> DevHost {
     DevHost::current().expect("the development host must be up (cargo xtask test)")
 }
@@ -119,15 +122,17 @@ fn packages_install_upgrade_remove_and_purge() {
         Some(2),
         "an unknown name is not found"
     );
-    // The module on that line is really consulted (a name only it knows).
+    // The module on that line is really consulted (a record only it reads,
+    // written the way vmctld writes them).
     host(&[
         "sh",
         "-c",
-        "printf 'probe 10.83.0.99\\n' > /run/vmctl/hosts",
+        "mkdir -p /run/vmctl/hosts/name && printf '10.83.0.99\\n' > /run/vmctl/hosts/name/.tmp-probe \
+         && mv /run/vmctl/hosts/name/.tmp-probe /run/vmctl/hosts/name/probe",
     ])
     .ok();
     let found = host(&["getent", "hosts", "probe.vm"]).ok().stdout;
-    host(&["rm", "/run/vmctl/hosts"]).ok();
+    host(&["rm", "/run/vmctl/hosts/name/probe"]).ok();
     assert!(found.starts_with("10.83.0.99"), "{found:?}");
 
     // Reinstalling runs the scripts again; the entry stays single.
@@ -185,6 +190,7 @@ fn packages_install_upgrade_remove_and_purge() {
     assert_eq!(nss_entries(), 0, "removal left vmctl in nsswitch.conf");
     assert!(exists(&format!("/var/lib/vmctl/vms/{VM}.json")));
     assert!(exists(&format!("/var/lib/vmctl/disks/{VM}")));
+    assert!(exists(SSH_CONFFILE), "removal deleted a conffile");
 
     // Purging removes the state too, and the socket's enablement.
     apt(&["purge", "vmctl", "libnss-vmctl"]).ok();
@@ -196,6 +202,7 @@ fn packages_install_upgrade_remove_and_purge() {
         );
     }
     assert!(!exists("/var/lib/vmctl"));
+    assert!(!exists(SSH_CONFFILE), "purge left a conffile");
     assert!(!exists(&format!(
         "/etc/systemd/system.control/vm@{VM}.service.d"
     )));

@@ -211,7 +211,19 @@ fn stage(package: Package, profile: Profile, version: &str, root: &Path) -> Resu
     }
     fix_directory_modes(root)?;
     let files = regular_files(root)?;
-    fs::write(control.join("md5sums"), md5sums(root, &files)?)?;
+    // Files in /etc are the administrator's once installed: dpkg keeps
+    // their changes on upgrades and removes them only on purge. Like
+    // dh_md5sums, md5sums leaves them out (dpkg records their sums itself).
+    let (conffiles, others): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.iter().cloned().partition(|f| f.starts_with("etc"));
+    if !conffiles.is_empty() {
+        let list: String = conffiles
+            .iter()
+            .map(|f| format!("/{}\n", f.display()))
+            .collect();
+        fs::write(control.join("conffiles"), list)?;
+    }
+    fs::write(control.join("md5sums"), md5sums(root, &others)?)?;
     let elves: Vec<&PathBuf> = files.iter().filter(|f| is_elf(&root.join(f))).collect();
     let shlibs = shlib_depends(root, package, &elves)?;
     fs::write(
