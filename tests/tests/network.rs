@@ -400,3 +400,50 @@ fn taps_die_with_the_vmm() {
     let state = host(&["systemctl", "is-active", &format!("vm@{VM2}")]);
     eprintln!("vm@{VM2} after kill -9: {}", state.stdout.trim());
 }
+
+/// Without networkd's bridge a VM with a network does not start, and says
+/// why at once (naming systemd-networkd) instead of hanging.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn without_networkd_the_start_fails_fast_naming_it() {
+    const VM: &str = "nonet";
+    host(&[
+        "sh",
+        "-c",
+        &format!("systemctl stop vm@{VM}; vmctl rm {VM}; true"),
+    ]);
+    host(&["vmctl", "create", VM, "--memory", "1G", "--disk", "4G"]).ok();
+    host(&[
+        "systemctl",
+        "stop",
+        "systemd-networkd.socket",
+        "systemd-networkd.service",
+    ])
+    .ok();
+    host(&["ip", "link", "del", "vmbr0"]).ok();
+    let started = Instant::now();
+    let start = host(&["timeout", "120", "systemctl", "start", &format!("vm@{VM}")]);
+    let took = started.elapsed();
+    let journal = host(&[
+        "journalctl",
+        "-u",
+        &format!("vm@{VM}"),
+        "--no-pager",
+        "-o",
+        "cat",
+    ])
+    .stdout;
+    host(&["systemctl", "start", "systemd-networkd.service"]).ok();
+    let _ = host(&["vmctl", "rm", VM]);
+    eprintln!("start without vmbr0 after {took:?}: {start:?}\n{journal}");
+    assert_ne!(start.code, Some(0), "the VM started without a bridge");
+    assert_ne!(start.code, Some(124), "systemctl start hung");
+    assert!(
+        journal.contains("systemd-networkd") && journal.contains("vmbr0"),
+        "the failure does not name networkd and the bridge:\n{journal}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || link_exists("vmbr0")),
+        "networkd did not bring vmbr0 back"
+    );
+}
