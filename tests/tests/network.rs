@@ -447,3 +447,82 @@ fn without_networkd_the_start_fails_fast_naming_it() {
         "networkd did not bring vmbr0 back"
     );
 }
+
+/// The gateway addresses vmbr0 carries now, as `ip -j addr` prints them.
+fn bridge_addresses() -> String {
+    host(&["ip", "-j", "addr", "show", "dev", "vmbr0"]).stdout
+}
+
+/// Writes (or with `None` removes) `/etc/vmctl/vmctl.conf` and restarts
+/// vmctld, which brings the bridge's drop-in in line with it at start-up.
+fn configure_subnets(conf: Option<&str>) {
+    match conf {
+        Some(text) => {
+            host(&["mkdir", "-p", "/etc/vmctl"]).ok();
+            host(&[
+                "sh",
+                "-c",
+                &format!("printf '%s' '{text}' > /etc/vmctl/vmctl.conf"),
+            ])
+            .ok();
+        }
+        None => {
+            host(&["rm", "-f", "/etc/vmctl/vmctl.conf"]).ok();
+        }
+    }
+    host(&["systemctl", "restart", "vmctld.service"]).ok();
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn configured_subnets_reach_the_bridge_and_the_vms() {
+    const VM: &str = "subnet1";
+    let dropin = "/run/systemd/network/vmctl-vmbr0.network.d/50-vmctl-subnets.conf";
+    configure_subnets(Some(
+        "[Network]\nIPv4Subnet=10.78.0.0/24\nIPv6Subnet=fd00:78::/64\n",
+    ));
+    let result = std::panic::catch_unwind(|| {
+        let written = host(&["cat", dropin]).ok().stdout;
+        assert!(written.contains("Address=10.78.0.1/24"), "{written}");
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                let a = bridge_addresses();
+                a.contains("\"10.78.0.1\"")
+                    && a.contains("\"fd00:78::1\"")
+                    && !a.contains("\"10.77.0.1\"")
+            }),
+            "vmbr0 did not move to the configured subnets: {}",
+            bridge_addresses()
+        );
+        create_and_start(VM);
+        assert_eq!(spec_field(VM, "ipv4"), "10.78.0.2");
+        // READY comes before the guest's networkd has applied its address.
+        assert!(
+            wait_for(Duration::from_secs(60), || {
+                host(&["ping", "-c1", "-W2", "10.78.0.2"]).code == Some(0)
+            }),
+            "no answer from the VM on the configured subnet: {:?}",
+            guest(VM, &["ip", "-br", "addr"])
+        );
+    });
+    let _ = host(&["systemctl", "stop", &format!("vm@{VM}")]);
+    let _ = host(&["vmctl", "rm", VM]);
+    configure_subnets(None);
+    let back = wait_for(Duration::from_secs(20), || {
+        let a = bridge_addresses();
+        a.contains("\"10.77.0.1\"") && !a.contains("\"10.78.0.1\"")
+    });
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        back,
+        "vmbr0 did not return to the shipped subnets: {}",
+        bridge_addresses()
+    );
+    assert_eq!(
+        host(&["test", "-e", dropin]).code,
+        Some(1),
+        "the drop-in is gone"
+    );
+}

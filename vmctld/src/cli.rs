@@ -40,6 +40,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Write the bridge's subnet drop-in for systemd-networkd into DIR
+    /// [default: /run/systemd/network/vmctl-vmbr0.network.d when the
+    /// runtime directory is /run/vmctl, else none].
+    #[arg(long, value_name = "DIR")]
+    pub networkd_dropin_dir: Option<PathBuf>,
+
     /// Close a varlink connection that completes no message for SECS
     /// seconds (tests shorten it; see `varlink_server::IDLE_TIMEOUT`).
     #[arg(long, value_name = "SECS", hide = true, default_value_t = crate::varlink_server::IDLE_TIMEOUT.as_secs_f64(), value_parser = parse_secs)]

@@ -28,6 +28,9 @@ pub struct Options {
     pub runtime_dir: PathBuf,
     /// The configuration file (`/etc/vmctl/vmctl.conf`).
     pub config_path: PathBuf,
+    /// Where the bridge's subnet drop-in for systemd-networkd goes
+    /// (`None`: leave networkd alone, as test daemons do).
+    pub networkd_dropin_dir: Option<PathBuf>,
     /// Caps, timeouts and the size limit of the varlink server.
     pub varlink_limits: crate::varlink_server::Limits,
 }
@@ -74,8 +77,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .with_runtime_dir(&options.runtime_dir)
         .with_config(&options.config_path);
     // A bad configuration is reported now, not only at the first create.
-    if let Err(e) = crate::addresses::NetworkConfig::load(&options.config_path) {
-        tracing::error!("{e}");
+    match crate::addresses::NetworkConfig::load(&options.config_path) {
+        Ok(config) => {
+            if let Some(dir) = &options.networkd_dropin_dir {
+                crate::bridge::apply(dir, &config, bus.as_ref().map(|(_, conn)| conn)).await;
+            }
+        }
+        Err(e) => tracing::error!("{e}"),
     }
     if let Err(e) = manager.publish_all() {
         tracing::warn!("cannot publish VM names and host keys: {e}");

@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod activation;
 pub mod addresses;
 pub mod admission;
+pub mod bridge;
 pub mod caller;
 pub mod cid;
 pub mod cli;

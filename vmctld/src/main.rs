@@ -34,6 +34,13 @@ fn main() -> ExitCode {
         state_dir: cli
             .state_directory
             .unwrap_or_else(Registry::default_state_dir),
+        // Only the real daemon (default runtime directory) touches
+        // networkd's configuration; test daemons never do.
+        networkd_dropin_dir: cli.networkd_dropin_dir.or_else(|| {
+            cli.runtime_directory
+                .is_none()
+                .then(|| vmctld::bridge::DEFAULT_DROPIN_DIR.into())
+        }),
         runtime_dir: cli
             .runtime_directory
             .unwrap_or_else(|| vmctl_api::spec::Layout::default().runtime_dir),
