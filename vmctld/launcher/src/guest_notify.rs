@@ -144,6 +144,9 @@ pub struct AgentState(Arc<Mutex<Ready>>);
 struct Ready {
     agent: bool,
     guest: bool,
+    /// Guest systemd has sent at least one message (it speaks the
+    /// protocol, so a missing READY=1 means it is still booting).
+    reporting: bool,
 }
 
 impl AgentState {
@@ -165,6 +168,19 @@ impl AgentState {
         if !ready.guest && !ready.agent {
             f();
         }
+    }
+
+    /// Whether guest systemd reports to the launcher but has not finished
+    /// booting: logind may not watch the power button yet, so an ACPI
+    /// press could be lost. A guest whose systemd never reports (older
+    /// than 256) is not "booting" by this test.
+    pub fn guest_still_booting(&self) -> bool {
+        let ready = self.lock();
+        ready.reporting && !ready.guest
+    }
+
+    fn guest_reporting(&self) {
+        self.lock().reporting = true;
     }
 
     /// Marks guest systemd ready; runs `f` if the agent is not.
@@ -265,6 +281,7 @@ fn handle(msg: &Message, agent: &AgentState, status: fn(&str)) {
             );
         }
     }
+    agent.guest_reporting();
     if msg.ready {
         info!("guest systemd reports READY=1 (boot complete)");
         agent.guest_ready(|| status(WAITING_FOR_AGENT));

@@ -235,8 +235,8 @@ async fn run(args: &Args) -> Outcome {
                 Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
             };
         }
-        _ = sigterm.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
-        _ = sigint.recv() => return stop(&mut running, &vsock, args.stop_timeout).await,
+        _ = sigterm.recv() => return stop(&mut running, &vsock, &agent, args.stop_timeout).await,
+        _ = sigint.recv() => return stop(&mut running, &vsock, &agent, args.stop_timeout).await,
     };
     let hello = match hello {
         Ok(Some(hello)) => hello,
@@ -309,8 +309,27 @@ async fn run(args: &Args) -> Outcome {
                 Err(e) => Outcome::Error(format!("cannot wait for the VMM: {e}")),
             }
         }
-        _ = sigterm.recv() => stop(&mut running, &vsock, args.stop_timeout).await,
-        _ = sigint.recv() => stop(&mut running, &vsock, args.stop_timeout).await,
+        _ = sigterm.recv() => stop(&mut running, &vsock, &agent, args.stop_timeout).await,
+        _ = sigint.recv() => stop(&mut running, &vsock, &agent, args.stop_timeout).await,
+    }
+}
+
+/// Asks the guest agent to power the guest off; failures are logged.
+async fn ask_agent_to_power_off(vsock: &Path) {
+    let ask = async {
+        vmctl_guest::client::AgentClient::connect(vsock)
+            .await?
+            .shutdown(false)
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ask).await {
+        Ok(Ok(())) => {}
+        // The agent's error text comes from the guest.
+        Ok(Err(e)) => warn!(
+            "guest agent shutdown failed: {}",
+            vmctl_vmm::escape_log_text(e.to_string().as_bytes())
+        ),
+        Err(_) => warn!("guest agent shutdown: no answer within 5 s"),
     }
 }
 
@@ -321,8 +340,21 @@ const POWER_BUTTON_GRACE: Duration = Duration::from_secs(10);
 
 /// Powers the guest off: ACPI power button; if the guest ignores it, the
 /// guest agent's `shutdown` and a second press; a kill after `timeout_secs`.
-async fn stop(running: &mut Running, vsock: &Path, timeout_secs: u64) -> Outcome {
+async fn stop(
+    running: &mut Running,
+    vsock: &Path,
+    agent: &guest_notify::AgentState,
+    timeout_secs: u64,
+) -> Outcome {
     notify::notify_or_warn(&[NotifyState::Stopping, NotifyState::Status("Stopping")]);
+    // READY comes as soon as the agent runs, before logind watches the
+    // power button: a press then would be lost and cost the whole grace
+    // period. While guest systemd says it is still booting, the agent
+    // powers the guest off right away (systemd queues the job).
+    if agent.guest_still_booting() {
+        info!("stopping: the guest is still booting, so the guest agent powers it off");
+        ask_agent_to_power_off(vsock).await;
+    }
     info!("stopping: pressing the ACPI power button");
     if let Err(e) = running.power_button().await {
         warn!("power button failed: {e}");
@@ -335,21 +367,7 @@ async fn stop(running: &mut Running, vsock: &Path, timeout_secs: u64) -> Outcome
             return exited;
         }
         warn!("the guest ignored the power button; asking the guest agent to power off");
-        let ask = async {
-            vmctl_guest::client::AgentClient::connect(vsock)
-                .await?
-                .shutdown(false)
-                .await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), ask).await {
-            Ok(Ok(())) => {}
-            // The agent's error text comes from the guest.
-            Ok(Err(e)) => warn!(
-                "guest agent shutdown failed: {}",
-                vmctl_vmm::escape_log_text(e.to_string().as_bytes())
-            ),
-            Err(_) => warn!("guest agent shutdown: no answer within 5 s"),
-        }
+        ask_agent_to_power_off(vsock).await;
         if let Err(e) = running.power_button().await {
             warn!("power button failed: {e}");
         }
