@@ -152,14 +152,25 @@ fn dbus_activation_answers_get_version() {
         .trim()
         .to_owned()
     };
-    assert_eq!(list(), r#"{"type":"a(ssuuts)","data":[[]]}"#);
-    // The same service layer as varlink: a VM made with the CLI shows up.
-    host(&["vmctl", "create", "dbuslist", "--memory", "512M"]).ok();
+    assert_eq!(list(), r#"{"type":"a(ssuutsss)","data":[[]]}"#);
+    // The same service layer as varlink: a VM made with the CLI shows up
+    // (without a network, so its address fields are empty and the reply
+    // is exact).
+    host(&[
+        "vmctl",
+        "create",
+        "dbuslist",
+        "--memory",
+        "512M",
+        "--network",
+        "none",
+    ])
+    .ok();
     let listed = list();
     host(&["vmctl", "rm", "dbuslist"]).ok();
     assert_eq!(
         listed,
-        r#"{"type":"a(ssuuts)","data":[[["dbuslist","stopped",0,1,536870912,""]]]}"#
+        r#"{"type":"a(ssuutsss)","data":[[["dbuslist","stopped",0,1,536870912,"","",""]]]}"#
     );
 }
 
@@ -257,18 +268,27 @@ fn nss_module_resolves_only_vm_names() {
     let localhost = host(&["getent", "hosts", "localhost"]).ok();
     assert!(!localhost.stdout.is_empty());
 
-    // glibc really loads the module: a name vmctld would publish resolves.
+    // glibc really loads the module: records as vmctld publishes them
+    // (one per name and per address under /run/vmctl/hosts/) resolve.
     host(&[
         "sh",
         "-c",
-        "printf 'e2etest 192.0.2.7\\n' > /run/vmctl/hosts.tmp && mv /run/vmctl/hosts.tmp /run/vmctl/hosts",
+        "mkdir -p /run/vmctl/hosts/name /run/vmctl/hosts/addr \\
+         && printf '192.0.2.7\\n' > /run/vmctl/hosts/name/e2etest \\
+         && printf 'e2etest\\n' > /run/vmctl/hosts/addr/192.0.2.7",
     ])
     .ok();
     // getaddrinfo (gethostbyname4_r). Not ahostsv4: its AI_ADDRCONFIG hides
     // IPv4 answers in this host, whose only interface is loopback.
     let found = host(&["getent", "ahosts", "e2etest.vm"]);
     let reverse = host(&["getent", "hosts", "192.0.2.7"]);
-    host(&["rm", "-f", "/run/vmctl/hosts"]).ok();
+    host(&[
+        "rm",
+        "-f",
+        "/run/vmctl/hosts/name/e2etest",
+        "/run/vmctl/hosts/addr/192.0.2.7",
+    ])
+    .ok();
     let found = found.ok();
     assert!(found.stdout.contains("192.0.2.7"), "{found:#?}");
     let reverse = reverse.ok();

@@ -85,6 +85,10 @@ fn spec(package: Package) -> Spec {
                 // Bookworm has QEMU 10 in bookworm-backports only: its 7.2
                 // crashes trixie guests under TCG.
                 "qemu-system-x86 (>= 1:10) | cloud-hypervisor",
+                // The launcher isolates owners on the bridge with `nft`.
+                "nftables",
+                // vmctld makes each VM's SSH host key with ssh-keygen.
+                "openssh-client",
             ],
             // Like systemd-container recommending libnss-mymachines: names
             // are a convenience, not needed to run VMs.
