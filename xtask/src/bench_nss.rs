@@ -126,6 +126,8 @@ struct Figures {
 
 /// Runs the benchmark and prints the table. Needs root (mount namespaces).
 pub fn run(lookups: usize) -> Result<()> {
+    // The peer is part of the benchmark: install it like any other need.
+    crate::deps::ensure_debian_packages(&["libnss-libvirt"])?;
     let module = build_module()?;
     let libvirt = LIBVIRT_MODULES.iter().map(Path::new).find(|p| p.is_file());
     let mut backends = vec![Backend::Files, Backend::Vmctl];
