@@ -50,3 +50,24 @@ pub fn host_as(user: Option<&str>, argv: &[&str]) -> Run {
         .expect("cannot run a command in the development host")
         .into()
 }
+
+/// Runs `argv` as root inside VM `vm`, through the host's `vmctl exec`.
+pub fn vm_exec(vm: &str, argv: &[&str]) -> Run {
+    let mut full = vec!["vmctl", "exec", vm, "--"];
+    full.extend_from_slice(argv);
+    host(&full)
+}
+
+/// One property of a unit in the host (`systemctl show -p NAME --value`).
+pub fn unit_property(unit: &str, property: &str) -> String {
+    host(&["systemctl", "show", unit, "-p", property, "--value"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+/// Whether `path` exists in the host.
+pub fn host_path_exists(path: &str) -> bool {
+    host(&["test", "-e", path]).code == Some(0)
+}

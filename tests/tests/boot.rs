@@ -5,15 +5,7 @@
 //! initrd path still boots.
 
 use std::time::Instant;
-use vmctl_e2e::host;
-
-fn unit_property(unit: &str, property: &str) -> String {
-    host(&["systemctl", "show", unit, "-p", property, "--value"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-}
+use vmctl_e2e::{host, unit_property, vm_exec};
 
 /// Stops and removes its VM when dropped, so a failing test leaves no VM
 /// behind for the next one.
@@ -42,9 +34,7 @@ impl Drop for Vm {
 }
 
 fn exec(vm: &str, argv: &[&str]) -> String {
-    let mut full = vec!["vmctl", "exec", vm, "--"];
-    full.extend_from_slice(argv);
-    host(&full).ok().stdout
+    vm_exec(vm, argv).ok().stdout
 }
 
 /// The first of `paths` that exists in the dev host, with its content.

@@ -15,7 +15,7 @@
 //! One VM serves every step, because a TCG boot costs tens of seconds.
 
 use std::path::Path;
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, vm_exec, Run};
 use vmctl_guest::protocol::{Control, ExecRequest, Frame};
 use xtask::host::DevHost;
 
@@ -23,9 +23,7 @@ const VM: &str = "g2a";
 
 /// Runs `argv` in the guest as root, through the host's `vmctl exec`.
 fn guest(argv: &[&str]) -> Run {
-    let mut full = vec!["vmctl", "exec", VM, "--"];
-    full.extend_from_slice(argv);
-    host(&full)
+    vm_exec(VM, argv)
 }
 
 /// Runs `argv` in the guest as the unprivileged user `nobody`.

@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, unit_property, vm_exec, Run};
 use vmctl_guest::protocol::{Control, Frame, Hello};
 use xtask::host::DevHost;
 
@@ -27,17 +27,7 @@ const VICTIM: &str = "g2l-victim.service";
 
 /// Runs `argv` in the guest as root, through the host's `vmctl exec`.
 fn guest(argv: &[&str]) -> Run {
-    let mut full = vec!["vmctl", "exec", VM, "--"];
-    full.extend_from_slice(argv);
-    host(&full)
-}
-
-fn unit_property(unit: &str, property: &str) -> String {
-    host(&["systemctl", "show", unit, "-p", property, "--value"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
+    vm_exec(VM, argv)
 }
 
 /// The dev host's clock, for `journalctl --since`.

@@ -13,22 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vmctl_e2e::{host, host_as, Run};
+use vmctl_e2e::{host, host_as, host_path_exists, unit_property, Run};
 use xtask::host::DevHost;
 
 const SOCKET: &str = "/run/vmctl/io.vmctl.Manager";
-
-fn unit_property(unit: &str, property: &str) -> String {
-    host(&["systemctl", "show", unit, "-p", property, "--value"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-}
-
-fn exists(path: &str) -> bool {
-    host(&["test", "-e", path]).code == Some(0)
-}
 
 /// The id of the queued stop job of `unit`, waiting up to `within`.
 fn stop_job(unit: &str, within: Duration) -> Option<u32> {
@@ -137,7 +125,7 @@ fn forged_job_removed_does_not_end_rm() {
 
     thread::sleep(Duration::from_secs(2));
     let rm_finished_early = rm.is_finished();
-    let files_there = exists(&spec) && exists(&disk);
+    let files_there = host_path_exists(&spec) && host_path_exists(&disk);
     // Read last: the real job was still running when the files were seen.
     let state = unit_property(&unit, "ActiveState");
     assert!(!rm_finished_early, "vmctl rm returned on a forged signal");
@@ -149,7 +137,10 @@ fn forged_job_removed_does_not_end_rm() {
 
     let rm = rm.join().unwrap();
     assert_eq!(rm.code, Some(0), "{rm:#?}");
-    assert!(!exists(&spec) && !exists(&disk), "rm left the files");
+    assert!(
+        !host_path_exists(&spec) && !host_path_exists(&disk),
+        "rm left the files"
+    );
     assert_eq!(unit_property(&unit, "ActiveState"), "inactive");
 
     // Stop the monitor (timeout passes the signal on to busctl).

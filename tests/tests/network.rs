@@ -23,7 +23,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, vm_exec, Run};
 use xtask::host::DevHost;
 
 const VM1: &str = "net1";
@@ -37,9 +37,7 @@ const UPLINK_OUTSIDE: &str = "192.0.2.2";
 
 /// Runs `argv` in VM `vm` as root, through the host's `vmctl exec`.
 fn guest(vm: &str, argv: &[&str]) -> Run {
-    let mut full = vec!["vmctl", "exec", vm, "--"];
-    full.extend_from_slice(argv);
-    host(&full)
+    vm_exec(vm, argv)
 }
 
 /// `"key":VALUE` from the VM's stored spec (a string value unquoted).

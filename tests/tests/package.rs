@@ -10,7 +10,7 @@
 //! end-to-end files work whichever order they run in.
 
 use std::path::PathBuf;
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, host_path_exists, unit_property, Run};
 use xtask::deb;
 use xtask::host::DevHost;
 use xtask::install::Package;
@@ -70,18 +70,6 @@ fn nss_entries() -> usize {
         .count()
 }
 
-fn property(unit: &str, name: &str) -> String {
-    host(&["systemctl", "show", unit, "-p", name, "--value"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-}
-
-fn exists(path: &str) -> bool {
-    host(&["test", "-e", path]).code == Some(0)
-}
-
 /// dpkg's status abbreviation and version, `ii 0.1.0` for example; empty
 /// when dpkg does not know the package (any more).
 fn package_status(name: &str) -> String {
@@ -114,7 +102,7 @@ fn packages_install_upgrade_remove_and_purge() {
 
     // Installed by `host up`: the socket is enabled and listening, so the
     // CLI works without any further step.
-    assert_eq!(property("vmctld.socket", "UnitFileState"), "enabled");
+    assert_eq!(unit_property("vmctld.socket", "UnitFileState"), "enabled");
     host(&["vmctl", "list"]).ok();
     assert_eq!(nss_entries(), 1, "vmctl is on the hosts: line once");
     assert_eq!(
@@ -147,8 +135,8 @@ fn packages_install_upgrade_remove_and_purge() {
     .ok();
     let unit = format!("vm@{VM}.service");
     host(&["systemctl", "start", &unit]).ok();
-    let vm_pid = property(&unit, "MainPID");
-    let daemon_pid = property("vmctld.service", "MainPID");
+    let vm_pid = unit_property(&unit, "MainPID");
+    let daemon_pid = unit_property("vmctld.service", "MainPID");
     assert_ne!(vm_pid, "0");
     assert_ne!(daemon_pid, "0", "vmctl list left vmctld running");
     let newer = format!("{}+test1", env!("CARGO_PKG_VERSION"));
@@ -161,13 +149,13 @@ fn packages_install_upgrade_remove_and_purge() {
     apt_install(&deb_paths(&upgrade, &newer), &[]).ok();
     assert_eq!(package_status("vmctl"), format!("ii {newer}"));
     assert_eq!(package_status("libnss-vmctl"), format!("ii {newer}"));
-    assert_eq!(property(&unit, "ActiveState"), "active");
+    assert_eq!(unit_property(&unit, "ActiveState"), "active");
     assert_eq!(
-        property(&unit, "MainPID"),
+        unit_property(&unit, "MainPID"),
         vm_pid,
         "the upgrade restarted the VM"
     );
-    let new_daemon_pid = property("vmctld.service", "MainPID");
+    let new_daemon_pid = unit_property("vmctld.service", "MainPID");
     assert_ne!(new_daemon_pid, "0", "the upgrade left vmctld stopped");
     assert_ne!(
         new_daemon_pid, daemon_pid,
@@ -182,15 +170,15 @@ fn packages_install_upgrade_remove_and_purge() {
     apt(&["remove", "vmctl", "libnss-vmctl"]).ok();
     assert_eq!(package_status("vmctl"), format!("rc {newer}"));
     for unit in ["vmctld.socket", "vmctld.service", unit.as_str()] {
-        assert_eq!(property(unit, "ActiveState"), "inactive", "{unit}");
+        assert_eq!(unit_property(unit, "ActiveState"), "inactive", "{unit}");
     }
-    assert!(!exists("/usr/lib/systemd/system/vmctld.socket"));
-    assert!(!exists("/run/vmctl/io.vmctl.Manager"));
+    assert!(!host_path_exists("/usr/lib/systemd/system/vmctld.socket"));
+    assert!(!host_path_exists("/run/vmctl/io.vmctl.Manager"));
     assert_eq!(host(&["pgrep", "-x", "vmctld"]).code, Some(1));
     assert_eq!(nss_entries(), 0, "removal left vmctl in nsswitch.conf");
-    assert!(exists(&format!("/var/lib/vmctl/vms/{VM}.json")));
-    assert!(exists(&format!("/var/lib/vmctl/disks/{VM}")));
-    assert!(exists(SSH_CONFFILE), "removal deleted a conffile");
+    assert!(host_path_exists(&format!("/var/lib/vmctl/vms/{VM}.json")));
+    assert!(host_path_exists(&format!("/var/lib/vmctl/disks/{VM}")));
+    assert!(host_path_exists(SSH_CONFFILE), "removal deleted a conffile");
 
     // Purging removes the state too, and the socket's enablement.
     apt(&["purge", "vmctl", "libnss-vmctl"]).ok();
@@ -201,19 +189,21 @@ fn packages_install_upgrade_remove_and_purge() {
             "{package} is still known to dpkg after the purge: {status}"
         );
     }
-    assert!(!exists("/var/lib/vmctl"));
-    assert!(!exists(SSH_CONFFILE), "purge left a conffile");
-    assert!(!exists(&format!(
+    assert!(!host_path_exists("/var/lib/vmctl"));
+    assert!(!host_path_exists(SSH_CONFFILE), "purge left a conffile");
+    assert!(!host_path_exists(&format!(
         "/etc/systemd/system.control/vm@{VM}.service.d"
     )));
-    assert!(!exists(
+    assert!(!host_path_exists(
         "/etc/systemd/system/sockets.target.wants/vmctld.socket"
     ));
-    assert!(!exists("/etc/nsswitch.conf.nss.libnss-vmctl-will-install"));
+    assert!(!host_path_exists(
+        "/etc/nsswitch.conf.nss.libnss-vmctl-will-install"
+    ));
 
     // A fresh installation after the purge works at once again.
     drop(restore);
     host(&["vmctl", "list"]).ok();
     assert_eq!(nss_entries(), 1);
-    assert!(exists("/var/lib/vmctl/images/default/root.raw"));
+    assert!(host_path_exists("/var/lib/vmctl/images/default/root.raw"));
 }

@@ -7,15 +7,7 @@
 //! TCG boot costs tens of seconds; each step says what it checks.
 
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, Run};
-
-fn unit_property(unit: &str, property: &str) -> String {
-    host(&["systemctl", "show", unit, "-p", property, "--value"])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-}
+use vmctl_e2e::{host, unit_property, Run};
 
 fn active_state(unit: &str) -> String {
     unit_property(unit, "ActiveState")
