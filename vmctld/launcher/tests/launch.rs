@@ -367,6 +367,33 @@ fn unbootable_kernel_fails_and_leaves_nothing_running() {
 }
 
 #[test]
+fn a_kernel_that_cannot_mount_root_fails_at_once_saying_why() {
+    let Some(image) = image_dir() else { return };
+    if !tools_available() {
+        return;
+    }
+    // A blank disk: the kernel boots and panics on the root filesystem.
+    // The launcher reads that from the console and fails long before its
+    // 240 s boot timeout (the deadline below is "does not hang", not speed).
+    let mut vm = launch(prepare(Boot::KernelOnly(&image)), 240, 5);
+    let status = vm.wait_exit(Duration::from_secs(120));
+    assert!(!status.success(), "{status}");
+    // The launcher has exited: its stderr ends, and so does this loop.
+    while let Ok(line) = vm.stderr.recv_timeout(Duration::from_secs(5)) {
+        vm.log.push(line);
+    }
+    assert!(
+        vm.log
+            .iter()
+            .any(|l| l.contains("cannot mount the root disk")),
+        "the failure does not say why: {:?}",
+        vm.log
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
+
+#[test]
 fn ready_then_sigterm_powers_off_cleanly() {
     let Some(image) = image_dir() else { return };
     if !tools_available() {
@@ -418,14 +445,21 @@ fn boot_timeout_kills_the_vmm() {
     if !tools_available() {
         return;
     }
-    let mut vm = launch(prepare(Boot::KernelOnly(&image)), 20, 5);
+    // A guest that boots but whose hello never arrives: the test takes the
+    // launcher's hello socket away as soon as it exists, so the agent's
+    // connections find nobody. (A guest that cannot boot at all fails
+    // early instead, from its console: see boot_check.rs.)
+    let mut vm = launch(prepare(Boot::Image(&image)), 20, 5);
     let start = Instant::now();
-    // What guest systemd sends on port 1026 when it is up before the
-    // agent (this guest never gets that far, so the test plays it).
+    let hello = vm.dir.path().join("run/vm/t1/vsock_1025");
     let guest_notify = vm.dir.path().join("run/vm/t1/vsock_1026");
-    while !guest_notify.exists() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
+    while !(hello.exists() && guest_notify.exists()) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    std::fs::remove_file(&hello).unwrap();
+    // What guest systemd sends on port 1026 when it is up before the
+    // agent; played by the test so the STATUS= check does not depend on
+    // how fast this guest boots.
     UnixStream::connect(&guest_notify)
         .unwrap()
         .write_all(b"READY=1\nSTATUS=Ready.")
@@ -438,11 +472,14 @@ fn boot_timeout_kills_the_vmm() {
             Err(e) => panic!("no {waiting:?}: {e}; notify: {seen:?}"),
         }
     }
+    let status = vm.wait_exit(Duration::from_secs(90));
+    while let Ok(m) = vm.notify.try_recv() {
+        seen.push(m);
+    }
     assert!(
         !seen.iter().any(|m| m.lines().any(|l| l == "READY=1")),
         "the unit is not ready without the agent: {seen:?}"
     );
-    let status = vm.wait_exit(Duration::from_secs(90));
     assert!(!status.success(), "{status}");
     assert!(
         start.elapsed() >= Duration::from_secs(20),
