@@ -521,7 +521,8 @@ mod tests {
             42,
         );
         assert!(text.contains("\nDepends: libc6 (>= 2.34), systemd, "));
-        assert!(text.contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor\n"));
+        assert!(text
+            .contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor, nftables, openssh-client\n"));
         assert!(text.contains("\nRecommends: libnss-vmctl, systemd-container\n"));
         assert!(text.contains("\nSuggests: mkosi\n"));
         assert!(text.contains("\nInstalled-Size: 42\n"));
