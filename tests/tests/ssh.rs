@@ -5,8 +5,10 @@
 //! `-o` options) work without a prompt, while a changed host key is
 //! refused. Needs the bridge and TAP (networking) and the NSS module.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 use vmctl_e2e::{host, Run};
+use xtask::host::DevHost;
 
 const VM: &str = "sshvm";
 
@@ -126,6 +128,37 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.stdout.trim(), VM);
     assert!(!run.stderr.contains("authenticity"), "prompted: {run:#?}");
+
+    // The name works for everything, not only ssh: ping, and a web server
+    // started in the VM with `vmctl exec`, fetched by name with curl.
+    host(&["ping", "-c1", "-W5", &format!("{VM}.vm")]).ok();
+    let staged = "/var/tmp/ssh-e2e-http-peer";
+    DevHost::current()
+        .unwrap()
+        .copy_in(Path::new(env!("CARGO_BIN_EXE_http-peer")), staged)
+        .unwrap();
+    host(&["vmctl", "cp", staged, &format!("{VM}:/root/http-peer")]).ok();
+    host(&[
+        "vmctl",
+        "exec",
+        VM,
+        "--",
+        "systemd-run",
+        "--unit=e2e-web",
+        "/root/http-peer",
+        "0.0.0.0:8080",
+    ])
+    .ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let web = loop {
+        let run = host(&["curl", "-sS", "-m", "5", &format!("http://{VM}.vm:8080/")]);
+        if run.code == Some(0) || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // The server answers with the source it saw: the host's bridge address.
+    assert_eq!(web.stdout.trim(), "peer 10.77.0.1", "{web:#?}");
 
     // The guest (or an impostor at its address) shows another host key:
     // ssh refuses and runs nothing.
