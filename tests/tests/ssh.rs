@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, host_as, Run};
 use xtask::host::DevHost;
 
 const VM: &str = "sshvm";
@@ -128,6 +128,28 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.stdout.trim(), VM);
     assert!(!run.stderr.contains("authenticity"), "prompted: {run:#?}");
+
+    // Any local user can read QEMU's command line: the credentials, with
+    // the VM's private host key among them, are not on it (QEMU reads them
+    // from root-only files).
+    let cmdline = host_as(
+        Some("nobody"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "for p in $(pgrep -f 'guest={VM},'); do tr '\\0' ' ' < /proc/$p/cmdline; done"
+            ),
+        ],
+    )
+    .ok()
+    .stdout;
+    assert!(
+        cmdline.contains("qemu-system"),
+        "QEMU not found: {cmdline:?}"
+    );
+    assert!(cmdline.contains("type=11,path="), "{cmdline}");
+    assert!(!cmdline.contains("io.systemd.credential"), "{cmdline}");
 
     // The name works for everything, not only ssh: ping, and a web server
     // started in the VM with `vmctl exec`, fetched by name with curl.

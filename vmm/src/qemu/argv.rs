@@ -20,6 +20,15 @@ pub struct QemuPaths {
 }
 
 impl QemuPaths {
+    /// The file holding the `index`-th SMBIOS OEM string (a systemd
+    /// credential). Credentials go through files, never the command line:
+    /// any local user can read a process's command line, and credentials
+    /// carry secrets such as the VM's SSH host key. The runtime directory
+    /// is the unit's, mode 0700.
+    pub fn oem_string_file(cfg: &VmConfig, index: usize) -> PathBuf {
+        cfg.runtime_dir.join(format!("credential-{index}"))
+    }
+
     /// The standard layout below `cfg.runtime_dir`.
     pub fn for_config(cfg: &VmConfig) -> Self {
         QemuPaths {
@@ -235,11 +244,12 @@ pub fn qemu_args_with_cache(
         a.push(format!("vhost-user-vsock-{bus},chardev=vsock0").into());
     }
 
-    for oem in cfg.oem_strings() {
+    for index in 0..cfg.oem_strings().len() {
         a.push("-smbios".into());
-        let mut v = OsString::from("type=11,value=");
-        v.push(esc(OsStr::new(&oem)));
-        a.push(v);
+        a.push(opt_path(
+            "type=11,path=",
+            &QemuPaths::oem_string_file(cfg, index),
+        ));
     }
 
     a.push("-qmp".into());
@@ -297,7 +307,7 @@ mod tests {
             "-numa", "node,memdev=mem",
             "-chardev", "socket,id=vsock0,path=/run/vmctl/vm/blog/vhost-vsock.sock",
             "-device", "vhost-user-vsock-pci,chardev=vsock0",
-            "-smbios", "type=11,value=io.systemd.credential:ssh.authorized_keys.root=ssh-ed25519 AAAA x@y",
+            "-smbios", "type=11,path=/run/vmctl/vm/blog/credential-0",
             "-qmp", "unix:/run/vmctl/vm/blog/qmp.sock,server=on,wait=off",
             "-S",
         ];
@@ -365,9 +375,10 @@ mod tests {
     }
 
     #[test]
-    fn commas_in_credentials_are_escaped() {
+    fn credentials_stay_off_the_command_line() {
         let mut cfg = sample();
-        cfg.credentials[0].value = "a,b".into();
+        cfg.credentials[0].value = "secret,value".into();
+        cfg.runtime_dir = "/run/vmctl/vm/a,b".into();
         let a = strs(&qemu_args(
             &cfg,
             ResolvedAccel::Tcg,
@@ -375,8 +386,9 @@ mod tests {
         ));
         assert_eq!(
             after(&a, "-smbios"),
-            ["type=11,value=io.systemd.credential:ssh.authorized_keys.root=a,,b"]
+            ["type=11,path=/run/vmctl/vm/a,,b/credential-0"]
         );
+        assert!(!a.iter().any(|arg| arg.contains("secret")), "{a:?}");
     }
 
     #[test]

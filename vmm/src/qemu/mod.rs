@@ -55,6 +55,25 @@ pub struct QemuVm {
     events: Option<mpsc::Receiver<QmpEvent>>,
 }
 
+/// Writes each SMBIOS OEM string to the file QEMU reads it from
+/// ([`QemuPaths::oem_string_file`]), readable by root alone.
+fn write_oem_strings(config: &VmConfig) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for (index, oem) in config.oem_strings().iter().enumerate() {
+        let path = QemuPaths::oem_string_file(config, index);
+        process::remove_stale(&path)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(oem.as_bytes()))
+            .map_err(io_err(format!("writing {}", path.display())))?;
+    }
+    Ok(())
+}
+
 impl QemuVm {
     /// [`Vmm::spawn`] with explicit program paths.
     pub async fn spawn_with(config: &VmConfig, bins: &QemuBinaries) -> Result<QemuVm> {
@@ -66,6 +85,7 @@ impl QemuVm {
             config.runtime_dir.display()
         )))?;
         process::remove_stale(&paths.qmp)?;
+        write_oem_strings(config)?;
 
         let vsock_helper = match &config.vsock {
             None => None,
