@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tracing::{debug, info};
 use vmctl_vmm::{escape_log_text, Credential};
 
+use crate::guest_port;
 use crate::ratelimit::GuestWarnings;
 
 /// The host vsock port guest systemd reports to.
@@ -197,39 +197,26 @@ impl AgentState {
 /// launcher runs and acts on each message: `status` is called with the
 /// STATUS= text for the unit when guest systemd is ready before the agent.
 pub fn serve(listener: UnixListener, agent: AgentState, status: fn(&str)) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let warnings = GuestWarnings::new();
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warnings.warn(|| format!("guest systemd notify socket: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                drop(stream);
-                warnings.warn(|| {
-                    format!(
-                        "notify port: {MAX_CONNECTIONS} connections already open; closed a new one"
-                    )
-                });
-                continue;
-            };
+    let logged = warnings.clone();
+    guest_port::serve(
+        listener,
+        "notify port",
+        MAX_CONNECTIONS,
+        warnings,
+        move |stream, slot| {
             let agent = agent.clone();
-            let warnings = warnings.clone();
-            tokio::spawn(async move {
+            let warnings = logged.clone();
+            async move {
                 let result = read_message(stream).await;
                 drop(slot);
                 match result {
                     Ok(msg) => handle(&msg, &agent, status),
                     Err(e) => warnings.warn(|| format!("guest systemd notify connection: {e}")),
                 }
-            });
-        }
-    });
+            }
+        },
+    );
 }
 
 /// Reads one message: everything up to EOF, or up to [`IDLE_END`] of

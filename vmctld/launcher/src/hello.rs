@@ -8,13 +8,13 @@
 //! pass every field check come out of [`serve`]; the rest are logged as
 //! rejected (escaped, rate-limited).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use vmctl_guest::hello::{read_hello, CheckedHello};
 
+use crate::guest_port;
 use crate::ratelimit::GuestWarnings;
 
 /// How long one connection may take to deliver its hello.
@@ -27,31 +27,17 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// every valid hello comes out of the returned channel.
 pub fn serve(listener: UnixListener) -> mpsc::Receiver<CheckedHello> {
     let (tx, rx) = mpsc::channel(4);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let warnings = GuestWarnings::new();
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warnings.warn(|| format!("hello port: accept failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                drop(stream);
-                warnings.warn(|| {
-                    format!(
-                        "hello port: {MAX_CONNECTIONS} connections already open; closed a new one"
-                    )
-                });
-                continue;
-            };
+    let logged = warnings.clone();
+    guest_port::serve(
+        listener,
+        "hello port",
+        MAX_CONNECTIONS,
+        warnings,
+        move |mut stream, slot| {
             let tx = tx.clone();
-            let warnings = warnings.clone();
-            tokio::spawn(async move {
-                let mut stream = stream;
+            let warnings = logged.clone();
+            async move {
                 let result = read_hello(&mut stream, DEADLINE).await;
                 drop(stream);
                 drop(slot);
@@ -61,9 +47,9 @@ pub fn serve(listener: UnixListener) -> mpsc::Receiver<CheckedHello> {
                     }
                     Err(e) => warnings.warn(|| format!("rejected a hello on the hello port: {e}")),
                 }
-            });
-        }
-    });
+            }
+        },
+    );
     rx
 }
 

@@ -62,6 +62,7 @@
 mod boot_check;
 mod console;
 mod guest_notify;
+mod guest_port;
 mod hello;
 mod inputs;
 mod lifecycle;
