@@ -71,3 +71,18 @@ pub fn unit_property(unit: &str, property: &str) -> String {
 pub fn host_path_exists(path: &str) -> bool {
     host(&["test", "-e", path]).code == Some(0)
 }
+
+/// Copies `source` from this machine into VM `vm` at `guest_path`: staged
+/// in the host's /var/tmp (its /tmp is a tmpfs that hides files copied
+/// into the root), then `vmctl cp` as a user would.
+pub fn copy_into_vm(vm: &str, source: &std::path::Path, guest_path: &str) {
+    let staged = format!(
+        "/var/tmp/{vm}-{}",
+        source.file_name().unwrap().to_string_lossy()
+    );
+    DevHost::current()
+        .expect("the development host must be up (cargo xtask test)")
+        .copy_in(source, &staged)
+        .expect("cannot copy a file into the development host");
+    host(&["vmctl", "cp", &staged, &format!("{vm}:{guest_path}")]).ok();
+}

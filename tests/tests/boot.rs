@@ -82,16 +82,7 @@ fn the_default_image_boots_vmctls_kernel_without_initrd_and_stops_by_acpi() {
         cmdline.contains("root=/dev/vda") && !cmdline.contains("initrd"),
         "{cmdline}"
     );
-    host(&[
-        "vmctl",
-        "exec",
-        vm,
-        "--",
-        "sh",
-        "-c",
-        "test ! -d /lib/modules/$(uname -r)",
-    ])
-    .ok();
+    vm_exec(vm, &["sh", "-c", "test ! -d /lib/modules/$(uname -r)"]).ok();
 
     // The trimmed image still comes all the way up, with no failed unit,
     // and did none of the first-boot work the old image did.
@@ -203,15 +194,10 @@ fn the_debian_kernel_with_its_initrd_still_boots() {
     let release = exec(vm, &["uname", "-r"]);
     assert!(release.contains("cloud-amd64"), "guest kernel {release}");
     // The vsock transport came from a module (the agent answered).
-    host(&[
-        "vmctl",
-        "exec",
+    vm_exec(
         vm,
-        "--",
-        "sh",
-        "-c",
-        "test -d /sys/module/vmw_vsock_virtio_transport",
-    ])
+        &["sh", "-c", "test -d /sys/module/vmw_vsock_virtio_transport"],
+    )
     .ok();
     host(&[
         "vmctl",

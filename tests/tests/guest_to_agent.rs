@@ -15,7 +15,7 @@
 //! One VM serves every step, because a TCG boot costs tens of seconds.
 
 use std::path::Path;
-use vmctl_e2e::{host, vm_exec, Run};
+use vmctl_e2e::{copy_into_vm, host, vm_exec, Run};
 use vmctl_guest::protocol::{Control, ExecRequest, Frame};
 use xtask::host::DevHost;
 
@@ -58,15 +58,7 @@ fn vm_cid(name: &str) -> u32 {
 
 /// Copies a file of this machine into the guest, through the dev host.
 fn copy_into_guest(source: &Path, guest_path: &str) {
-    let staged = format!(
-        "/var/tmp/g2a-{}",
-        source.file_name().unwrap().to_string_lossy()
-    );
-    DevHost::current()
-        .unwrap()
-        .copy_in(source, &staged)
-        .unwrap();
-    host(&["vmctl", "cp", &staged, &format!("{VM}:{guest_path}")]).ok();
+    copy_into_vm(VM, source, guest_path);
 }
 
 fn listing(dir: &str) -> String {

@@ -16,9 +16,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmctl_e2e::{host, unit_property, vm_exec, Run};
+use vmctl_e2e::{copy_into_vm, host, unit_property, vm_exec, Run};
 use vmctl_guest::protocol::{Control, Frame, Hello};
-use xtask::host::DevHost;
 
 const VM: &str = "g2l";
 const UNIT: &str = "vm@g2l.service";
@@ -74,15 +73,7 @@ fn show_hello_lines(journal: &str) {
 /// (its `/var/tmp`: the host's `/tmp` is a tmpfs that hides files copied
 /// into its root directory).
 fn copy_into_guest(source: &Path, guest_path: &str) {
-    let staged = format!(
-        "/var/tmp/{VM}-{}",
-        source.file_name().unwrap().to_string_lossy()
-    );
-    DevHost::current()
-        .unwrap()
-        .copy_in(source, &staged)
-        .unwrap();
-    host(&["vmctl", "cp", &staged, &format!("{VM}:{guest_path}")]).ok();
+    copy_into_vm(VM, source, guest_path);
 }
 
 /// Writes `bytes` to a fresh file of this machine and copies it into the

@@ -7,8 +7,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, host_as, Run};
-use xtask::host::DevHost;
+use vmctl_e2e::{copy_into_vm, host, host_as, Run};
 
 const VM: &str = "sshvm";
 
@@ -154,12 +153,11 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     // The name works for everything, not only ssh: ping, and a web server
     // started in the VM with `vmctl exec`, fetched by name with curl.
     host(&["ping", "-c1", "-W5", &format!("{VM}.vm")]).ok();
-    let staged = "/var/tmp/ssh-e2e-http-peer";
-    DevHost::current()
-        .unwrap()
-        .copy_in(Path::new(env!("CARGO_BIN_EXE_http-peer")), staged)
-        .unwrap();
-    host(&["vmctl", "cp", staged, &format!("{VM}:/root/http-peer")]).ok();
+    copy_into_vm(
+        VM,
+        Path::new(env!("CARGO_BIN_EXE_http-peer")),
+        "/root/http-peer",
+    );
     host(&[
         "vmctl",
         "exec",
