@@ -86,3 +86,35 @@ pub fn copy_into_vm(vm: &str, source: &std::path::Path, guest_path: &str) {
         .expect("cannot copy a file into the development host");
     host(&["vmctl", "cp", &staged, &format!("{vm}:{guest_path}")]).ok();
 }
+
+/// The test users and their supplementary groups: `alice` and `bob` may
+/// use vmctl (group `vmctl`), `mallory` may not, `carol` is in `vmadmins`
+/// (which `tests/polkit.rs` grants manage-any with a rule of its own).
+pub const TEST_USERS: [(&str, &[&str]); 4] = [
+    ("alice", &["vmctl"]),
+    ("bob", &["vmctl"]),
+    ("mallory", &[]),
+    ("carol", &["vmadmins"]),
+];
+
+/// Makes the [`TEST_USERS`] in the development host (idempotent: existing
+/// users are given the groups they lack), each with a home directory.
+pub fn ensure_test_users() {
+    host(&["groupadd", "-f", "vmadmins"]).ok();
+    for (user, groups) in TEST_USERS {
+        if host(&["id", "-u", user]).code != Some(0) {
+            host(&["useradd", "-m", "-s", "/bin/bash", user]).ok();
+        }
+        for group in groups {
+            host(&["usermod", "-a", "-G", group, user]).ok();
+        }
+    }
+}
+
+/// The uid of `user` in the development host.
+pub fn host_uid(user: &str) -> u32 {
+    let out = host(&["id", "-u", user]).ok().stdout;
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("id -u {user}: {out:?}"))
+}

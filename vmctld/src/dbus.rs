@@ -38,7 +38,7 @@ use zbus::{
     Connection,
 };
 
-use crate::{Caller, Manager, ManagerError};
+use crate::{caller::Subject, Caller, Manager, ManagerError};
 
 /// Errors as D-Bus sees them: `org.vmctl.Manager1.Error.<IDL name>`, with
 /// the human-readable message as the error text.
@@ -354,6 +354,12 @@ async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller, DbusEr
     Ok(Caller {
         uid,
         pid: creds.process_id().unwrap_or(0),
+        // polkit asks the bus about the sender itself: never a bare pid.
+        subject: Subject::BusName(sender.to_string()),
+        allow_interaction: header
+            .primary()
+            .flags()
+            .contains(zbus::message::Flags::AllowInteractiveAuth),
     })
 }
 

@@ -17,6 +17,7 @@ use vmctl_api::{
 use crate::{
     accounts,
     addresses::{self, NetworkConfig},
+    authz::Action,
     cid,
     disk::{self, CopyMethod},
     hostkeys,
@@ -32,25 +33,6 @@ pub const DEFAULT_IMAGE: &str = "default";
 /// the launcher passes it when it is there (a kernel with the drivers built
 /// in, like vmctl's own, mounts the root disk without one).
 pub const IMAGE_FILES: [&str; 2] = ["root.raw", "vmlinuz"];
-
-/// A polkit action (see `polkit/`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `org.vmctl.vm.create`.
-    Create,
-    /// `org.vmctl.vm.manage-own`: start, stop, remove one's own VMs.
-    ManageOwn,
-}
-
-impl Action {
-    /// The polkit action ID.
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::Create => "org.vmctl.vm.create",
-            Self::ManageOwn => "org.vmctl.vm.manage-own",
-        }
-    }
-}
 
 /// Files and directories made so far by a `Create`, removed again when it
 /// fails (on drop) unless [`Rollback::commit`] was called.
@@ -85,30 +67,6 @@ impl Drop for Rollback {
 }
 
 impl Manager {
-    /// Decides whether `caller` may perform `action`. Root always may;
-    /// everybody else is refused until polkit is asked here (one place, so
-    /// the polkit check slots in without touching the operations).
-    pub fn authorize(&self, caller: &Caller, action: Action) -> Result<(), ManagerError> {
-        if caller.is_root() {
-            Ok(())
-        } else {
-            Err(ManagerError::PermissionDenied {
-                action: action.id().to_string(),
-            })
-        }
-    }
-
-    /// The spec of VM `name` as `caller` may see it: a VM that does not
-    /// exist and one the caller does not own are both `NoSuchVM`.
-    fn visible_spec(&self, caller: &Caller, name: &str) -> Result<VmSpec, ManagerError> {
-        let missing = || ManagerError::NoSuchVm { name: name.into() };
-        validate_vm_name(name).map_err(|_| missing())?;
-        match self.registry().get(name)? {
-            Some(spec) if caller.is_root() || spec.owner_uid == caller.uid => Ok(spec),
-            _ => Err(missing()),
-        }
-    }
-
     fn systemd_or_error(&self, unit: &str) -> Result<&Systemd, ManagerError> {
         self.systemd().ok_or_else(|| {
             ManagerError::internal(format!(
@@ -125,7 +83,7 @@ impl Manager {
         caller: &Caller,
         params: CreateParams,
     ) -> Result<VmDetails, ManagerError> {
-        self.authorize(caller, Action::Create)?;
+        self.authorize(caller, Action::Create).await?;
         let name = params.name;
         validate_vm_name(&name)?;
         let image = params.image.unwrap_or_else(|| DEFAULT_IMAGE.to_string());
@@ -283,26 +241,20 @@ impl Manager {
 
     /// Starts VM `name` and waits until its unit is up.
     pub async fn start(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
-        let unit = self.manageable_unit(caller, name)?;
+        let unit = self.manageable_unit(caller, name).await?;
         self.systemd_or_error(&unit)?.start(&unit).await
     }
 
     /// Stops VM `name` and waits until its unit is down.
     pub async fn stop(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
-        let unit = self.manageable_unit(caller, name)?;
+        let unit = self.manageable_unit(caller, name).await?;
         self.systemd_or_error(&unit)?.stop(&unit).await
     }
 
     /// Restarts VM `name` and waits until its unit is up again.
     pub async fn restart(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
-        let unit = self.manageable_unit(caller, name)?;
+        let unit = self.manageable_unit(caller, name).await?;
         self.systemd_or_error(&unit)?.restart(&unit).await
-    }
-
-    fn manageable_unit(&self, caller: &Caller, name: &str) -> Result<String, ManagerError> {
-        let spec = self.visible_spec(caller, name)?;
-        self.authorize(caller, Action::ManageOwn)?;
-        Ok(spec.unit())
     }
 
     /// Deletes VM `name`: stops its unit (waiting), forgets its failed
@@ -311,7 +263,7 @@ impl Manager {
     /// asked again right before, says the unit is down: a VM's disk is never
     /// pulled from under a running VMM, whatever signal ended the wait.
     pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
-        let unit = self.manageable_unit(caller, name)?;
+        let unit = self.manageable_unit(caller, name).await?;
         let _guard;
         if let Some(systemd) = self.systemd() {
             systemd.stop(&unit).await?;
@@ -342,7 +294,7 @@ impl Manager {
 
     /// Everything known about VM `name`.
     pub async fn describe(&self, caller: &Caller, name: &str) -> Result<VmDetails, ManagerError> {
-        let spec = self.visible_spec(caller, name)?;
+        let spec = self.visible_spec(caller, name).await?;
         Ok(self.details(spec).await)
     }
 
@@ -726,7 +678,7 @@ mod tests {
         m.create(&Caller::ROOT, params("a")).await.unwrap();
         let e = m.create(&Caller::ROOT, params("a")).await.unwrap_err();
         assert_eq!(e, ManagerError::VmExists { name: "a".into() });
-        let user = Caller { uid: 1000, pid: 1 };
+        let user = Caller::without_subject(1000);
         let e = m.create(&user, params("b")).await.unwrap_err();
         assert_eq!(
             e,

@@ -13,7 +13,7 @@ use vmctl_api::{
     Vm,
 };
 
-use crate::{units::Systemd, Caller, ManagerError, Registry};
+use crate::{authz::Authority, units::Systemd, Caller, ManagerError, Registry};
 
 /// The state reported when vmctld cannot ask systemd about
 /// `vm@NAME.service` (no bus, or systemd not reachable).
@@ -31,6 +31,8 @@ pub struct Manager {
     /// Serialises the steps of Create and Remove that allocate or free
     /// names, CIDs and addresses.
     lock: Mutex<()>,
+    /// Decides for callers other than root (polkit).
+    authority: Authority,
 }
 
 impl Manager {
@@ -47,7 +49,19 @@ impl Manager {
             systemd: None,
             config_path: crate::addresses::default_config_path(),
             lock: Mutex::new(()),
+            authority: Authority::default(),
         }
+    }
+
+    /// Asks `authority` instead of polkitd on the system bus.
+    pub fn with_authority(mut self, authority: Authority) -> Self {
+        self.authority = authority;
+        self
+    }
+
+    /// Who decides for callers other than root.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// Publishes runtime files (names for NSS, known hosts) under `dir`
@@ -153,7 +167,7 @@ mod tests {
         let m = Manager::new(Registry::new(dir.path()));
         let names = |vms: Vec<Vm>| vms.into_iter().map(|v| v.name).collect::<Vec<_>>();
         assert_eq!(names(m.list(&Caller::ROOT).await.unwrap()), ["a", "b", "c"]);
-        let user = Caller { uid: 1000, pid: 42 };
+        let user = Caller::without_subject(1000);
         let vms = m.list(&user).await.unwrap();
         assert_eq!(
             vms,

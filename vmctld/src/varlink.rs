@@ -198,7 +198,7 @@ impl VarlinkService {
     /// `io.vmctl.Manager.*`.
     async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Answer {
         let manager = self.manager.clone();
-        let caller = *caller;
+        let caller = caller.clone();
         match member {
             "GetVersion" => Answer::Now(check_parameters(call, &[]).and_then(|()| {
                 to_value(GetVersionReply {

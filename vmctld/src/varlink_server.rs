@@ -35,7 +35,7 @@
 //! one task per connection: a slow, idle or huge connection only ever holds
 //! up itself.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, os::fd::AsFd, sync::Arc, time::Duration};
 
 use tokio::{
     net::{UnixListener, UnixStream},
@@ -126,10 +126,11 @@ pub async fn serve(
             },
         };
         let caller = match stream.peer_cred() {
-            Ok(cred) => Caller {
-                uid: cred.uid(),
-                pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-            },
+            Ok(cred) => Caller::unix_peer(
+                stream.as_fd(),
+                cred.uid(),
+                cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            ),
             Err(e) => {
                 tracing::debug!("varlink: no peer credentials, closing: {e}");
                 continue;

@@ -1,0 +1,384 @@
+//! Authorisation: who may do what to which VM.
+//!
+//! Root (uid 0) is always allowed and never goes to polkit. Everybody else
+//! is checked with polkit (`CheckAuthorization` on
+//! `org.freedesktop.PolicyKit1` over the system bus) against the actions in
+//! `polkit/org.vmctl.policy`; the shipped rule `polkit/50-vmctl.rules`
+//! grants create and manage-own to group `vmctl`.
+//!
+//! The subject polkit is asked about is never a bare pid (CVE-2013-4288: a
+//! pid can be reused by a more privileged process between the check and
+//! polkit's lookup):
+//!
+//! - a varlink peer is a `unix-process` with the pidfd from `SO_PEERPIDFD`
+//!   and its uid (polkit >= 124 resolves the process from the pidfd), or,
+//!   on kernels without `SO_PEERPIDFD`, pid + start time + uid;
+//! - a D-Bus sender is a `system-bus-name` with its unique name.
+//!
+//! Visibility: a VM the caller neither owns nor may manage through
+//! manage-any answers exactly like a VM that does not exist (`NoSuchVM`
+//! with the same parameters). manage-any for a named VM is asked without
+//! user interaction: a password prompt would tell the caller that the VM
+//! exists.
+
+use std::collections::HashMap;
+
+use tokio::sync::OnceCell;
+use vmctl_api::{spec::VmSpec, validate_vm_name};
+use zbus::{
+    zvariant::{Fd, Value},
+    Connection,
+};
+
+use crate::{
+    caller::{ProcessSubject, Subject},
+    Caller, Manager, ManagerError,
+};
+
+/// A polkit action of vmctl (declared in `polkit/org.vmctl.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `org.vmctl.vm.create`: create VMs (owned by the caller); list images.
+    Create,
+    /// `org.vmctl.vm.manage-own`: start, stop, restart, exec, shell, cp,
+    /// console, rm, rebuild, resize, publish of one's own VMs.
+    ManageOwn,
+    /// `org.vmctl.vm.manage-any`: all of that for any user's VMs, and
+    /// seeing them (`vmctl list --all`).
+    ManageAny,
+    /// `org.vmctl.image.manage`: image build, import and rm.
+    ImageManage,
+    /// `org.vmctl.admin`: quotas, `doctor --repair`.
+    Admin,
+}
+
+impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 5] = [
+        Action::Create,
+        Action::ManageOwn,
+        Action::ManageAny,
+        Action::ImageManage,
+        Action::Admin,
+    ];
+
+    /// The polkit action ID.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Create => "org.vmctl.vm.create",
+            Self::ManageOwn => "org.vmctl.vm.manage-own",
+            Self::ManageAny => "org.vmctl.vm.manage-any",
+            Self::ImageManage => "org.vmctl.image.manage",
+            Self::Admin => "org.vmctl.admin",
+        }
+    }
+}
+
+const POLKIT_NAME: &str = "org.freedesktop.PolicyKit1";
+const POLKIT_PATH: &str = "/org/freedesktop/PolicyKit1/Authority";
+const POLKIT_INTERFACE: &str = "org.freedesktop.PolicyKit1.Authority";
+/// `CheckAuthorizationFlags.AllowUserInteraction`.
+const ALLOW_USER_INTERACTION: u32 = 1;
+
+/// Who decides for callers other than root.
+#[derive(Debug)]
+pub struct Authority {
+    kind: AuthorityKind,
+}
+
+#[derive(Debug)]
+enum AuthorityKind {
+    /// polkitd on the system bus, connected at the first check (and again
+    /// after a failed connect).
+    SystemBus(OnceCell<Connection>),
+    /// polkitd (or a stand-in) on this connection.
+    Bus(Connection),
+    /// A fixed table of (uid, action) grants.
+    Fixed(Vec<(u32, Action)>),
+}
+
+impl Default for Authority {
+    fn default() -> Self {
+        Self::system_bus()
+    }
+}
+
+impl Authority {
+    /// polkitd on the system bus (what vmctld uses).
+    pub fn system_bus() -> Self {
+        Self {
+            kind: AuthorityKind::SystemBus(OnceCell::new()),
+        }
+    }
+
+    /// The polkit authority reached over `conn` (tests: a private bus).
+    pub fn on_connection(conn: Connection) -> Self {
+        Self {
+            kind: AuthorityKind::Bus(conn),
+        }
+    }
+
+    /// A fixed table, for tests of code that calls [`Manager::authorize`]:
+    /// `uid` may perform `action` exactly when `(uid, action)` is listed.
+    pub fn fixed(grants: impl IntoIterator<Item = (u32, Action)>) -> Self {
+        Self {
+            kind: AuthorityKind::Fixed(grants.into_iter().collect()),
+        }
+    }
+
+    /// Whether `caller` (not root) may perform `action`, asking polkit.
+    /// `Err` only when the question could not be answered.
+    async fn check(
+        &self,
+        caller: &Caller,
+        action: Action,
+        interactive: bool,
+    ) -> Result<bool, ManagerError> {
+        let (conn, subject) = match (&self.kind, subject(caller)) {
+            (AuthorityKind::Fixed(grants), _) => return Ok(grants.contains(&(caller.uid, action))),
+            // Nothing polkit could identify: refuse rather than guess.
+            (_, None) => return Ok(false),
+            (AuthorityKind::Bus(conn), Some(subject)) => (conn, subject),
+            (AuthorityKind::SystemBus(cell), Some(subject)) => {
+                let conn = cell
+                    .get_or_try_init(|| async { Connection::system().await })
+                    .await
+                    .map_err(|e| {
+                        ManagerError::internal(format!(
+                            "cannot ask polkit: no connection to the system bus: {e}"
+                        ))
+                    })?;
+                (conn, subject)
+            }
+        };
+        let flags = if interactive && caller.allow_interaction {
+            ALLOW_USER_INTERACTION
+        } else {
+            0
+        };
+        check_authorization(conn, subject, action, flags).await
+    }
+}
+
+/// The `(sa{sv})` polkit subject of `caller`; `None` when it has none.
+fn subject(caller: &Caller) -> Option<(&'static str, HashMap<&'static str, Value<'_>>)> {
+    let mut details = HashMap::new();
+    let kind = match &caller.subject {
+        Subject::None => return None,
+        Subject::BusName(name) => {
+            details.insert("name", Value::from(name.as_str()));
+            "system-bus-name"
+        }
+        Subject::Process(process) => {
+            match process.as_ref() {
+                ProcessSubject::Pidfd { pidfd, uid } => {
+                    details.insert("pidfd", Value::Fd(Fd::from(pidfd)));
+                    details.insert("uid", Value::I32(uid_i32(*uid)));
+                }
+                ProcessSubject::PidStartTime {
+                    pid,
+                    start_time,
+                    uid,
+                } => {
+                    details.insert("pid", Value::U32(*pid));
+                    details.insert("start-time", Value::U64(*start_time));
+                    details.insert("uid", Value::I32(uid_i32(*uid)));
+                }
+            }
+            "unix-process"
+        }
+    };
+    Some((kind, details))
+}
+
+/// polkit takes the uid as `i`; uids above `i32::MAX` do not occur on
+/// Linux (the kernel's invalid uid is `u32::MAX`, which becomes -1: no
+/// user).
+fn uid_i32(uid: u32) -> i32 {
+    i32::try_from(uid).unwrap_or(-1)
+}
+
+/// One `CheckAuthorization` call.
+async fn check_authorization(
+    conn: &Connection,
+    subject: (&str, HashMap<&str, Value<'_>>),
+    action: Action,
+    flags: u32,
+) -> Result<bool, ManagerError> {
+    let details: HashMap<&str, &str> = HashMap::new();
+    let reply = conn
+        .call_method(
+            Some(POLKIT_NAME),
+            POLKIT_PATH,
+            Some(POLKIT_INTERFACE),
+            "CheckAuthorization",
+            &(subject, action.id(), details, flags, ""),
+        )
+        .await
+        .map_err(|e| {
+            ManagerError::internal(format!("cannot ask polkit about {}: {e}", action.id()))
+        })?;
+    let (authorized, _challenge, _details): (bool, bool, HashMap<String, String>) =
+        reply.body().deserialize().map_err(|e| {
+            ManagerError::internal(format!("polkit's answer about {}: {e}", action.id()))
+        })?;
+    Ok(authorized)
+}
+
+impl Manager {
+    /// Decides whether `caller` may perform `action`: root always may;
+    /// everybody else as polkit says (with a password prompt on the
+    /// caller's agent when the caller allowed interaction). A refusal is
+    /// `PermissionDenied` naming the action; polkit unreachable is an
+    /// internal error naming polkit, never a permission.
+    pub async fn authorize(&self, caller: &Caller, action: Action) -> Result<(), ManagerError> {
+        if caller.is_root() || self.authority().check(caller, action, true).await? {
+            Ok(())
+        } else {
+            Err(ManagerError::PermissionDenied {
+                action: action.id().to_string(),
+            })
+        }
+    }
+
+    /// Whether `caller` holds manage-any, asked without interaction (see
+    /// the module docs): for listing and visibility.
+    pub async fn may_manage_any(&self, caller: &Caller) -> Result<bool, ManagerError> {
+        Ok(caller.is_root()
+            || self
+                .authority()
+                .check(caller, Action::ManageAny, false)
+                .await?)
+    }
+
+    /// The spec of VM `name` as `caller` may see it: the caller's own VM,
+    /// or any VM with manage-any. A VM that does not exist and one the
+    /// caller may not see are both `NoSuchVM { name }`.
+    pub async fn visible_spec(&self, caller: &Caller, name: &str) -> Result<VmSpec, ManagerError> {
+        let missing = || ManagerError::NoSuchVm { name: name.into() };
+        validate_vm_name(name).map_err(|_| missing())?;
+        match self.registry().get(name)? {
+            Some(spec) if spec.owner_uid == caller.uid || caller.is_root() => Ok(spec),
+            // Asked for missing VMs too, so both answer alike.
+            found => match self.may_manage_any(caller).await? {
+                true => found.ok_or_else(missing),
+                false => Err(missing()),
+            },
+        }
+    }
+
+    /// The unit of VM `name` if `caller` may manage it: manage-own for its
+    /// owner, manage-any for everybody else (who cannot see it otherwise).
+    pub async fn manageable_unit(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<String, ManagerError> {
+        let spec = self.visible_spec(caller, name).await?;
+        let action = if spec.owner_uid == caller.uid {
+            Action::ManageOwn
+        } else {
+            Action::ManageAny
+        };
+        self.authorize(caller, action).await?;
+        Ok(spec.unit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{registry::testing, Registry};
+
+    fn manager(grants: Vec<(u32, Action)>) -> (tempfile::TempDir, Manager) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, uid) in [("a", 1000), ("b", 1001)] {
+            let json = serde_json::to_string(&testing::spec(name, uid)).unwrap();
+            testing::write(dir.path(), &format!("{name}.json"), &json);
+        }
+        let m = Manager::new(Registry::new(dir.path())).with_authority(Authority::fixed(grants));
+        (dir, m)
+    }
+
+    #[test]
+    fn action_ids_are_declared_in_the_policy() {
+        let policy = include_str!("../../polkit/org.vmctl.policy");
+        for action in Action::ALL {
+            assert!(
+                policy.contains(&format!("<action id=\"{}\">", action.id())),
+                "{} not in org.vmctl.policy",
+                action.id()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn root_always_others_as_the_authority_says() {
+        let (_dir, m) = manager(vec![(1000, Action::Create)]);
+        m.authorize(&Caller::ROOT, Action::Admin).await.unwrap();
+        let alice = Caller::without_subject(1000);
+        m.authorize(&alice, Action::Create).await.unwrap();
+        let e = m.authorize(&alice, Action::Admin).await.unwrap_err();
+        assert_eq!(
+            e,
+            ManagerError::PermissionDenied {
+                action: "org.vmctl.admin".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn another_users_vm_answers_like_a_missing_one() {
+        let (_dir, m) = manager(vec![(1000, Action::ManageOwn)]);
+        let alice = Caller::without_subject(1000);
+        assert_eq!(m.visible_spec(&alice, "a").await.unwrap().name, "a");
+        assert_eq!(
+            m.manageable_unit(&alice, "a").await.unwrap(),
+            "vm@a.service"
+        );
+        let hidden = m.visible_spec(&alice, "b").await.unwrap_err();
+        let missing = m.visible_spec(&alice, "zz").await.unwrap_err();
+        assert_eq!(hidden, ManagerError::NoSuchVm { name: "b".into() });
+        assert_eq!(missing, ManagerError::NoSuchVm { name: "zz".into() });
+        assert_eq!(
+            m.manageable_unit(&alice, "b").await.unwrap_err(),
+            ManagerError::NoSuchVm { name: "b".into() }
+        );
+        // The owner without manage-own sees the VM but may not manage it.
+        let bob = Caller::without_subject(1001);
+        assert_eq!(m.visible_spec(&bob, "b").await.unwrap().name, "b");
+        assert_eq!(
+            m.manageable_unit(&bob, "b").await.unwrap_err(),
+            ManagerError::PermissionDenied {
+                action: "org.vmctl.vm.manage-own".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn manage_any_sees_and_manages_every_vm() {
+        let (_dir, m) = manager(vec![(1002, Action::ManageAny)]);
+        let carol = Caller::without_subject(1002);
+        assert_eq!(
+            m.manageable_unit(&carol, "a").await.unwrap(),
+            "vm@a.service"
+        );
+        assert_eq!(
+            m.visible_spec(&carol, "zz").await.unwrap_err(),
+            ManagerError::NoSuchVm { name: "zz".into() }
+        );
+    }
+
+    #[tokio::test]
+    async fn no_subject_is_refused_by_polkit_without_asking() {
+        // The system-bus authority: a caller without a subject must not
+        // reach the bus (there is none in unit tests) and is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manager::new(Registry::new(dir.path()));
+        let e = m
+            .authorize(&Caller::without_subject(1000), Action::Create)
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "PermissionDenied");
+    }
+}
