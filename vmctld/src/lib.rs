@@ -26,7 +26,6 @@ pub mod limits;
 pub mod logging;
 pub mod manager;
 pub mod registry;
-pub mod storage;
 pub mod units;
 pub mod varlink;
 pub mod varlink_server;
