@@ -8,6 +8,7 @@
 //! |---|---|
 //! | spec | `/var/lib/vmctl/vms/NAME.json` |
 //! | root disk | `/var/lib/vmctl/disks/NAME/root.raw` |
+//! | data volume `VOL` | `/var/lib/vmctl/volumes/VOL.raw` |
 //! | image `IMG` | `/var/lib/vmctl/images/IMG/{root.raw,vmlinuz,initrd.img}` |
 //! | runtime sockets | `/run/vmctl/vm/NAME/` (`RuntimeDirectory=` of the unit) |
 
@@ -163,6 +164,12 @@ impl Layout {
     /// The root disk of VM `name`.
     pub fn root_disk(&self, name: &str) -> PathBuf {
         self.disk_dir(name).join("root.raw")
+    }
+
+    /// The persistent data volume `volume` of the directory pool (it
+    /// outlives the VMs it is attached to).
+    pub fn volume_file(&self, volume: &str) -> PathBuf {
+        self.state_dir.join("volumes").join(format!("{volume}.raw"))
     }
 
     /// The directory of image `image`.

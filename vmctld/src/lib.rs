@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod disk;
 pub mod error;
+pub mod events;
 pub mod hostkeys;
 pub mod lifecycle;
 pub mod limits;

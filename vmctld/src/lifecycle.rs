@@ -221,6 +221,7 @@ impl Manager {
             tracing::warn!("{name}: {e}");
         }
         tracing::info!("created VM {name} (cid {cid}) for uid {}", caller.uid);
+        self.events().added(&name);
         Ok(self.details(spec).await)
     }
 
@@ -289,6 +290,7 @@ impl Manager {
             );
         }
         tracing::info!("removed VM {name}");
+        self.events().removed(name);
         Ok(())
     }
 

@@ -15,6 +15,8 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     "debootstrap",
     // mkfs.ext4 -d turns the guest tree into a root filesystem image.
     "e2fsprogs",
+    // mkfs.btrfs and `btrfs filesystem du`: the storage pool's reflink test.
+    "btrfs-progs",
     // The daemon's D-Bus tests run a private bus.
     "dbus",
     "iproute2",
