@@ -33,6 +33,8 @@ pub struct Manager {
     lock: Mutex<()>,
     /// Decides for callers other than root (polkit).
     authority: Authority,
+    /// VM events and the states followed from systemd's signals.
+    events: crate::events::Events,
 }
 
 impl Manager {
@@ -50,6 +52,7 @@ impl Manager {
             config_path: crate::addresses::default_config_path(),
             lock: Mutex::new(()),
             authority: Authority::default(),
+            events: crate::events::Events::new(),
         }
     }
 
@@ -85,7 +88,7 @@ impl Manager {
 
     /// Reads VM states from systemd through `systemd`.
     pub fn with_systemd(mut self, systemd: Systemd) -> Self {
-        self.systemd = Some(systemd);
+        self.systemd = Some(systemd.with_events(self.events.clone()));
         self
     }
 
@@ -108,8 +111,18 @@ impl Manager {
         self.lock.lock().await
     }
 
-    /// The state of VM `name` (`unknown` without systemd).
+    /// VM events (created, removed, state changed) and the states
+    /// followed from systemd's signals (see [`crate::events`]).
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
+    }
+
+    /// The state of VM `name` (`unknown` without systemd): from memory
+    /// while [`crate::events::watch`] follows systemd, else asked now.
     pub async fn vm_state(&self, name: &str) -> String {
+        if let Some(state) = self.events.state(name) {
+            return state;
+        }
         match &self.systemd {
             Some(systemd) => systemd.vm_state(name).await,
             None => STATE_UNKNOWN.to_string(),

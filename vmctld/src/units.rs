@@ -57,13 +57,23 @@ const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 #[derive(Debug, Clone)]
 pub struct Systemd {
     conn: Connection,
+    /// Told the unit's state after each job vmctld ran.
+    events: Option<crate::events::Events>,
 }
 
 impl Systemd {
     /// A client on `conn`: a bus connection (the system bus, or a test bus)
     /// or a peer-to-peer connection to systemd.
     pub fn new(conn: Connection) -> Self {
-        Self { conn }
+        Self { conn, events: None }
+    }
+
+    /// Tells `events` the state of a VM's unit after each job on it, so
+    /// that a `List` right after `Start` returned says `running` even if
+    /// systemd's signals are still queued.
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Asks systemd to send job signals to this connection (needed on a
@@ -148,6 +158,14 @@ impl Systemd {
     /// `NameOwnerChanged`, whose well-known sender zbus cannot filter, so
     /// forged copies could fill that stream).
     async fn run_job(&self, method: &str, unit: &str) -> Result<(), ManagerError> {
+        let result = self.run_job_inner(method, unit).await;
+        if let (Some(events), Some(name)) = (&self.events, crate::events::vm_of_unit(unit)) {
+            crate::events::refresh(&self.conn, events, name).await;
+        }
+        result
+    }
+
+    async fn run_job_inner(&self, method: &str, unit: &str) -> Result<(), ManagerError> {
         let mut owner = self.systemd_owner().await?;
         let mut jobs = self.job_signals(owner.as_ref()).await?;
         let job: OwnedObjectPath = match self.manager_call(method, &(unit, "replace")).await {
