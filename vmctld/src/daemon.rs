@@ -99,13 +99,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             manager.events().clone(),
         ));
     }
-    // VM states and events follow systemd's signals from here on.
-    if let Some((_, conn)) = &bus {
-        tokio::spawn(crate::events::watch(
-            conn.clone(),
-            manager.events().clone(),
-        ));
-    }
 
     let mut serving_dbus = false;
     if let Some((choice, conn)) = &bus {

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod logging;
 pub mod manager;
 pub mod registry;
+pub mod storage;
 pub mod units;
 pub mod varlink;
 pub mod varlink_server;
