@@ -27,7 +27,7 @@ pub const DBUS_VM_INTERFACE: &str = "org.vmctl.VM1";
 
 /// The parent of the per-VM D-Bus object paths (see
 /// [`crate::vm_object_path`]).
-pub const DBUS_VM_PATH_PREFIX: &str = "/org/vmctl/vm";
+pub const DBUS_VM_PATH_PREFIX: &str = "/org/vmctl/VM";
 
 /// The default state directory of vmctld when `$STATE_DIRECTORY` is unset.
 pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/vmctl";

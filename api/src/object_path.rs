@@ -44,7 +44,7 @@ pub fn bus_label_unescape(label: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The D-Bus object path of the VM `name`: `/org/vmctl/vm/<escaped name>`.
+/// The D-Bus object path of the VM `name`: `/org/vmctl/VM/<escaped name>`.
 pub fn vm_object_path(name: &str) -> String {
     format!("{DBUS_VM_PATH_PREFIX}/{}", bus_label_escape(name))
 }
@@ -80,6 +80,6 @@ mod tests {
 
     #[test]
     fn object_path() {
-        assert_eq!(vm_object_path("web-1"), "/org/vmctl/vm/web_2d1");
+        assert_eq!(vm_object_path("web-1"), "/org/vmctl/VM/web_2d1");
     }
 }

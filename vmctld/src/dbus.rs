@@ -339,7 +339,7 @@ pub fn details_dict(vm: VmDetails) -> HashMap<String, OwnedValue> {
 }
 
 /// The credentials of the message's sender, asked from the bus daemon.
-async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller, DbusError> {
+pub(crate) async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller, DbusError> {
     let sender = header
         .sender()
         .ok_or_else(|| ManagerError::internal("message has no sender"))?;
@@ -390,12 +390,14 @@ pub async fn connect(bus: &BusChoice) -> anyhow::Result<Connection> {
     Ok(builder.build().await?)
 }
 
-/// Serves the manager object on `conn` and then takes the well-known name,
+/// Serves the manager object and the VM objects ([`crate::dbus_vm`]) on
+/// `conn` and then takes the well-known name,
 /// so that callers activated by the name find the object in place.
 pub async fn serve(conn: &Connection, manager: Arc<Manager>) -> anyhow::Result<()> {
     conn.object_server()
-        .at(DBUS_PATH, ManagerObject::new(manager))
+        .at(DBUS_PATH, ManagerObject::new(manager.clone()))
         .await?;
+    crate::dbus_vm::export(conn.clone(), manager).await?;
     conn.request_name(DBUS_NAME).await?;
     Ok(())
 }

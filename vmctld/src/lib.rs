@@ -18,6 +18,7 @@ pub mod cid;
 pub mod cli;
 pub mod daemon;
 pub mod dbus;
+pub mod dbus_vm;
 pub mod disk;
 pub mod error;
 pub mod events;
