@@ -20,6 +20,6 @@ pub mod vm_name;
 pub use errors::ErrorReply;
 pub use object_path::{bus_label_escape, bus_label_unescape, vm_object_path};
 pub use types::{
-    CreateParams, DetailsReply, GetVersionReply, ListReply, NameParams, Vm, VmDetails,
+    CreateParams, DetailsReply, GetVersionReply, ListParams, ListReply, NameParams, Vm, VmDetails,
 };
 pub use vm_name::{validate_vm_name, InvalidVmName, VM_NAME_MAX_LEN};

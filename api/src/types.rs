@@ -14,6 +14,9 @@ pub struct Vm {
     pub state: String,
     /// Unix user ID of the owner (the creator).
     pub owner_uid: u32,
+    /// The owner's user name (the uid in decimal when it has none).
+    #[serde(default)]
+    pub owner: String,
     /// Number of virtual CPUs.
     pub vcpus: u32,
     /// Guest memory in bytes.
@@ -38,6 +41,9 @@ pub struct VmDetails {
     pub state: String,
     /// Unix user ID of the owner.
     pub owner_uid: u32,
+    /// The owner's user name (the uid in decimal when it has none).
+    #[serde(default)]
+    pub owner: String,
     /// Number of virtual CPUs.
     pub vcpus: u32,
     /// Guest memory in bytes.
@@ -123,6 +129,14 @@ pub struct GetVersionReply {
     pub interface_version: i64,
 }
 
+/// The parameters of `List`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListParams {
+    /// Every user's VMs (needs manage-any), not only the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+}
+
 /// The reply parameters of `List`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListReply {
@@ -140,6 +154,7 @@ mod tests {
             name: "blog".into(),
             state: "running".into(),
             owner_uid: 1000,
+            owner: "alice".into(),
             vcpus: 2,
             memory_bytes: 2 << 30,
             ipv4: None,
@@ -151,6 +166,7 @@ mod tests {
             "name",
             "state",
             "owner_uid",
+            "owner",
             "vcpus",
             "memory_bytes",
             "ipv4",

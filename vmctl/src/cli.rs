@@ -38,6 +38,10 @@ pub enum Command {
         /// Print JSON (an array of VM objects) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Every user's VMs, not only yours (needs the polkit action
+        /// org.vmctl.vm.manage-any).
+        #[arg(long)]
+        all: bool,
     },
     /// Define a new VM (stopped); start it with `vmctl start NAME` or
     /// `systemctl start vm@NAME`.

@@ -58,9 +58,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 v.version, v.interface_version
             );
         }
-        Command::List { json } => {
+        Command::List { json, all } => {
             let mut client = Client::connect(&cli.address).await?;
-            let reply: ListReply = client.call(&method("List"), None).await?;
+            let params = all.then(|| json!({ "all": true }));
+            let reply: ListReply = client.call(&method("List"), params).await?;
             if json {
                 println!("{}", output::vm_json(&reply.vms));
             } else {

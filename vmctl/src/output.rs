@@ -17,7 +17,7 @@ pub fn vm_table(vms: &[Vm]) -> String {
             [
                 vm.name.clone(),
                 vm.state.clone(),
-                vm.owner_uid.to_string(),
+                vm.owner.clone(),
                 vm.vcpus.to_string(),
                 human_bytes(vm.memory_bytes),
                 dash(&vm.ipv4),
@@ -88,7 +88,7 @@ pub fn details(vm: &VmDetails) -> String {
         ("Name", vm.name.clone()),
         ("State", vm.state.clone()),
         ("Unit", vm.unit.clone()),
-        ("Owner", vm.owner_uid.to_string()),
+        ("Owner", format!("{} (uid {})", vm.owner, vm.owner_uid)),
         ("vCPUs", vm.vcpus.to_string()),
         ("Memory", human_bytes(vm.memory_bytes)),
         ("Disk", human_bytes(vm.disk_bytes)),
@@ -124,6 +124,7 @@ mod tests {
             name: name.into(),
             state: "running".into(),
             owner_uid: 1000,
+            owner: "alice".into(),
             vcpus: 2,
             memory_bytes: 2 << 30,
             ipv4: ipv4.map(String::from),
@@ -147,8 +148,8 @@ mod tests {
         assert_eq!(
             t,
             "NAME           STATE    OWNER  VCPUS  MEMORY  IPV4       IPV6               MAC\n\
-             blog           running  1000   2      2G      10.77.0.2  fd77:766d:6374::2  02:76:6d:00:00:03\n\
-             a-longer-name  running  1000   2      2G      -          -                  -\n"
+             blog           running  alice  2      2G      10.77.0.2  fd77:766d:6374::2  02:76:6d:00:00:03\n\
+             a-longer-name  running  alice  2      2G      -          -                  -\n"
         );
     }
 
@@ -158,6 +159,7 @@ mod tests {
             name: "blog".into(),
             state: "stopped".into(),
             owner_uid: 0,
+            owner: "root".into(),
             vcpus: 2,
             memory_bytes: 1 << 30,
             disk_bytes: 4 << 30,

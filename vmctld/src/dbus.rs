@@ -322,6 +322,7 @@ pub fn details_dict(vm: VmDetails) -> HashMap<String, OwnedValue> {
     put("name", Value::from(vm.name));
     put("state", Value::from(vm.state));
     put("owner_uid", Value::U32(vm.owner_uid));
+    put("owner", Value::from(vm.owner));
     put("vcpus", Value::U32(vm.vcpus));
     put("memory_bytes", Value::U64(vm.memory_bytes));
     put("disk_bytes", Value::U64(vm.disk_bytes));

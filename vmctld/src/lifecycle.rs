@@ -307,6 +307,7 @@ impl Manager {
             name: spec.name,
             state,
             owner_uid: spec.owner_uid,
+            owner: accounts::display_name(spec.owner_uid),
             vcpus: spec.vcpus,
             memory_bytes: spec.memory_bytes,
             disk_bytes: spec.disk_bytes,

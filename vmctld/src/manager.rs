@@ -137,21 +137,33 @@ impl Manager {
     /// The VMs `caller` may see, sorted by name: root sees every VM, other
     /// users see the VMs they own.
     pub async fn list(&self, caller: &Caller) -> Result<Vec<Vm>, ManagerError> {
+        self.list_vms(caller, false).await
+    }
+
+    /// Like [`Manager::list`]; with `all`, every user's VMs, which needs
+    /// manage-any (`vmctl list --all`).
+    pub async fn list_vms(&self, caller: &Caller, all: bool) -> Result<Vec<Vm>, ManagerError> {
+        if all {
+            self.authorize(caller, crate::authz::Action::ManageAny)
+                .await?;
+        }
         let specs = self.registry.list()?;
+        let mut owners = crate::accounts::OwnerNames::default();
         let mut vms = Vec::new();
         for spec in specs
             .into_iter()
-            .filter(|spec| caller.is_root() || spec.owner_uid == caller.uid)
+            .filter(|spec| all || caller.is_root() || spec.owner_uid == caller.uid)
         {
             let state = self.vm_state(&spec.name).await;
-            vms.push(public_view(spec, state));
+            let owner = owners.name(spec.owner_uid);
+            vms.push(public_view(spec, state, owner));
         }
         Ok(vms)
     }
 }
 
 /// What the API shows of a stored VM in `state`.
-fn public_view(spec: VmSpec, state: String) -> Vm {
+fn public_view(spec: VmSpec, state: String, owner: String) -> Vm {
     let net = spec.network.as_ref();
     Vm {
         ipv4: net.map(|n| n.ipv4.to_string()),
@@ -160,6 +172,7 @@ fn public_view(spec: VmSpec, state: String) -> Vm {
         name: spec.name,
         state,
         owner_uid: spec.owner_uid,
+        owner,
         vcpus: spec.vcpus,
         memory_bytes: spec.memory_bytes,
     }
@@ -188,6 +201,7 @@ mod tests {
                 name: "b".into(),
                 state: "unknown".into(),
                 owner_uid: 1000,
+                owner: crate::accounts::display_name(1000),
                 vcpus: 2,
                 memory_bytes: 1 << 30,
                 ipv4: None,
@@ -195,5 +209,43 @@ mod tests {
                 mac: None,
             }]
         );
+    }
+    #[tokio::test]
+    async fn all_needs_manage_any() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, uid) in [("a", 1000), ("b", 4_000_000)] {
+            let json = serde_json::to_string(&spec(name, uid)).unwrap();
+            write(dir.path(), &format!("{name}.json"), &json);
+        }
+        let m = Manager::new(Registry::new(dir.path())).with_authority(
+            crate::authz::Authority::fixed([(1002, crate::authz::Action::ManageAny)]),
+        );
+        let e = m
+            .list_vms(&Caller::without_subject(1000), true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ManagerError::PermissionDenied {
+                action: "org.vmctl.vm.manage-any".into()
+            }
+        );
+        let vms = m
+            .list_vms(&Caller::without_subject(1002), true)
+            .await
+            .unwrap();
+        let owners: Vec<_> = vms
+            .iter()
+            .map(|v| (v.name.as_str(), v.owner.as_str()))
+            .collect();
+        // A uid without a user name shows as the number.
+        assert_eq!(owners.len(), 2);
+        assert_eq!(owners[1], ("b", "4000000"));
+        // Without all, manage-any does not change what is listed.
+        assert!(m
+            .list_vms(&Caller::without_subject(1002), false)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -206,9 +206,9 @@ impl VarlinkService {
                     interface_version: idl::INTERFACE_VERSION,
                 })
             })),
-            "List" => Answer::Now(match check_parameters(call, &[]) {
+            "List" => Answer::Now(match list_parameters(call) {
                 Err(e) => Err(e),
-                Ok(()) => match self.manager.list(&caller).await {
+                Ok(all) => match self.manager.list_vms(&caller, all).await {
                     Ok(vms) => to_value(ListReply { vms }),
                     Err(e) => Err(e.to_varlink()),
                 },
@@ -260,6 +260,13 @@ fn name_parameter(call: &RawCall) -> Result<String, ErrorReply> {
     check_parameters(call, &["name"])?;
     let input: NameParams = parameters(call, "name")?;
     Ok(input.name)
+}
+
+/// `List`'s `all`.
+fn list_parameters(call: &RawCall) -> Result<bool, ErrorReply> {
+    check_parameters(call, &["all"])?;
+    let input: vmctl_api::ListParams = parameters(call, "all")?;
+    Ok(input.all.unwrap_or(false))
 }
 
 /// `Create`'s parameters, each checked so that a bad one is named.
