@@ -144,6 +144,19 @@ pub struct ListReply {
     pub vms: Vec<Vm>,
 }
 
+/// A reply of `List` with `more` after the first: one change of one VM the
+/// caller may see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListChange {
+    /// Empty: the change is in `vm`.
+    #[serde(default)]
+    pub vms: Vec<Vm>,
+    /// `added`, `changed` (its state) or `removed`.
+    pub event: String,
+    /// The VM now (for `removed`: as it was last).
+    pub vm: Vm,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,11 @@ pub enum Command {
         /// org.vmctl.vm.manage-any).
         #[arg(long)]
         all: bool,
+        /// Keep running and print each change (created, state, removed)
+        /// as it happens: `EVENT NAME STATE` lines, or with --json one JSON
+        /// object per line.
+        #[arg(long)]
+        watch: bool,
     },
     /// Define a new VM (stopped); start it with `vmctl start NAME` or
     /// `systemctl start vm@NAME`.

@@ -7,6 +7,7 @@ mod docs;
 mod exec;
 mod keys;
 mod output;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -58,7 +59,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 v.version, v.interface_version
             );
         }
-        Command::List { json, all } => {
+        Command::List {
+            json,
+            all,
+            watch: true,
+        } => watch::run(&cli.address, all, json).await?,
+        Command::List { json, all, .. } => {
             let mut client = Client::connect(&cli.address).await?;
             let params = all.then(|| json!({ "all": true }));
             let reply: ListReply = client.call(&method("List"), params).await?;

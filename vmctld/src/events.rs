@@ -183,10 +183,8 @@ impl Events {
                 serial,
             },
         );
-        let live = states.live;
         drop(states);
-        let changed = old_state.as_deref().unwrap_or(vm_state(None)) != state;
-        if live && changed {
+        if old_state.as_deref().unwrap_or(vm_state(None)) != state {
             self.send(
                 name,
                 VmEventKind::Changed {

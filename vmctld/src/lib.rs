@@ -25,6 +25,7 @@ pub mod events;
 pub mod hostkeys;
 pub mod lifecycle;
 pub mod limits;
+pub mod list_watch;
 pub mod logging;
 pub mod manager;
 pub mod registry;

@@ -116,6 +116,10 @@ pub enum Answer {
     Now(Outcome),
     /// The outcome comes when the future completes.
     Later(BoxFuture<'static, Outcome>),
+    /// Replies until the client leaves (`List` with `more`, see
+    /// [`crate::list_watch`]): each item is sent with `continues: true`;
+    /// an error ends the call.
+    Stream(futures_util::stream::BoxStream<'static, Outcome>),
 }
 
 impl Answer {
@@ -124,6 +128,11 @@ impl Answer {
         match self {
             Self::Now(outcome) => outcome,
             Self::Later(future) => future.await,
+            // Only the first reply.
+            Self::Stream(mut stream) => match futures_util::StreamExt::next(&mut stream).await {
+                Some(outcome) => outcome,
+                None => Err(crate::ManagerError::internal("no reply").to_varlink()),
+            },
         }
     }
 }
@@ -143,6 +152,20 @@ impl VarlinkService {
     /// Dispatches one call and waits for its outcome (steps 4 to 6).
     pub async fn dispatch(&self, caller: &Caller, call: &RawCall) -> Outcome {
         self.answer(caller, call).await.outcome().await
+    }
+
+    /// Dispatches a call made with `more`: `List` then watches
+    /// ([`crate::list_watch`]); the other methods answer once, as without.
+    pub async fn answer_more(&self, caller: &Caller, call: &RawCall) -> Answer {
+        if call.method == format!("{VARLINK_INTERFACE}.List") {
+            return match list_parameters(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok(all) => Answer::Stream(
+                    crate::list_watch::watch(self.manager.clone(), caller.clone(), all).await,
+                ),
+            };
+        }
+        self.answer(caller, call).await
     }
 
     /// Dispatches one call by interface and member name; long operations

@@ -50,7 +50,7 @@ use zlink::{
 
 pub use crate::admission::{Admission, Caps, Refusal};
 use crate::{
-    varlink::{RawCall, VarlinkService},
+    varlink::{Answer, RawCall, VarlinkService},
     Caller,
 };
 
@@ -249,7 +249,16 @@ async fn serve_connection(
             }
         };
         tracing::debug!(method = %call.method().method, uid, pid = caller.pid, "varlink call");
-        let outcome = service.answer(&caller, call.method()).await.outcome().await;
+        let answer = if call.more() && !call.oneway() {
+            service.answer_more(&caller, call.method()).await
+        } else {
+            service.answer(&caller, call.method()).await
+        };
+        if let Answer::Stream(replies) = answer {
+            stream_replies(conn, replies, uid, limits).await;
+            return;
+        }
+        let outcome = answer.outcome().await;
         if call.oneway() {
             continue;
         }
@@ -278,6 +287,53 @@ async fn serve_connection(
         // its reply and the connection ends, as zlink's server would do.
         if call.upgrade() {
             return;
+        }
+    }
+}
+
+/// Sends `replies` (`List` with `more`) with `continues: true` until the
+/// client leaves, does not take a reply within the write timeout, or sends
+/// anything (a watching client only listens); an error reply ends the
+/// watch, and with it the connection.
+async fn stream_replies(
+    conn: Connection<LimitedStream>,
+    mut replies: futures_util::stream::BoxStream<'static, Result<serde_json::Value, ErrorReply>>,
+    uid: u32,
+    limits: Limits,
+) {
+    use futures_util::StreamExt;
+    let (mut read, mut write) = conn.split();
+    loop {
+        tokio::select! {
+            _ = read.receive_call::<RawCall>() => {
+                tracing::debug!("varlink: uid {uid} left or spoke during a watch, closing");
+                return;
+            }
+            item = replies.next() => {
+                let Some(item) = item else { return };
+                let last = item.is_err();
+                let send = async {
+                    match item {
+                        Ok(params) => {
+                            let reply = Reply::new(Some(params)).set_continues(Some(true));
+                            write.send_reply(&reply, Vec::new()).await
+                        }
+                        Err(error) => write.send_error::<ErrorReply>(&error, Vec::new()).await,
+                    }
+                };
+                match timeout(limits.write_timeout, send).await {
+                    Ok(Ok(())) if !last => {}
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => {
+                        tracing::debug!("varlink: cannot send a watch reply to uid {uid}: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("varlink: uid {uid} did not take a watch reply, closing");
+                        return;
+                    }
+                }
+            }
         }
     }
 }
