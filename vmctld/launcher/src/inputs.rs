@@ -9,7 +9,7 @@ use vmctl_api::spec::{Layout, VmSpec};
 pub struct Inputs {
     /// The stored definition.
     pub spec: VmSpec,
-    /// The image's kernel (`vmlinuz`).
+    /// The image's kernel: `vmlinux` where the image has one, else `vmlinuz`.
     pub kernel: PathBuf,
     /// The image's initramfs (`initrd.img`), when the image has one.
     pub initrd: Option<PathBuf>,
@@ -51,7 +51,13 @@ pub fn load(layout: &Layout, name: &str) -> Result<Inputs, String> {
         )
     })?;
     let image_dir = layout.image_dir(&spec.image);
-    let kernel = image_dir.join("vmlinuz");
+    // An uncompressed ELF kernel with a PVH entry point (vmctl's own image
+    // ships one) boots directly, with no decompression, on QEMU and
+    // cloud-hypervisor alike; `vmlinuz` (a bzImage) is the fallback.
+    let kernel = match image_dir.join("vmlinux") {
+        elf if elf.is_file() => elf,
+        _ => image_dir.join("vmlinuz"),
+    };
     require_file(&kernel, "the image's kernel", &spec.image)?;
     let initrd = image_dir.join("initrd.img");
     let initrd = initrd.is_file().then_some(initrd);
@@ -143,5 +149,8 @@ mod tests {
         let inputs = load(&layout, "blog").unwrap();
         assert_eq!(inputs.initrd, Some(img.join("initrd.img")));
         assert_eq!(inputs.spec.cid, 3);
+        assert_eq!(inputs.kernel, img.join("vmlinuz"));
+        std::fs::write(img.join("vmlinux"), b"e").unwrap();
+        assert_eq!(load(&layout, "blog").unwrap().kernel, img.join("vmlinux"));
     }
 }

@@ -17,7 +17,16 @@ pub struct QemuPaths {
     pub qmp: PathBuf,
     /// vhost-user socket between QEMU and `vhost-device-vsock` (the helper listens).
     pub vhost_vsock: PathBuf,
+    /// Firmware for `-bios` on q35; `None` keeps QEMU's default (SeaBIOS).
+    pub firmware: Option<PathBuf>,
 }
+
+/// QEMU's minimal firmware (Debian `qemu-system-data`). With direct kernel
+/// boot it skips SeaBIOS's device scan: measured under TCG, QEMU start to
+/// a kernel panic at its root mount took 1.4 s with qboot and a PVH
+/// `vmlinux` against 2.0 s with SeaBIOS and the bzImage. It still hands
+/// the guest QEMU's ACPI tables (power button) and SMBIOS (credentials).
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 impl QemuPaths {
     /// The file holding the `index`-th SMBIOS OEM string (a systemd
@@ -29,11 +38,13 @@ impl QemuPaths {
         cfg.runtime_dir.join(format!("credential-{index}"))
     }
 
-    /// The standard layout below `cfg.runtime_dir`.
+    /// The standard layout below `cfg.runtime_dir`, and [`QBOOT`] as the
+    /// firmware where it is installed.
     pub fn for_config(cfg: &VmConfig) -> Self {
         QemuPaths {
             qmp: cfg.runtime_dir.join("qmp.sock"),
             vhost_vsock: cfg.runtime_dir.join("vhost-vsock.sock"),
+            firmware: Some(PathBuf::from(QBOOT)).filter(|f| f.is_file()),
         }
     }
 }
@@ -167,7 +178,11 @@ pub fn qemu_args_with_cache(
     push(&["-smp", &cfg.vcpus.to_string()]);
     push(&["-m", &format!("{}M", cfg.memory_mib())]);
 
-    // Direct kernel boot.
+    // Direct kernel boot (microvm brings qboot itself).
+    if let (Some(firmware), Machine::Q35) = (&paths.firmware, cfg.machine) {
+        a.push("-bios".into());
+        a.push(firmware.clone().into_os_string());
+    }
     a.push("-kernel".into());
     a.push(cfg.kernel.clone().into_os_string());
     if let Some(initrd) = &cfg.initrd {
@@ -283,7 +298,10 @@ mod tests {
     #[rustfmt::skip]
     fn full_config_tcg() {
         let cfg = sample();
-        let paths = QemuPaths::for_config(&cfg);
+        let paths = QemuPaths {
+            firmware: None,
+            ..QemuPaths::for_config(&cfg)
+        };
         let a = strs(&qemu_args(&cfg, ResolvedAccel::Tcg, &paths));
         let expected: Vec<&str> = vec![
             "-name", "guest=blog,debug-threads=on",
@@ -313,6 +331,22 @@ mod tests {
         ];
         assert_eq!(a, expected);
         assert!(!a.contains(&"-cpu".to_owned()));
+    }
+
+    #[test]
+    fn firmware_only_on_q35() {
+        let mut cfg = sample();
+        let paths = QemuPaths {
+            firmware: Some(QBOOT.into()),
+            ..QemuPaths::for_config(&cfg)
+        };
+        let a = strs(&qemu_args(&cfg, ResolvedAccel::Tcg, &paths));
+        assert_eq!(after(&a, "-bios"), [QBOOT]);
+        let bios = a.iter().position(|x| x == "-bios").unwrap();
+        assert!(bios < a.iter().position(|x| x == "-kernel").unwrap());
+        cfg.machine = Machine::Microvm;
+        let a = strs(&qemu_args(&cfg, ResolvedAccel::Tcg, &paths));
+        assert!(after(&a, "-bios").is_empty(), "{a:?}");
     }
 
     #[test]
