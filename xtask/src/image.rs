@@ -88,8 +88,11 @@ impl Image {
     }
 }
 
+/// The agent goes into the image release-built: it is on every boot's
+/// path to READY, and under TCG the debug build took 0.9-1.1 s from start
+/// to listening where the release build takes 0.4-0.6 s.
 fn agent_binary() -> PathBuf {
-    target_dir().join("debug/vmctl-guest-agent")
+    target_dir().join("release/vmctl-guest-agent")
 }
 
 fn agent_unit() -> PathBuf {
@@ -106,6 +109,7 @@ pub fn ensure_default() -> Result<Image> {
             .args([
                 "build",
                 "--quiet",
+                "--release",
                 "-p",
                 "vmctl-guest",
                 "--bin",
