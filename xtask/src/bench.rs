@@ -7,8 +7,10 @@
 //! dev host, with the same end marker: `systemctl start` returns at READY
 //! (the guest agent's hello). Each round creates a fresh VM per path (a
 //! fresh clone of the image: first boot), starts it, runs the first exec,
-//! waits for the guest's own `systemd-analyze` line, stops it, and starts
-//! it again (second boot of the same VM). Paths alternate within a round,
+//! waits until the guest's sshd answers on its address (the SSH banner on
+//! TCP port 22, read from the dev host over the VM bridge), waits for the
+//! guest's own `systemd-analyze` line, stops it, and starts it again
+//! (second boot of the same VM). Paths alternate within a round,
 //! so a machine that slows down affects both. Times are wall clock on a
 //! shared machine: read the ratios (medians, with min-max spread), never
 //! as pass/fail thresholds.
@@ -46,6 +48,7 @@ struct Round {
     first_ready: f64,
     first_exec: f64,
     exec_after_ready: f64,
+    first_sshd: f64,
     second_ready: f64,
     stop: f64,
     analyze: String,
@@ -72,10 +75,11 @@ pub fn run(host: &DevHost, image: &Image, rounds: usize) -> Result<()> {
         "{:<40} {:>18} {:>18} {:>9}",
         "median (min-max), seconds", "old", "new", "new/old"
     );
-    let rows: [Row; 5] = [
+    let rows: [Row; 6] = [
         ("fresh VM: start -> READY", |r| r.first_ready),
         ("fresh VM: start -> first exec done", |r| r.first_exec),
         ("exec right after READY", |r| r.exec_after_ready),
+        ("fresh VM: start -> sshd answers on TCP", |r| r.first_sshd),
         ("second boot: start -> READY", |r| r.second_ready),
         ("stop (ACPI power-off)", |r| r.stop),
     ];
@@ -127,7 +131,8 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of `values` (NaN when empty).
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -137,7 +142,8 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn spread(values: &[f64]) -> String {
+/// `median (min-max)` of `values`, two decimals.
+pub(crate) fn spread(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{:.2} ({:.2}-{:.2})", median(values), min, max)
@@ -167,6 +173,9 @@ fn round(host: &DevHost, path: &Path) -> Result<Round> {
     host.check(&["vmctl", "exec", vm, "--", "true"])?;
     r.first_exec = secs(t0.elapsed());
     r.exec_after_ready = secs(t1.elapsed());
+    let address = ipv4(host, vm)?;
+    wait_for_sshd(host, &address)?;
+    r.first_sshd = secs(t0.elapsed());
     // The guest's own view, once it has finished booting.
     wait_until_booted(host, vm)?;
     r.analyze = host
@@ -186,6 +195,28 @@ fn round(host: &DevHost, path: &Path) -> Result<Round> {
     host.check(&["systemctl", "stop", &unit])?;
     host.check(&["vmctl", "rm", vm])?;
     Ok(r)
+}
+
+/// The VM's IPv4 address, as `vmctl describe` shows it.
+fn ipv4(host: &DevHost, vm: &str) -> Result<String> {
+    let described = host.check(&["vmctl", "describe", vm])?;
+    described
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("IPv4: "))
+        .filter(|a| *a != "-")
+        .map(str::to_owned)
+        .with_context(|| format!("VM {vm} has no IPv4 address:\n{described}"))
+}
+
+/// Polls from the dev host until the guest's sshd sends its banner on
+/// `address` port 22 (a bare connect could be a listening socket unit
+/// with no sshd behind it yet); gives up after two minutes.
+fn wait_for_sshd(host: &DevHost, address: &str) -> Result<()> {
+    const POLL: &str = "until (exec 3<>\"/dev/tcp/$1/22\" && read -r -t 5 banner <&3 \
+        && [[ $banner == SSH-* ]]) 2>/dev/null; do sleep 0.05; done";
+    host.check(&["timeout", "120", "bash", "-c", POLL, "bash", address])
+        .with_context(|| format!("no SSH banner from {address}:22 within 120 s"))?;
+    Ok(())
 }
 
 /// Waits until guest systemd has finished booting; "degraded" is an
