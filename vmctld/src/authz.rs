@@ -15,13 +15,29 @@
 //!   on kernels without `SO_PEERPIDFD`, pid + start time + uid;
 //! - a D-Bus sender is a `system-bus-name` with its unique name.
 //!
+//! `systemctl start vm@NAME` by its owner: systemd asks polkit for
+//! `org.freedesktop.systemd1.manage-units`, and the rule in
+//! `polkit/50-vmctl.rules` allows start, stop and restart of
+//! `vm@NAME.service` when `/run/vmctl/owners/NAME` names the caller. vmctld
+//! keeps that directory ([`Manager::publish_owner`] at create,
+//! [`Manager::withdraw_owner`] at rm, [`Manager::publish_owners`] at start).
+//! tmpfiles.d makes it `root:polkitd 2750`, so its records (mode 0640)
+//! belong to group polkitd without vmctld needing CAP_CHOWN, and other
+//! users cannot read who owns which VM.
+//!
 //! Visibility: a VM the caller neither owns nor may manage through
 //! manage-any answers exactly like a VM that does not exist (`NoSuchVM`
 //! with the same parameters). manage-any for a named VM is asked without
 //! user interaction: a password prompt would tell the caller that the VM
 //! exists.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    fs, io,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::PathBuf,
+};
 
 use tokio::sync::OnceCell;
 use vmctl_api::{spec::VmSpec, validate_vm_name};
@@ -285,6 +301,76 @@ impl Manager {
     }
 }
 
+/// The directory of ownership records under the runtime directory.
+pub const OWNERS_DIR: &str = "owners";
+
+impl Manager {
+    /// `/run/vmctl/owners`.
+    fn owners_dir(&self) -> PathBuf {
+        self.layout().runtime_dir.join(OWNERS_DIR)
+    }
+
+    /// Writes the ownership record of `spec` (its owner's user name) that
+    /// the systemd rule reads. A uid without a user name gets no record:
+    /// polkit knows subjects by name, so nobody could match it.
+    pub fn publish_owner(&self, spec: &VmSpec) -> io::Result<()> {
+        let dir = self.owners_dir();
+        let path = dir.join(&spec.name);
+        let Some(user) = crate::accounts::user_name(spec.owner_uid) else {
+            return remove_if_exists(&path);
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&dir)?;
+        let tmp = dir.join(format!(".{}.tmp", spec.name));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)?;
+        // The mode past vmctld's UMask=0077: group polkitd reads it.
+        file.set_permissions(fs::Permissions::from_mode(0o640))?;
+        file.write_all(format!("{user}\n").as_bytes())?;
+        drop(file);
+        fs::rename(&tmp, &path)
+    }
+
+    /// Removes the ownership record of VM `name` (none is fine).
+    pub fn withdraw_owner(&self, name: &str) -> io::Result<()> {
+        remove_if_exists(&self.owners_dir().join(name))
+    }
+
+    /// Makes the ownership records exactly those of `specs` (at start:
+    /// whatever happened while vmctld was down).
+    pub fn publish_owners(&self, specs: &[VmSpec]) -> io::Result<()> {
+        for spec in specs {
+            self.publish_owner(spec)?;
+        }
+        let entries = match fs::read_dir(self.owners_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !specs.iter().any(|s| name.to_str() == Some(s.name.as_str())) {
+                remove_if_exists(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +384,32 @@ mod tests {
         }
         let m = Manager::new(Registry::new(dir.path())).with_authority(Authority::fixed(grants));
         (dir, m)
+    }
+
+    #[test]
+    fn ownership_records_follow_the_vms() {
+        let (dir, m) = manager(vec![]);
+        let m = m.with_runtime_dir(dir.path().join("run"));
+        let owners = dir.path().join("run/owners");
+        let root_vm = testing::spec("r", 0);
+        let nameless = testing::spec("n", 4_000_000);
+        m.publish_owner(&root_vm).unwrap();
+        assert_eq!(fs::read_to_string(owners.join("r")).unwrap(), "root\n");
+        let mode = fs::metadata(owners.join("r")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        m.publish_owner(&nameless).unwrap();
+        assert!(!owners.join("n").exists(), "a uid without a name");
+        fs::write(owners.join("gone"), "alice\n").unwrap();
+        m.publish_owners(&[testing::spec("x", 0)]).unwrap();
+        let mut names: Vec<_> = fs::read_dir(&owners)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x"]);
+        m.withdraw_owner("x").unwrap();
+        m.withdraw_owner("x").unwrap();
+        assert!(!owners.join("x").exists());
     }
 
     #[test]

@@ -290,6 +290,9 @@ impl Manager {
             );
         }
         tracing::info!("removed VM {name}");
+        if let Err(e) = self.withdraw_owner(name) {
+            tracing::warn!("{name}: cannot remove its ownership record: {e}");
+        }
         self.events().removed(name);
         Ok(())
     }
@@ -326,6 +329,8 @@ impl Manager {
     /// Publishes a new VM: its name for NSS and its host key in the known
     /// hosts (with the `others` already there).
     fn publish_vm(&self, spec: &VmSpec, others: &[VmSpec]) -> Result<(), String> {
+        self.publish_owner(spec)
+            .map_err(|e| format!("cannot write its ownership record: {e}"))?;
         if let Some(net) = &spec.network {
             nss_vmctl::hostdb::publish(
                 &self.layout().hosts_dir(),
@@ -362,6 +367,8 @@ impl Manager {
         let hosts = self.layout().hosts_dir();
         nss_vmctl::hostdb::replace_all(&hosts, &entries)
             .map_err(|e| format!("cannot write {}: {e}", hosts.display()))?;
+        self.publish_owners(&specs)
+            .map_err(|e| format!("cannot write the ownership records: {e}"))?;
         hostkeys::write_known_hosts(self.layout(), &specs).map_err(|e| {
             format!(
                 "cannot write {}: {e}",
