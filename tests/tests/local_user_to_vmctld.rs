@@ -333,3 +333,97 @@ fn unprivileged_floods_leave_vmctld_serving_root() {
         "no refusal logged:\n{journal}"
     );
 }
+
+/// `replied N ended E REPLY` from `varlink-flood message`.
+fn message_result(run: &Run) -> (usize, String, String) {
+    let out = run.stdout.trim();
+    let rest = out
+        .strip_prefix("replied ")
+        .unwrap_or_else(|| panic!("odd output: {run:#?}"));
+    let (n, rest) = rest.split_once(" ended ").unwrap();
+    let (ended, reply) = match rest.split_once(' ') {
+        Some((e, r)) if !e.ends_with('(') => (e.to_string(), r.to_string()),
+        _ => (rest.to_string(), String::new()),
+    };
+    (n.parse().unwrap(), ended, reply)
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn malformed_messages_get_an_error_or_a_close() {
+    DevHost::current()
+        .unwrap()
+        .copy_in(
+            std::path::Path::new(env!("CARGO_BIN_EXE_varlink-flood")),
+            "/usr/local/bin/varlink-flood",
+        )
+        .unwrap();
+    host(&["vmctl", "list"]).ok();
+    let pid = vmctld_pid();
+    let send = |kind: &str| {
+        let run = host_as(Some("nobody"), &["varlink-flood", "message", SOCKET, kind]).ok();
+        let result = message_result(&run);
+        eprintln!("{kind}: {result:?}");
+        // Root is served after every one of them.
+        host(&["timeout", "10", "vmctl", "list"]).ok();
+        result
+    };
+    // Not JSON, or JSON that is not a call: closed without a reply.
+    for kind in ["garbage", "notcall"] {
+        let (n, ended, _) = send(kind);
+        assert_eq!(n, 0, "{kind} got a reply");
+        assert!(ended.starts_with("closed"), "{kind}: {ended}");
+    }
+    // A well-formed call of an unknown method: the varlink error.
+    let (_, ended, reply) = send("badmethod");
+    assert!(ended.starts_with("closed"), "{ended}");
+    assert!(
+        reply.contains("org.varlink.service.MethodNotFound"),
+        "{reply}"
+    );
+    // Exactly 64 KiB is answered; one byte more is closed unanswered.
+    let (_, _, reply) = send("atlimit");
+    assert!(reply.contains("\"version\""), "{reply}");
+    let (n, ended, _) = send("overlimit");
+    assert_eq!(n, 0, "a message over the limit was answered");
+    assert!(
+        ended.starts_with("closed") || ended.contains("reset"),
+        "{ended}"
+    );
+
+    // 1,000 idle connections from eight users at once (125 each): the
+    // per-user cap (64) and the total cap (512, with a share only root may
+    // use) both hold, and root is answered throughout.
+    let users = [
+        "nobody", "daemon", "bin", "sys", "www-data", "backup", "list", "irc",
+    ];
+    let floods: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let user = *user;
+            thread::spawn(move || {
+                host_as(Some(user), &["varlink-flood", "idle", SOCKET, "125", "15"])
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        thread::sleep(Duration::from_secs(4));
+        let list = host(&["timeout", "10", "vmctl", "list"]);
+        assert_eq!(
+            list.code,
+            Some(0),
+            "root's vmctl list in round {round}: {list:#?}"
+        );
+    }
+    let mut kept = 0;
+    for (user, flood) in users.iter().zip(floods) {
+        let (connected, open) = flood_result(&flood.join().unwrap().ok());
+        eprintln!("{user}: {connected} connected, {open} kept");
+        assert_eq!(connected, 125);
+        assert!(open <= 64, "{user} kept {open}");
+        kept += open;
+    }
+    eprintln!("kept in all: {kept}");
+    assert!(kept <= 512, "{kept} idle connections kept");
+    assert_eq!(vmctld_pid(), pid, "vmctld was restarted");
+}

@@ -68,6 +68,10 @@ enum Task {
         /// Lookups per NSS case.
         #[arg(long, default_value_t = xtask::bench_nss::DEFAULT_LOOKUPS)]
         lookups: usize,
+        /// Only the List rows: varlink List with 1000 VMs defined against
+        /// machined's ListMachines, and vmctld's memory with them.
+        #[arg(long)]
+        list: bool,
     },
     /// Internal: the timed child of `bench --nss`, run inside its namespace.
     #[command(hide = true)]
@@ -206,11 +210,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nss: true, lookups, ..
         } => xtask::bench_nss::run(lookups)?,
         Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
+        Task::Bench { list: true, .. } => {
+            deps::ensure_build_machine()?;
+            let host = host::up(UpOptions::default())?;
+            let result = xtask::bench_list::run(&host, 50);
+            host::down()?;
+            result?;
+        }
         Task::Bench { runs, .. } => {
             deps::ensure_build_machine()?;
             let host = host::up(UpOptions::default())?;
             let image = xtask::image::ensure_default()?;
-            let result = xtask::bench::run(&host, &image, runs);
+            let result = xtask::bench::run(&host, &image, runs)
+                // Last: its 1000 VMs stay until the host goes down.
+                .and_then(|()| xtask::bench_list::run(&host, 25 * runs));
             host::down()?;
             result?;
         }

@@ -5,6 +5,7 @@
 //! varlink-flood idle SOCKET N HOLD_SECS     # N connections that send nothing
 //! varlink-flood half SOCKET N HOLD_SECS     # N connections with half a message each
 //! varlink-flood endless SOCKET BYTES        # one message of BYTES without a terminator
+//! varlink-flood message SOCKET KIND         # one malformed or boundary message
 //! ```
 //!
 //! `idle` and `half` connect N times (a connect the server closes at once
@@ -12,6 +13,9 @@
 //! and print `connected C open O`: O is how many the server had not closed
 //! by then. `endless` writes spaces until BYTES are sent or the server
 //! closes, and prints `sent B ended E` (E: `complete` or the write error).
+//! `message` sends one message of KIND (see [`message_bytes`]), reads
+//! until the server closes (10 s at most) and prints `replied N ended E
+//! REPLY` (E: `closed`, `timeout` or the error; REPLY: the first reply).
 //! Exit 0 unless the arguments are bad (2) or the socket cannot be reached
 //! at all (1).
 
@@ -23,7 +27,8 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: varlink-flood idle|half SOCKET N HOLD_SECS | endless SOCKET BYTES";
+const USAGE: &str = "usage: varlink-flood idle|half SOCKET N HOLD_SECS | endless SOCKET BYTES \
+                     | message SOCKET garbage|notcall|badmethod|atlimit|overlimit";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +36,10 @@ fn main() -> ExitCode {
         [mode @ ("idle" | "half"), socket, n, hold] => match (n.parse(), hold.parse()) {
             (Ok(n), Ok(hold)) => flood(socket, mode == "half", n, hold),
             _ => return usage(),
+        },
+        ["message", socket, kind] => match message_bytes(kind) {
+            Some(bytes) => message(socket, &bytes),
+            None => return usage(),
         },
         ["endless", socket, bytes] => match bytes.parse() {
             Ok(bytes) => endless(socket, bytes),
@@ -113,5 +122,63 @@ fn endless(socket: &str, bytes: u64) -> std::io::Result<()> {
         }
     };
     println!("sent {sent} ended {ended}");
+    Ok(())
+}
+
+/// The size limit of one message (vmctld's `MAX_MESSAGE_BYTES`).
+const LIMIT: usize = 64 * 1024;
+
+/// One message of `kind`, NUL-terminated:
+/// - `garbage`: bytes that are not JSON at all;
+/// - `notcall`: JSON that is not a call (`method` is a number);
+/// - `badmethod`: a well-formed call of a method that does not exist;
+/// - `atlimit`: a `GetVersion` call padded to exactly the limit;
+/// - `overlimit`: the same, one byte over the limit.
+fn message_bytes(kind: &str) -> Option<Vec<u8>> {
+    let padded = |len: usize| {
+        let call = br#"{"method":"io.vmctl.Manager.GetVersion"}"#;
+        let mut m = call[..call.len() - 1].to_vec();
+        m.resize(len - 1, b' ');
+        m.push(b'}');
+        m
+    };
+    let mut bytes = match kind {
+        "garbage" => (0..4096u32).map(|i| (i * 7919 % 251) as u8 | 1).collect(),
+        "notcall" => br#"{"method": 5, "parameters": [1, 2]}"#.to_vec(),
+        "badmethod" => br#"{"method":"io.vmctl.Manager.Nope"}"#.to_vec(),
+        "atlimit" => padded(LIMIT),
+        "overlimit" => padded(LIMIT + 1),
+        _ => return None,
+    };
+    bytes.push(0);
+    Some(bytes)
+}
+
+fn message(socket: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    // A server that closes early makes the write fail: that is an answer.
+    let wrote = s.write_all(bytes);
+    // Nothing more comes: the server answers and then sees the end.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut replies = Vec::new();
+    let ended = match s.read_to_end(&mut replies) {
+        Ok(_) => "closed".to_string(),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            "timeout".to_string()
+        }
+        Err(e) => e.kind().to_string(),
+    };
+    let ended = match wrote {
+        Err(e) if ended == "closed" => format!("closed (write: {})", e.kind()),
+        _ => ended,
+    };
+    let first = replies.split(|b| *b == 0).next().unwrap_or_default();
+    println!(
+        "replied {} ended {ended} {}",
+        replies.len(),
+        String::from_utf8_lossy(first)
+    );
     Ok(())
 }
