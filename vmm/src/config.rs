@@ -55,6 +55,10 @@ pub struct VmConfig {
     /// QEMU machine type (ignored by cloud-hypervisor).
     #[serde(default)]
     pub machine: Machine,
+    /// The unprivileged identity the VMM processes run as (see
+    /// [`crate::sandbox`]); `None` keeps the caller's.
+    #[serde(default)]
+    pub identity: Option<crate::sandbox::Identity>,
 }
 
 /// A virtio block device.
@@ -199,6 +203,9 @@ pub enum ConfigError {
     /// A TAP descriptor that cannot be one the caller passes on.
     #[error("TAP {0:?}: descriptor {1} is not above 2 (stdin, stdout, stderr)")]
     InvalidTapFd(String, i32),
+    /// An identity that is root's.
+    #[error("the VMM identity must not be uid or gid 0, got {0}:{1}")]
+    RootIdentity(u32, u32),
 }
 
 impl VmConfig {
@@ -245,6 +252,9 @@ impl VmConfig {
             if let Some(fd) = net.fd.filter(|fd| *fd < 3) {
                 return Err(ConfigError::InvalidTapFd(net.tap.clone(), fd));
             }
+        }
+        if let Some(id) = self.identity.filter(|id| id.uid == 0 || id.gid == 0) {
+            return Err(ConfigError::RootIdentity(id.uid, id.gid));
         }
         if let Some(vsock) = &self.vsock {
             if vsock.cid < 3 {
@@ -359,6 +369,7 @@ pub(crate) mod tests {
             runtime_dir: "/run/vmctl/vm/blog".into(),
             accel: Accel::Auto,
             machine: Machine::Q35,
+            identity: None,
         }
     }
 

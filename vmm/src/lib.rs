@@ -20,6 +20,7 @@ pub mod config;
 mod error;
 mod process;
 pub mod qemu;
+pub mod sandbox;
 
 use std::future::Future;
 use std::process::ExitStatus;
@@ -28,6 +29,7 @@ pub use accel::{kvm_usable, Accel, ResolvedAccel};
 pub use config::{ConfigError, Credential, Disk, Machine, Net, VmConfig, Vsock};
 pub use error::{Error, Result};
 pub use process::escape_log_text;
+pub use sandbox::Identity;
 
 /// The guest's state as the VMM reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use crate::error::{io_err, Error, Result};
+use crate::sandbox::{self, Identity};
 
 /// Longest line forwarded from a child's stderr; the rest of it is dropped.
 pub const LINE_MAX: usize = 4096;
@@ -169,9 +170,14 @@ impl StderrTail {
 /// Start `program args` directly (no shell). stdin is closed, stdout is
 /// inherited, stderr is forwarded line by line to ours (so both land in the
 /// unit's journal) and its tail kept. The child is killed if its handle is
-/// dropped, and by the kernel if this process dies.
-pub(crate) fn spawn(program: &Path, args: &[OsString]) -> Result<(Child, StderrTail)> {
-    spawn_keeping(program, args, &[])
+/// dropped, and by the kernel if this process dies. With `identity` it runs
+/// as that user with no capabilities ([`sandbox::drop_privileges`]).
+pub(crate) fn spawn(
+    program: &Path,
+    args: &[OsString],
+    identity: Option<Identity>,
+) -> Result<(Child, StderrTail)> {
+    spawn_keeping(program, args, &[], identity)
 }
 
 /// [`spawn`], and the child inherits our descriptors `keep_fds` at the same
@@ -181,6 +187,7 @@ pub(crate) fn spawn_keeping(
     program: &Path,
     args: &[OsString],
     keep_fds: &[i32],
+    identity: Option<Identity>,
 ) -> Result<(Child, StderrTail)> {
     let spawn_err = |source: io::Error| Error::Spawn {
         program: program.display().to_string(),
@@ -200,18 +207,21 @@ pub(crate) fn spawn_keeping(
         .stderr(writer)
         .kill_on_drop(true);
     let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called. It makes exactly two raw
-    // system calls, prctl(2) and getppid(2), both async-signal-safe, and
-    // builds io::Error values from plain integers (no allocation, no locks).
-    unsafe {
-        cmd.pre_exec(move || die_with_parent(parent));
-    }
     let keep_fds = keep_fds.to_vec();
-    // SAFETY: as above; fcntl(2) is async-signal-safe and the vector was
-    // allocated before the fork (only read here).
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called. It makes raw system calls
+    // only (prctl, setgroups, setresgid, setresuid, umask, getppid, fcntl),
+    // reads the vector allocated before the fork, and builds io::Error
+    // values from plain integers (no allocation, no locks).
     unsafe {
-        cmd.pre_exec(move || keep_open_across_exec(&keep_fds));
+        cmd.pre_exec(move || {
+            if let Some(id) = identity {
+                sandbox::drop_privileges(id)?;
+            }
+            // After the uid change, which clears the parent-death signal.
+            die_with_parent(parent)?;
+            keep_open_across_exec(&keep_fds)
+        });
     }
     // The command (holding our copy of the pipe's write end) is dropped on
     // the spawner thread right after the fork, so the forwarding thread sees
@@ -413,7 +423,7 @@ mod tests {
         // thread, PDEATHSIG would kill the child when it ends.
         let child = std::thread::spawn(move || {
             let _entered = handle.enter();
-            spawn(Path::new("sleep"), &["300".into()]).map(|(child, _)| child)
+            spawn(Path::new("sleep"), &["300".into()], None).map(|(child, _)| child)
         })
         .join()
         .unwrap()
@@ -464,7 +474,8 @@ mod tests {
         let socket = dir.path().join("never.sock");
         let script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i >&2; done; \
                       printf 'no newline at the end' >&2; exit 3";
-        let (mut child, tail) = spawn(Path::new("sh"), &["-c".into(), script.into()]).unwrap();
+        let (mut child, tail) =
+            spawn(Path::new("sh"), &["-c".into(), script.into()], None).unwrap();
         let started = Instant::now();
         let err = while_running(
             &mut child,
@@ -502,6 +513,7 @@ mod tests {
         let (mut child, tail) = spawn(
             Path::new("sh"),
             &["-c".into(), "sleep 0.1; echo dying >&2; exit 1".into()],
+            None,
         )
         .unwrap();
         let step = async { Err::<(), _>(Error::Timeout("something the child should do".into())) };
@@ -516,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_step_with_a_live_child_keeps_its_error() {
-        let (mut child, tail) = spawn(Path::new("sleep"), &["30".into()]).unwrap();
+        let (mut child, tail) = spawn(Path::new("sleep"), &["30".into()], None).unwrap();
         let step = async { Err::<(), _>(Error::Timeout("x".into())) };
         let err = while_running(&mut child, &tail, "sleep", step)
             .await
@@ -574,19 +586,19 @@ mod tests {
         };
         let sh = Path::new("/bin/sh");
         let fd = kept.as_raw_fd();
-        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[fd]).unwrap();
+        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[fd], None).unwrap();
         assert!(
             child.wait().await.unwrap().success(),
             "kept fd {fd} missing"
         );
         let fd = other.as_raw_fd();
-        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[kept.as_raw_fd()]).unwrap();
+        let (mut child, _) = spawn_keeping(sh, &probe(fd), &[kept.as_raw_fd()], None).unwrap();
         assert!(!child.wait().await.unwrap().success(), "fd {fd} leaked");
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = spawn(Path::new("/nonexistent/vmm"), &[]).unwrap_err();
+        let err = spawn(Path::new("/nonexistent/vmm"), &[], None).unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/vmm"), "{err}");
     }

@@ -28,6 +28,7 @@ impl ChVm {
             "creating runtime directory {}",
             config.runtime_dir.display()
         )))?;
+        crate::sandbox::prepare_files(config)?;
         let socket = api_socket(config);
         process::remove_stale(&socket)?;
         if let Some(vsock) = &config.vsock {
@@ -35,7 +36,8 @@ impl ChVm {
         }
         let mut arg = std::ffi::OsString::from("path=");
         arg.push(&socket);
-        let (mut child, stderr) = process::spawn(program, &["--api-socket".into(), arg])?;
+        let (mut child, stderr) =
+            process::spawn(program, &["--api-socket".into(), arg], config.identity)?;
         // Stop waiting as soon as cloud-hypervisor exits (it may create the
         // socket and still die), and say why.
         let api = process::while_running(&mut child, &stderr, super::BINARY, async {

@@ -135,6 +135,12 @@ const O_DIRECT: i32 = 0o100_000;
 )))]
 const O_DIRECT: i32 = 0o40_000; // asm-generic: x86, x86_64, riscv64, s390x, loongarch64
 
+/// QEMU's own seccomp filter (`-sandbox`, QEMU 10 spelling): besides its
+/// default deny list, no obsolete system calls, no setuid/setgid or
+/// capability changes, no fork/exec, no scheduler or affinity changes.
+/// TCG runs under it (its JIT needs no system call it denies).
+pub const SECCOMP: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 /// Build QEMU's argument vector (without the program name), choosing each
 /// disk's cache mode with [`DiskCache::probe`] (the files are opened, not
 /// read).
@@ -161,6 +167,7 @@ pub fn qemu_args_with_cache(
     };
     push(&["-name", &format!("guest={},debug-threads=on", cfg.name)]);
     push(&["-nodefaults", "-no-user-config", "-nographic"]);
+    push(&["-sandbox", SECCOMP]);
     let accel_name = match accel {
         ResolvedAccel::Kvm => "kvm",
         ResolvedAccel::Tcg => "tcg",
@@ -306,6 +313,7 @@ mod tests {
         let expected: Vec<&str> = vec![
             "-name", "guest=blog,debug-threads=on",
             "-nodefaults", "-no-user-config", "-nographic",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-machine", "q35", "-accel", "tcg",
             "-smp", "2", "-m", "1024M",
             "-kernel", "/var/lib/vmctl/kernel/vmlinuz",

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{io_err, Result};
 use crate::process;
+use crate::sandbox::{self, Access};
 use crate::{VmConfig, VmState, Vmm};
 pub use argv::{qemu_args, qemu_args_with_cache, DiskCache, QemuPaths};
 pub use qmp::{Qmp, QmpEvent, QmpStatus};
@@ -56,7 +57,8 @@ pub struct QemuVm {
 }
 
 /// Writes each SMBIOS OEM string to the file QEMU reads it from
-/// ([`QemuPaths::oem_string_file`]), readable by root alone.
+/// ([`QemuPaths::oem_string_file`]), readable by root alone, and by the
+/// VMM's identity when it has one.
 fn write_oem_strings(config: &VmConfig) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -70,6 +72,10 @@ fn write_oem_strings(config: &VmConfig) -> Result<()> {
             .open(&path)
             .and_then(|mut file| file.write_all(oem.as_bytes()))
             .map_err(io_err(format!("writing {}", path.display())))?;
+        if let Some(id) = config.identity {
+            sandbox::grant(&path, id.uid, Access::Read)
+                .map_err(io_err(format!("opening {} to the VMM", path.display())))?;
+        }
     }
     Ok(())
 }
@@ -85,6 +91,7 @@ impl QemuVm {
             config.runtime_dir.display()
         )))?;
         process::remove_stale(&paths.qmp)?;
+        sandbox::prepare_files(config)?;
         write_oem_strings(config)?;
 
         let vsock_helper = match &config.vsock {
@@ -100,7 +107,8 @@ impl QemuVm {
                     "--uds-path".into(),
                     vsock.socket.clone().into_os_string(),
                 ];
-                let (mut helper, helper_stderr) = process::spawn(&bins.vhost_device_vsock, &args)?;
+                let (mut helper, helper_stderr) =
+                    process::spawn(&bins.vhost_device_vsock, &args, config.identity)?;
                 let program = "vhost-device-vsock";
                 process::while_running(
                     &mut helper,
@@ -114,8 +122,12 @@ impl QemuVm {
         };
 
         let tap_fds: Vec<i32> = config.net.iter().filter_map(|n| n.fd).collect();
-        let (mut child, stderr) =
-            process::spawn_keeping(&bins.qemu, &qemu_args(config, accel, &paths), &tap_fds)?;
+        let (mut child, stderr) = process::spawn_keeping(
+            &bins.qemu,
+            &qemu_args(config, accel, &paths),
+            &tap_fds,
+            config.identity,
+        )?;
         // QEMU creates the QMP socket while parsing its options, before it
         // loads the kernel and disks: it can die after that (bad kernel,
         // unreadable disk). Stop waiting as soon as it does, and say why.
