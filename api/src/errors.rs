@@ -26,6 +26,8 @@ pub const UNIT_FAILED: &str = "io.vmctl.Manager.UnitFailed";
 pub const INVALID_ARGUMENT: &str = "io.vmctl.Manager.InvalidArgument";
 /// `io.vmctl.Manager.NoFreeAddress (subnet, setting)`.
 pub const NO_FREE_ADDRESS: &str = "io.vmctl.Manager.NoFreeAddress";
+/// `io.vmctl.Manager.VMNotRunning (name, state)`.
+pub const VM_NOT_RUNNING: &str = "io.vmctl.Manager.VMNotRunning";
 /// `io.vmctl.Manager.InternalError (message)`.
 pub const INTERNAL_ERROR: &str = "io.vmctl.Manager.InternalError";
 
@@ -106,6 +108,13 @@ impl fmt::Display for ErrorReply {
                 p("subnet"),
                 p("setting")
             )?,
+            VM_NOT_RUNNING => write!(
+                f,
+                "VM {} is not running (state: {}); start it with: vmctl start {}",
+                p("name"),
+                p("state"),
+                p("name")
+            )?,
             INTERNAL_ERROR => write!(f, "internal error in vmctld: {}", p("message"))?,
             INTERFACE_NOT_FOUND => write!(f, "the daemon has no interface {}", p("interface"))?,
             METHOD_NOT_FOUND => write!(f, "the daemon has no method {}", p("method"))?,
@@ -149,6 +158,7 @@ mod tests {
             UNIT_FAILED,
             INVALID_ARGUMENT,
             NO_FREE_ADDRESS,
+            VM_NOT_RUNNING,
             INTERNAL_ERROR,
         ] {
             let short = name.strip_prefix("io.vmctl.Manager.").unwrap();

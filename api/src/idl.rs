@@ -48,6 +48,7 @@ mod tests {
                 "QuotaExceeded",
                 "InvalidArgument",
                 "NoFreeAddress",
+                "VMNotRunning",
                 "InternalError"
             ]
         );

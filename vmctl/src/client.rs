@@ -3,6 +3,7 @@
 
 use std::{
     fmt,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -93,12 +94,22 @@ impl Client {
         method: &str,
         parameters: Option<Value>,
     ) -> Result<T, ClientError> {
+        Ok(self.call_with_fds(method, parameters).await?.0)
+    }
+
+    /// Calls `method` and returns the decoded reply parameters with the
+    /// descriptors that came with the reply (`SCM_RIGHTS`).
+    pub async fn call_with_fds<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: Option<Value>,
+    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
         let protocol = |message: String| ClientError::Protocol {
             path: self.path.clone(),
             message,
         };
         let call = Call::new(Method { method, parameters });
-        let (reply, _fds) = self
+        let (reply, fds) = self
             .conn
             .call_method::<_, Value, ErrorReply>(&call, Vec::new())
             .await
@@ -107,7 +118,34 @@ impl Client {
             .map_err(ClientError::Daemon)?
             .into_parameters()
             .unwrap_or(Value::Null);
-        serde_json::from_value(params)
-            .map_err(|e| protocol(format!("unexpected reply to {method}: {e}")))
+        let params = serde_json::from_value(params)
+            .map_err(|e| protocol(format!("unexpected reply to {method}: {e}")))?;
+        Ok((params, fds))
+    }
+
+    /// Asks vmctld for `channel` (`agent` or `console`) of VM `name`: the
+    /// reply to `OpenGuest` carries a socket already connected to it.
+    pub async fn open_guest(
+        &mut self,
+        name: &str,
+        channel: &str,
+    ) -> Result<tokio::net::UnixStream, ClientError> {
+        let method = format!("{}.OpenGuest", vmctl_api::names::VARLINK_INTERFACE);
+        let parameters = serde_json::json!({ "name": name, "channel": channel });
+        let (_, fds): (Value, _) = self.call_with_fds(&method, Some(parameters)).await?;
+        let protocol = |message: String| ClientError::Protocol {
+            path: self.path.clone(),
+            message,
+        };
+        // Exactly one is expected; any others are closed here.
+        let fd = fds
+            .into_iter()
+            .next()
+            .ok_or_else(|| protocol("OpenGuest replied without a descriptor".into()))?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(stream))
+            .map_err(|e| protocol(format!("unusable descriptor from OpenGuest: {e}")))
     }
 }

@@ -2,6 +2,10 @@
 //! launcher of `vm@NAME.service` serves on `/run/vmctl/vm/NAME/console`
 //! (every client sees the guest's output; input goes to the guest).
 //! Ctrl-] detaches, as in telnet and `machinectl login`.
+//!
+//! The socket is root's: vmctld opens it for whoever may manage the VM and
+//! hands over the connected descriptor (`OpenGuest`, channel `console`),
+//! as for `vmctl exec` (see [`crate::exec`]).
 
 use std::{io::IsTerminal, path::Path};
 
@@ -9,19 +13,26 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmctl_api::spec::Layout;
 
-use crate::exec::RawMode;
+use crate::{client::Client, exec::RawMode};
 
 /// The byte Ctrl-] sends.
 const DETACH: u8 = 0x1d;
 
 /// Attaches this terminal to VM `name`'s serial console until Ctrl-] or
 /// until the VM stops.
-pub async fn console(name: &str) -> anyhow::Result<u8> {
+pub async fn console(address: &Path, name: &str) -> anyhow::Result<u8> {
     vmctl_api::validate_vm_name(name)?;
-    let socket = Layout::default().console_socket(name);
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .with_context(|| console_error(name, &socket))?;
+    let stream = if crate::exec::direct_path() {
+        let socket = Layout::default().console_socket(name);
+        tokio::net::UnixStream::connect(&socket)
+            .await
+            .with_context(|| console_error(name, &socket))?
+    } else {
+        Client::connect(address)
+            .await?
+            .open_guest(name, "console")
+            .await?
+    };
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     let _raw = if interactive {

@@ -1,8 +1,16 @@
-//! `vmctl exec` and `vmctl shell`: run commands in a running VM through its
-//! guest agent, reached directly over the VM's hybrid-vsock socket
-//! (`/run/vmctl/vm/NAME/vsock`, `CONNECT 1024`). The socket belongs to
-//! root, so for now these are root-only; unprivileged access through
-//! vmctld is a later step.
+//! `vmctl exec`, `vmctl shell` and `vmctl cp`: run commands in a running VM
+//! and copy files through its guest agent.
+//!
+//! The agent is behind the VM's hybrid-vsock socket
+//! (`/run/vmctl/vm/NAME/vsock`, `CONNECT 1024`), which only root may open.
+//! So vmctl asks vmctld (`OpenGuest`), which checks that the caller may
+//! manage the VM, connects, and hands back the connected socket; vmctl then
+//! speaks the agent protocol on it directly, exactly as over the socket
+//! itself. Root goes the same way: one path, the same checks and errors
+//! for everybody, and measured as fast as opening the socket directly
+//! (`cargo xtask bench`, "exec" rows). `VMCTL_GUEST_PATH=direct` makes
+//! root open the socket itself instead, the path before vmctld handed out
+//! descriptors; the benchmark compares the two with it.
 
 use std::{io::IsTerminal, os::fd::AsFd, path::Path};
 
@@ -144,9 +152,30 @@ pub async fn copy(address: &Path, from: &str, to: &str, max_size: u64) -> anyhow
     }
 }
 
-/// Checks with vmctld that VM `name` exists and runs, then reaches its
-/// agent.
+/// Whether `VMCTL_GUEST_PATH=direct` asks for the root-only direct path.
+pub(crate) fn direct_path() -> bool {
+    std::env::var_os("VMCTL_GUEST_PATH").is_some_and(|v| v == "direct")
+}
+
+/// Reaches the agent of VM `name`: through vmctld, or directly when
+/// [`direct_path`] says so.
 async fn connect(
+    address: &Path,
+    name: &str,
+) -> anyhow::Result<AgentClient<tokio::net::UnixStream>> {
+    if direct_path() {
+        return connect_direct(address, name).await;
+    }
+    let stream = Client::connect(address)
+        .await?
+        .open_guest(name, "agent")
+        .await?;
+    Ok(AgentClient::new(stream))
+}
+
+/// Checks with vmctld that VM `name` exists and runs, then opens its
+/// hybrid-vsock socket (root only).
+async fn connect_direct(
     address: &Path,
     name: &str,
 ) -> anyhow::Result<AgentClient<tokio::net::UnixStream>> {
@@ -173,7 +202,7 @@ async fn connect(
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             bail!(
-                "cannot open {}: {source}; vmctl exec and shell need root for now",
+                "cannot open {}: {source}; VMCTL_GUEST_PATH=direct is for root only",
                 socket.display()
             )
         }

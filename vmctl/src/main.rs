@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             return exec::exec(&cli.address, &name, command).await;
         }
         Command::Shell { name } => return exec::shell(&cli.address, &name).await,
-        Command::Console { name } => return console::console(&name).await,
+        Command::Console { name } => return console::console(&cli.address, &name).await,
         Command::Cp { from, to, max_size } => {
             exec::copy(&cli.address, &from, &to, max_size).await?
         }

@@ -22,6 +22,8 @@
 //! `VMDetails`. `Start`, `Stop`, `Restart` and `Remove` take the name and
 //! return when systemd's job is done: a TCG boot may take minutes, so call
 //! them with `busctl --timeout=5min`.
+//! `OpenGuest(s name, s channel) -> h` hands the caller a socket connected
+//! to the VM's guest agent (`agent`) or serial console (`console`).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -70,6 +72,8 @@ pub enum DbusError {
     InvalidArgument(String),
     /// See [`ManagerError::NoFreeAddress`].
     NoFreeAddress(String),
+    /// See [`ManagerError::VmNotRunning`].
+    VMNotRunning(String),
     /// See [`ManagerError::Internal`].
     InternalError(String),
 }
@@ -88,6 +92,7 @@ impl From<ManagerError> for DbusError {
             ManagerError::UnitFailed { .. } => Self::UnitFailed(text),
             ManagerError::InvalidArgument { .. } => Self::InvalidArgument(text),
             ManagerError::NoFreeAddress { .. } => Self::NoFreeAddress(text),
+            ManagerError::VmNotRunning { .. } => Self::VMNotRunning(text),
             ManagerError::Internal { .. } => Self::InternalError(text),
         }
     }
@@ -227,6 +232,22 @@ impl ManagerObject {
     ) -> Result<HashMap<String, OwnedValue>, DbusError> {
         let caller = caller(conn, &header).await?;
         Ok(details_dict(self.manager.describe(&caller, &name).await?))
+    }
+
+    /// Opens `channel` (`agent` or `console`) of a running VM the caller
+    /// may manage and returns the connected socket (`h`); the twin of
+    /// varlink `OpenGuest` (see [`crate::guest_access`]).
+    async fn open_guest(
+        &self,
+        name: String,
+        channel: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<zvariant::OwnedFd, DbusError> {
+        let caller = caller(conn, &header).await?;
+        let channel = channel.parse::<crate::guest_access::Channel>()?;
+        let fd = self.manager.open_guest(&caller, &name, channel).await?;
+        Ok(zvariant::OwnedFd::from(fd))
     }
 
     /// The version of vmctld, as a property for `busctl introspect`.

@@ -85,6 +85,14 @@ pub enum ManagerError {
         /// The setting that chooses it, naming the file.
         setting: String,
     },
+    /// The VM is defined but not running, so its guest cannot be reached.
+    #[error("VM {name} is not running (state: {state}); start it with: vmctl start {name}")]
+    VmNotRunning {
+        /// The VM.
+        name: String,
+        /// Its unit's state.
+        state: String,
+    },
     /// vmctld failed internally (I/O, corrupt state, ...).
     #[error("internal error: {message}")]
     Internal {
@@ -107,6 +115,7 @@ impl ManagerError {
             Self::UnitFailed { .. } => "UnitFailed",
             Self::InvalidArgument { .. } => "InvalidArgument",
             Self::NoFreeAddress { .. } => "NoFreeAddress",
+            Self::VmNotRunning { .. } => "VMNotRunning",
             Self::Internal { .. } => "InternalError",
         }
     }
@@ -124,6 +133,7 @@ impl ManagerError {
             Self::UnitFailed { .. } => errors::UNIT_FAILED,
             Self::InvalidArgument { .. } => errors::INVALID_ARGUMENT,
             Self::NoFreeAddress { .. } => errors::NO_FREE_ADDRESS,
+            Self::VmNotRunning { .. } => errors::VM_NOT_RUNNING,
             Self::Internal { .. } => errors::INTERNAL_ERROR,
         }
     }
@@ -156,6 +166,7 @@ impl ManagerError {
             Self::NoFreeAddress { subnet, setting } => {
                 json!({ "subnet": subnet, "setting": setting })
             }
+            Self::VmNotRunning { name, state } => json!({ "name": name, "state": state }),
             Self::Internal { message } => json!({ "message": message }),
         }
     }
@@ -218,6 +229,10 @@ pub(crate) fn one_of_each() -> Vec<ManagerError> {
             subnet: "10.77.0.0/16".into(),
             setting: "IPv4Subnet=".into(),
         },
+        ManagerError::VmNotRunning {
+            name: "a".into(),
+            state: "inactive".into(),
+        },
         ManagerError::internal("boom"),
     ]
 }
@@ -242,6 +257,7 @@ mod tests {
                 "io.vmctl.Manager.UnitFailed",
                 "io.vmctl.Manager.InvalidArgument",
                 "io.vmctl.Manager.NoFreeAddress",
+                "io.vmctl.Manager.VMNotRunning",
                 "io.vmctl.Manager.InternalError",
             ]
         );
@@ -263,6 +279,7 @@ mod tests {
                 "org.vmctl.Manager1.Error.UnitFailed",
                 "org.vmctl.Manager1.Error.InvalidArgument",
                 "org.vmctl.Manager1.Error.NoFreeAddress",
+                "org.vmctl.Manager1.Error.VMNotRunning",
                 "org.vmctl.Manager1.Error.InternalError",
             ]
         );

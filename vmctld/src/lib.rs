@@ -22,6 +22,7 @@ pub mod dbus_vm;
 pub mod disk;
 pub mod error;
 pub mod events;
+pub mod guest_access;
 pub mod hostkeys;
 pub mod lifecycle;
 pub mod limits;

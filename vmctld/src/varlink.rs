@@ -35,7 +35,7 @@
 //! `GetInterfaceDescription` returns the IDL file embedded from
 //! `api/io.vmctl.Manager.varlink`, byte for byte.
 
-use std::sync::Arc;
+use std::{os::fd::OwnedFd, sync::Arc};
 
 use futures_util::{future::BoxFuture, FutureExt};
 use serde::Deserialize;
@@ -116,6 +116,10 @@ pub enum Answer {
     Now(Outcome),
     /// The outcome comes when the future completes.
     Later(BoxFuture<'static, Outcome>),
+    /// The outcome comes with descriptors for the client (`OpenGuest`):
+    /// the server runs the future only while the connection is under its
+    /// descriptor cap, and sends them with the reply (`SCM_RIGHTS`).
+    WithFds(BoxFuture<'static, Result<(Value, Vec<OwnedFd>), ErrorReply>>),
     /// Replies until the client leaves (`List` with `more`, see
     /// [`crate::list_watch`]): each item is sent with `continues: true`;
     /// an error ends the call.
@@ -123,15 +127,28 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// Waits for the outcome (tests, and callers that may block).
+    /// Waits for the outcome (tests, and callers that may block); any
+    /// descriptors are closed.
     pub async fn outcome(self) -> Outcome {
+        self.reply().await.0
+    }
+
+    /// Waits for the outcome and the descriptors to send with it.
+    pub async fn reply(self) -> (Outcome, Vec<OwnedFd>) {
         match self {
-            Self::Now(outcome) => outcome,
-            Self::Later(future) => future.await,
+            Self::Now(outcome) => (outcome, Vec::new()),
+            Self::Later(future) => (future.await, Vec::new()),
+            Self::WithFds(future) => match future.await {
+                Ok((params, fds)) => (Ok(params), fds),
+                Err(e) => (Err(e), Vec::new()),
+            },
             // Only the first reply.
             Self::Stream(mut stream) => match futures_util::StreamExt::next(&mut stream).await {
-                Some(outcome) => outcome,
-                None => Err(crate::ManagerError::internal("no reply").to_varlink()),
+                Some(outcome) => (outcome, Vec::new()),
+                None => (
+                    Err(crate::ManagerError::internal("no reply").to_varlink()),
+                    Vec::new(),
+                ),
             },
         }
     }
@@ -273,9 +290,39 @@ impl VarlinkService {
                     )
                 }
             },
+            "OpenGuest" => match open_guest_parameters(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok((name, channel)) => Answer::WithFds(
+                    async move {
+                        match manager.open_guest(&caller, &name, channel).await {
+                            Ok(fd) => Ok((json!({}), vec![fd])),
+                            Err(e) => Err(e.to_varlink()),
+                        }
+                    }
+                    .boxed(),
+                ),
+            },
             _ => Answer::Now(Err(method_not_found(call))),
         }
     }
+}
+
+/// `OpenGuest`'s name and channel.
+fn open_guest_parameters(
+    call: &RawCall,
+) -> Result<(String, crate::guest_access::Channel), ErrorReply> {
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        channel: String,
+    }
+    check_parameters(call, &["name", "channel"])?;
+    let input: In = parameters(call, "name")?;
+    let channel = input
+        .channel
+        .parse()
+        .map_err(|_| invalid_parameter("channel"))?;
+    Ok((input.name, channel))
 }
 
 /// The `name` parameter of the methods that take only a name.
@@ -437,7 +484,8 @@ mod tests {
                 "Stop",
                 "Restart",
                 "Remove",
-                "Describe"
+                "Describe",
+                "OpenGuest"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

@@ -18,7 +18,9 @@
 //!   [`Limits::write_timeout`] is dropped.
 //! - **Descriptors** sent by a client (`SCM_RIGHTS`) are closed as soon as
 //!   they are read: no method takes any, and a client must not be able to
-//!   fill vmctld's descriptor table with them.
+//!   fill vmctld's descriptor table with them. Descriptors vmctld sends
+//!   (`OpenGuest`, see [`crate::guest_access`]) are capped per connection
+//!   at [`Limits::max_fds`]; vmctld closes its copy once sent.
 //! - **`accept()` errors** such as `EMFILE`, `ENFILE` or `ECONNABORTED` are
 //!   transient: logged (rate-limited), a short pause, and serving goes on.
 //!
@@ -51,7 +53,7 @@ use zlink::{
 pub use crate::admission::{Admission, Caps, Refusal};
 use crate::{
     varlink::{Answer, RawCall, VarlinkService},
-    Caller,
+    Caller, ManagerError,
 };
 
 /// The largest message a client may send, in bytes: 64 KiB.
@@ -85,6 +87,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// See [`MAX_MESSAGE_BYTES`].
     pub max_message: usize,
+    /// How many descriptors one connection may be handed; see
+    /// [`crate::guest_access::MAX_FDS_PER_CONNECTION`].
+    pub max_fds: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +99,7 @@ impl Default for Limits {
             idle_timeout: IDLE_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
             max_message: MAX_MESSAGE_BYTES,
+            max_fds: crate::guest_access::MAX_FDS_PER_CONNECTION,
         }
     }
 }
@@ -232,6 +238,7 @@ async fn serve_connection(
         max_message: limits.max_message,
     });
     let uid = caller.uid;
+    let mut handed = 0;
     loop {
         let call = match timeout(limits.idle_timeout, conn.receive_call::<RawCall>()).await {
             Ok(Ok((call, _fds))) => call,
@@ -258,7 +265,19 @@ async fn serve_connection(
             stream_replies(conn, replies, uid, limits).await;
             return;
         }
-        let outcome = answer.outcome().await;
+        let (outcome, fds) = match answer {
+            // Not run at all: no guest connection is made.
+            Answer::WithFds(_) if handed >= limits.max_fds => {
+                let error = ManagerError::QuotaExceeded {
+                    resource: "descriptors per connection".into(),
+                    limit: limits.max_fds as i64,
+                    requested: handed as i64 + 1,
+                };
+                (Err(error.to_varlink()), Vec::new())
+            }
+            answer => answer.reply().await,
+        };
+        handed += fds.len();
         if call.oneway() {
             continue;
         }
@@ -267,7 +286,7 @@ async fn serve_connection(
                 Ok(params) => {
                     let continues = call.more().then_some(false);
                     let reply = Reply::new(Some(params)).set_continues(continues);
-                    conn.send_reply(&reply, Vec::new()).await
+                    conn.send_reply(&reply, fds).await
                 }
                 Err(error) => conn.send_error::<ErrorReply>(&error, Vec::new()).await,
             }

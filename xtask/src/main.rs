@@ -68,6 +68,10 @@ enum Task {
         /// Lookups per NSS case.
         #[arg(long, default_value_t = xtask::bench_nss::DEFAULT_LOOKUPS)]
         lookups: usize,
+        /// Only the exec rows: owner path (fd from vmctld) against the root
+        /// direct path, without the boot rounds.
+        #[arg(long)]
+        exec: bool,
         /// Only the List rows: varlink List with 1000 VMs defined against
         /// machined's ListMachines, and vmctld's memory with them.
         #[arg(long)]
@@ -217,11 +221,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             host::down()?;
             result?;
         }
+        Task::Bench {
+            exec: true, runs, ..
+        } => {
+            deps::ensure_build_machine()?;
+            let host = host::up(UpOptions::default())?;
+            xtask::image::ensure_default()?;
+            let result = xtask::bench_exec::run(&host, 30 * runs, 3 * runs);
+            host::down()?;
+            result?;
+        }
         Task::Bench { runs, .. } => {
             deps::ensure_build_machine()?;
             let host = host::up(UpOptions::default())?;
             let image = xtask::image::ensure_default()?;
             let result = xtask::bench::run(&host, &image, runs)
+                .and_then(|()| xtask::bench_exec::run(&host, 30 * runs, 3 * runs))
                 // Last: its 1000 VMs stay until the host goes down.
                 .and_then(|()| xtask::bench_list::run(&host, 25 * runs));
             host::down()?;
