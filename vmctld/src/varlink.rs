@@ -238,7 +238,8 @@ impl VarlinkService {
     /// `io.vmctl.Manager.*`.
     async fn manager_call(&self, caller: &Caller, member: &str, call: &RawCall) -> Answer {
         let manager = self.manager.clone();
-        let caller = caller.clone();
+        let mut caller = caller.clone();
+        caller.allow_interaction = allows_interaction(call);
         match member {
             "GetVersion" => Answer::Now(check_parameters(call, &[]).and_then(|()| {
                 to_value(GetVersionReply {
@@ -396,12 +397,27 @@ fn method_not_found(call: &RawCall) -> ErrorReply {
 
 /// Rejects parameters the method does not declare (step 5): the
 /// parameters must be absent or an object whose keys are all in `allowed`.
+/// The parameter by which a client lets polkit ask its user for a
+/// password (its agent, e.g. `pkttyagent`, must be running), as systemd's
+/// varlink services call it. Every method that authorises accepts it.
+pub const ALLOW_INTERACTIVE: &str = "allowInteractiveAuthentication";
+
+/// Whether the call set [`ALLOW_INTERACTIVE`] to `true`.
+fn allows_interaction(call: &RawCall) -> bool {
+    call.parameters
+        .as_ref()
+        .and_then(|p| p.get(ALLOW_INTERACTIVE))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 fn check_parameters(call: &RawCall, allowed: &[&str]) -> Result<(), ErrorReply> {
     let invalid =
         |name: &str| ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }));
+    let known = |name: &str| name == ALLOW_INTERACTIVE || allowed.contains(&name);
     match &call.parameters {
         None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(map)) => match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(Value::Object(map)) => match map.keys().find(|k| !known(k)) {
             Some(unknown) => Err(invalid(unknown)),
             None => Ok(()),
         },
@@ -587,5 +603,16 @@ mod tests {
             reply["interfaces"],
             json!(["org.varlink.service", "io.vmctl.Manager"])
         );
+    }
+
+    #[tokio::test]
+    async fn interactive_authentication_is_accepted_and_passed_on() {
+        let params = json!({ "all": true, ALLOW_INTERACTIVE: true });
+        let list = call("io.vmctl.Manager.List", params);
+        assert!(allows_interaction(&list));
+        let plain = call("io.vmctl.Manager.List", json!({}));
+        assert!(!allows_interaction(&plain));
+        // Root's List: the parameter is no unknown parameter.
+        service().dispatch(&Caller::ROOT, &list).await.unwrap();
     }
 }
