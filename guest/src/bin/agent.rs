@@ -32,6 +32,7 @@ async fn main() -> Result<()> {
         return serve_unix(path).await;
     }
     let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, args.port))
+        .inspect_err(report_if_no_vsock)
         .with_context(|| format!("cannot listen on vsock port {}", args.port))?;
     tracing::info!("listening on vsock port {}", args.port);
     ready();
@@ -100,6 +101,27 @@ fn init_logging() {
     }
 }
 
+/// What the agent puts in the kernel log when the guest has no vsock: the
+/// launcher reads the serial console until the hello and fails the start
+/// at once on this line, instead of waiting out its boot timeout.
+const NO_VSOCK: &str = "vmctl-guest-agent: no vsock to the host";
+
+/// Logs [`NO_VSOCK`] to the kernel log at error level (shown on the
+/// console even with `quiet`) when `err` says the kernel has no vsock
+/// (`EAFNOSUPPORT`) or no transport to the host (`ENODEV`: no
+/// virtio-vsock driver or device).
+fn report_if_no_vsock(err: &std::io::Error) {
+    use std::io::Write;
+    if !matches!(err.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::ENODEV)) {
+        return;
+    }
+    tracing::error!("{NO_VSOCK}: {err}");
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        // One write(2) is one kernel log record: format first.
+        let _ = kmsg.write_all(format!("<3>{NO_VSOCK}: {err}\n").as_bytes());
+    }
+}
+
 fn ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
@@ -120,6 +142,7 @@ async fn say_hello(port: u32) {
             Err(e) if attempt == 30 => {
                 tracing::warn!("cannot reach host vsock port {port}: {e}; giving up")
             }
+            Err(e) if attempt == 1 => report_if_no_vsock(&e),
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -18,12 +18,29 @@ pub fn diagnose(line: &str) -> Option<String> {
                 .into(),
         );
     }
+    if let Some((_, detail)) = line.split_once(NO_VSOCK) {
+        let detail: String = detail
+            .trim_start_matches(':')
+            .trim()
+            .chars()
+            .take(80)
+            .collect();
+        return Some(format!(
+            "the guest has no vsock to reach the host ({detail:?}), so its agent can never \
+             say hello: the guest kernel needs virtio-vsock (CONFIG_VSOCKETS and \
+             CONFIG_VIRTIO_VSOCKETS, built in like vmctl's, or modules the image loads)"
+        ));
+    }
     let (_, reason) = line.split_once("Kernel panic - not syncing:")?;
     Some(format!(
         "the guest kernel panicked before the guest agent started: {}",
         reason.trim()
     ))
 }
+
+/// What the guest agent logs to the kernel log when the guest has no vsock
+/// (`vmctl-guest-agent`'s `NO_VSOCK`).
+const NO_VSOCK: &str = "vmctl-guest-agent: no vsock to the host";
 
 /// The first diagnosis of a boot; see [`diagnose`].
 pub type Failure = watch::Receiver<Option<String>>;
@@ -53,6 +70,19 @@ mod tests {
         let d = diagnose("console: [    0.9] Kernel panic - not syncing: No working init found.")
             .unwrap();
         assert!(d.ends_with("No working init found."), "{d}");
+    }
+
+    #[test]
+    fn missing_vsock_is_named() {
+        let d = diagnose(
+            "console: [    3.1] vmctl-guest-agent: no vsock to the host: \
+             Address family not supported by protocol (os error 97)",
+        )
+        .unwrap();
+        assert!(
+            d.contains("CONFIG_VIRTIO_VSOCKETS") && d.contains("Address family not supported"),
+            "{d}"
+        );
     }
 
     #[test]
