@@ -1,0 +1,296 @@
+//! Who may do what, end to end in the dev host: real polkitd, the real
+//! system bus, real users (`ensure_test_users`), the installed vmctld with
+//! the shipped policy and rules. One VM boots twice.
+//!
+//! - mallory (not in group `vmctl`) is refused `org.vmctl.vm.create` over
+//!   varlink (`vmctl`) and D-Bus (`busctl`);
+//! - alice (group `vmctl`) creates over both, starts her VM with
+//!   `systemctl start vm@alice1` (the manage-units rule and the ownership
+//!   record) and with `vmctl start`, stops it both ways, removes her VMs;
+//! - bob (group `vmctl`) gets, for alice's VM, exactly the answer he gets
+//!   for a VM that does not exist (describe, start, stop, restart, rm, over
+//!   varlink and D-Bus), does not see it in `list`, cannot read its
+//!   ownership record, and `systemctl start/stop vm@alice1` is refused;
+//! - carol (group `vmadmins`, granted manage-any by a rule this test
+//!   installs and removes) sees every VM with `vmctl list --all` and
+//!   describes alice's; bob's `list --all` is refused naming manage-any;
+//! - root does everything, and alice does not see root's VM.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, unit_property, Run};
+
+const VM: &str = "alice1";
+/// Alice's second VM, made and removed over D-Bus.
+const VM_DBUS: &str = "alice2";
+/// A name no VM has.
+const MISSING: &str = "nosuch";
+const ROOT_VM: &str = "rootpk1";
+const ADMIN_RULE: &str = "/etc/polkit-1/rules.d/40-vmctl-test-admins.rules";
+
+/// Removes the test's VMs and the admin rule.
+fn cleanup() {
+    for vm in [VM, VM_DBUS, ROOT_VM] {
+        host(&["vmctl", "rm", vm]);
+    }
+    host(&["rm", "-f", ADMIN_RULE]);
+}
+
+/// Runs [`cleanup`] also when the test fails.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+fn vmctl(user: &str, args: &[&str]) -> Run {
+    let mut argv = vec!["vmctl"];
+    argv.extend_from_slice(args);
+    host_as(Some(user), &argv)
+}
+
+/// `busctl call` on the manager as `user` (`--timeout` for boots).
+fn busctl(user: &str, method: &str, signature_and_args: &[&str]) -> Run {
+    let mut argv = vec![
+        "busctl",
+        "--system",
+        "--timeout=5min",
+        "call",
+        "org.vmctl.Manager1",
+        "/org/vmctl/Manager1",
+        "org.vmctl.Manager1",
+        method,
+    ];
+    argv.extend_from_slice(signature_and_args);
+    host_as(Some(user), &argv)
+}
+
+/// A `Manager1` method taking one name, called with `dbus-send`, which
+/// prints the D-Bus error name (busctl prints only its text).
+fn dbus_send(user: &str, method: &str, name: &str) -> Run {
+    host_as(
+        Some(user),
+        &[
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            "--reply-timeout=300000",
+            "--dest=org.vmctl.Manager1",
+            "/org/vmctl/Manager1",
+            &format!("org.vmctl.Manager1.{method}"),
+            &format!("string:{name}"),
+        ],
+    )
+}
+
+/// The exit code and output of `run`, with `name` replaced by `NAME`.
+fn answer(run: &Run, name: &str) -> (Option<i32>, String, String) {
+    (
+        run.code,
+        run.stdout.replace(name, "NAME"),
+        run.stderr.replace(name, "NAME"),
+    )
+}
+
+/// Runs `call` for alice's VM and for a missing one, asserts that they
+/// fail and answer alike (names aside), and returns the answer.
+#[track_caller]
+fn like_missing(what: &str, call: impl Fn(&str) -> Run) -> (Option<i32>, String, String) {
+    let hidden = call(VM);
+    let missing = call(MISSING);
+    assert_ne!(hidden.code, Some(0), "{what} succeeded: {hidden:#?}");
+    assert_eq!(
+        answer(&hidden, VM),
+        answer(&missing, MISSING),
+        "{what}: alice's VM answers unlike a missing one"
+    );
+    eprintln!("{what}: {:?}", hidden.stderr.trim());
+    answer(&hidden, VM)
+}
+
+fn names(json: &str) -> Vec<String> {
+    let vms: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    vms.as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| vm["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until polkitd has loaded the admin rule (it reloads its rules when
+/// the directory changes): carol's `list --all` succeeds.
+fn wait_for_admin_rule() -> Run {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = vmctl("carol", &["list", "--all", "--json"]);
+        if run.code == Some(0) || Instant::now() > deadline {
+            return run;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn polkit_matrix() {
+    ensure_test_users();
+    cleanup();
+    let _cleanup = Cleanup;
+    let alice_uid = host_uid("alice");
+    let unit = format!("vm@{VM}.service");
+
+    // mallory: nothing, and the refusal names the action.
+    let run = vmctl("mallory", &["create", "m1"]);
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(
+        run.stderr.contains("org.vmctl.vm.create")
+            && run.stderr.contains("(io.vmctl.Manager.PermissionDenied)"),
+        "{run:#?}"
+    );
+    let run = busctl("mallory", "Create", &["sa{sv}", "m1", "0"]);
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("permission denied for action org.vmctl.vm.create"),
+        "{run:#?}"
+    );
+    assert!(names(&vmctl("mallory", &["list", "--json"]).ok().stdout).is_empty());
+    eprintln!("mallory refused: {}", run.stderr.trim());
+
+    // alice creates over varlink and D-Bus; the VMs are hers, by name.
+    vmctl("alice", &["create", VM, "--memory", "512M"]).ok();
+    let run = busctl("alice", "Create", &["sa{sv}", VM_DBUS, "0"]).ok();
+    assert!(run.stdout.contains(&format!("\"{VM_DBUS}\"")), "{run:#?}");
+    let list: Value =
+        serde_json::from_str(&vmctl("alice", &["list", "--json"]).ok().stdout).unwrap();
+    let mine = list.as_array().unwrap();
+    assert_eq!(mine.len(), 2, "{list:#}");
+    for vm in mine {
+        assert_eq!(vm["owner"], "alice", "{vm:#}");
+        assert_eq!(vm["owner_uid"], alice_uid, "{vm:#}");
+    }
+    let describe = vmctl("alice", &["describe", VM]).ok().stdout;
+    assert!(
+        describe.contains(&format!("Owner: alice (uid {alice_uid})")),
+        "{describe}"
+    );
+
+    // The ownership record for the systemd rule: polkitd reads it, bob
+    // does not.
+    let record = format!("/run/vmctl/owners/{VM}");
+    let stat = host(&["stat", "-c", "%a %U %G", &record]).ok().stdout;
+    assert_eq!(stat.trim(), "640 root polkitd");
+    assert_eq!(host(&["cat", &record]).ok().stdout, "alice\n");
+    let run = host_as(Some("bob"), &["cat", &record]);
+    assert_ne!(run.code, Some(0), "bob read the ownership record: {run:#?}");
+
+    // bob: alice's VM is indistinguishable from a missing one, on both
+    // front ends, for every method.
+    for method in ["describe", "start", "stop", "restart", "rm"] {
+        let (_, _, stderr) = like_missing(&format!("bob: vmctl {method}"), |name| {
+            vmctl("bob", &[method, name])
+        });
+        assert!(
+            stderr.contains("(io.vmctl.Manager.NoSuchVM)"),
+            "{method}: {stderr}"
+        );
+    }
+    for method in ["Describe", "Start", "Stop", "Restart", "Remove"] {
+        like_missing(&format!("bob: busctl {method}"), |name| {
+            busctl("bob", method, &["s", name])
+        });
+        let (_, _, stderr) = like_missing(&format!("bob: dbus-send {method}"), |name| {
+            dbus_send("bob", method, name)
+        });
+        assert!(
+            stderr.contains("org.vmctl.Manager1.Error.NoSuchVM"),
+            "{method}: {stderr}"
+        );
+    }
+    assert!(names(&vmctl("bob", &["list", "--json"]).ok().stdout).is_empty());
+    let run = vmctl("bob", &["list", "--all"]);
+    assert!(
+        run.code == Some(1)
+            && run.stderr.contains("org.vmctl.vm.manage-any")
+            && run.stderr.contains("(io.vmctl.Manager.PermissionDenied)"),
+        "{run:#?}"
+    );
+    // systemd asks polkit too: the rule is for the owner only.
+    let run = host_as(Some("bob"), &["systemctl", "start", &unit]);
+    assert_ne!(run.code, Some(0), "bob started alice's VM: {run:#?}");
+    eprintln!("bob: systemctl start: {}", run.stderr.trim());
+    assert_eq!(unit_property(&unit, "ActiveState"), "inactive");
+
+    // carol: manage-any through a group rule.
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf '%s\\n' 'polkit.addRule(function(action, subject) {{' \
+             '  if (action.id == \"org.vmctl.vm.manage-any\" && subject.isInGroup(\"vmadmins\"))' \
+             '    return polkit.Result.YES;' '}});' > {ADMIN_RULE}"
+        ),
+    ])
+    .ok();
+    let all = wait_for_admin_rule().ok().stdout;
+    let listed = names(&all);
+    assert!(
+        listed.contains(&VM.to_string()) && listed.contains(&VM_DBUS.to_string()),
+        "{all}"
+    );
+    assert!(all.contains("\"owner\": \"alice\""), "{all}");
+    assert!(
+        names(&vmctl("carol", &["list", "--json"]).ok().stdout).is_empty(),
+        "without --all carol lists only her own VMs"
+    );
+    vmctl("carol", &["describe", VM]).ok();
+    dbus_send("carol", "Describe", VM).ok();
+
+    // alice starts her VM with systemctl (systemd asks polkit; the rule
+    // reads the ownership record) and stops it; then with vmctl.
+    host_as(Some("alice"), &["systemctl", "start", &unit]).ok();
+    assert_eq!(unit_property(&unit, "ActiveState"), "active");
+    // bob can stop it neither way while it runs.
+    like_missing("bob: vmctl stop (running)", |name| {
+        vmctl("bob", &["stop", name])
+    });
+    let run = host_as(Some("bob"), &["systemctl", "stop", &unit]);
+    assert_ne!(run.code, Some(0), "bob stopped alice's VM: {run:#?}");
+    assert_eq!(unit_property(&unit, "ActiveState"), "active");
+    host_as(Some("alice"), &["systemctl", "stop", &unit]).ok();
+    assert_eq!(unit_property(&unit, "ActiveState"), "inactive");
+    vmctl("alice", &["start", VM]).ok();
+    assert_eq!(unit_property(&unit, "ActiveState"), "active");
+    vmctl("alice", &["stop", VM]).ok();
+    assert_eq!(unit_property(&unit, "ActiveState"), "inactive");
+    // Over D-Bus: alice's stop of her (stopped) VM is allowed.
+    busctl("alice", "Stop", &["s", VM]).ok();
+
+    // root: everything; alice does not see root's VM.
+    host(&["vmctl", "create", ROOT_VM, "--memory", "512M"]).ok();
+    let root_list = names(&host(&["vmctl", "list", "--json"]).ok().stdout);
+    assert!(
+        root_list.contains(&VM.to_string()) && root_list.contains(&ROOT_VM.to_string()),
+        "{root_list:?}"
+    );
+    host(&["vmctl", "describe", VM]).ok();
+    let hidden = vmctl("alice", &["describe", ROOT_VM]);
+    assert!(
+        hidden.code == Some(1) && hidden.stderr.contains("(io.vmctl.Manager.NoSuchVM)"),
+        "{hidden:#?}"
+    );
+    host(&["vmctl", "rm", ROOT_VM]).ok();
+
+    // alice removes her VMs, over both front ends; the records go.
+    vmctl("alice", &["rm", VM]).ok();
+    busctl("alice", "Remove", &["s", VM_DBUS]).ok();
+    assert!(names(&vmctl("alice", &["list", "--json"]).ok().stdout).is_empty());
+    let run = host(&["test", "-e", &record]);
+    assert_ne!(run.code, Some(0), "the ownership record outlived the VM");
+}
