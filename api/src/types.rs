@@ -157,6 +157,103 @@ pub struct ListChange {
     pub vm: Vm,
 }
 
+/// A user's quota and usage (`GetQuota`, `SetQuota`); an absent limit is
+/// unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// The user.
+    pub uid: u32,
+    /// Whether an override (`SetQuota`) sets the limits, rather than the
+    /// configured defaults.
+    pub overridden: bool,
+    /// Most VMs.
+    #[serde(default)]
+    pub max_vms: Option<u64>,
+    /// Most vCPUs over all VMs.
+    #[serde(default)]
+    pub max_vcpus: Option<u64>,
+    /// Most memory over all VMs, bytes.
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
+    /// Most disk over all VMs, bytes.
+    #[serde(default)]
+    pub max_disk_bytes: Option<u64>,
+    /// VMs held now.
+    pub vms: u64,
+    /// vCPUs held now.
+    pub vcpus: u64,
+    /// Memory held now, bytes.
+    pub memory_bytes: u64,
+    /// Disk held now, bytes.
+    pub disk_bytes: u64,
+}
+
+/// The parameters of `GetQuota`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetQuotaParams {
+    /// The user (default: the caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// The parameters of `SetQuota`: the limits of the override.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetQuotaParams {
+    /// The user.
+    pub uid: u32,
+    /// Most VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vms: Option<u64>,
+    /// Most vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u64>,
+    /// Most memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    /// Most disk, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
+}
+
+/// The reply parameters of `GetQuota` and `SetQuota`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaReply {
+    /// The quota.
+    pub quota: Quota,
+}
+
+/// One finding of `Doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What kind of disagreement, e.g. `orphan-disk`.
+    pub kind: String,
+    /// The VM concerned.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// The file, directory or interface concerned.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// What is wrong and what repairing does.
+    pub message: String,
+    /// Whether it was repaired.
+    pub repaired: bool,
+}
+
+/// The parameters of `Doctor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorParams {
+    /// Repair what can be repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<bool>,
+}
+
+/// The reply parameters of `Doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReply {
+    /// What disagrees, in the order found.
+    pub findings: Vec<Finding>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,23 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
+    /// Show or set per-user quotas (VMs, vCPUs, memory, disk).
+    Quota {
+        /// What to do.
+        #[command(subcommand)]
+        action: QuotaCommand,
+    },
+    /// Compare vmctld's store with the VMs' files, units and interfaces
+    /// (what vmctld repairs at each start); exits 1 if something is left
+    /// unrepaired. Needs the admin action.
+    Doctor {
+        /// Repair what can be repaired.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs {
@@ -160,6 +177,62 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+/// `vmctl quota` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Show USER's limits and usage (default: yours; another user's needs
+    /// the admin action).
+    Show {
+        /// A user name or uid.
+        user: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace USER's quota override (admin): each limit given replaces
+    /// the default of [Quota] in /etc/vmctl/vmctl.conf; none given puts
+    /// USER back on the defaults.
+    Set {
+        /// A user name or uid.
+        user: String,
+        /// Most VMs.
+        #[arg(long, value_name = "N")]
+        vms: Option<u64>,
+        /// Most vCPUs over all VMs.
+        #[arg(long, value_name = "N")]
+        vcpus: Option<u64>,
+        /// Most memory over all VMs (K/M/G/T suffixes).
+        #[arg(long, value_name = "SIZE", value_parser = memory_size)]
+        memory: Option<u64>,
+        /// Most disk over all VMs (K/M/G/T suffixes).
+        #[arg(long, value_name = "SIZE", value_parser = disk_size)]
+        disk: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vmctl volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// The volumes of your VMs (root: every volume, kept ones too).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a kept data volume (needs org.vmctl.admin).
+    Rm {
+        /// The volume's name.
+        name: String,
+    },
+}
+
+fn data_size(text: &str) -> Result<u64, String> {
+    parse_size("data", text).map_err(|e| e.to_string())
 }
 
 fn memory_size(text: &str) -> Result<u64, String> {

@@ -1,5 +1,6 @@
 //! vmctl: the command-line client of vmctld (speaks varlink).
 
+mod admin;
 mod cli;
 mod client;
 mod console;
@@ -7,6 +8,7 @@ mod docs;
 mod exec;
 mod keys;
 mod output;
+mod users;
 mod watch;
 
 use std::process::ExitCode;
@@ -133,6 +135,28 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cp { from, to, max_size } => {
             exec::copy(&cli.address, &from, &to, max_size).await?
         }
+        Command::Quota { action } => match action {
+            cli::QuotaCommand::Show { user, json } => {
+                admin::show(&cli.address, user.as_deref(), json).await?
+            }
+            cli::QuotaCommand::Set {
+                user,
+                vms,
+                vcpus,
+                memory,
+                disk,
+                json,
+            } => {
+                let limits = admin::QuotaLimits {
+                    vms,
+                    vcpus,
+                    memory,
+                    disk,
+                };
+                admin::set(&cli.address, &user, &limits, json).await?
+            }
+        },
+        Command::Doctor { repair, json } => return admin::doctor(&cli.address, repair, json).await,
         Command::GenerateDocs { out } => docs::generate(&out)?,
     }
     Ok(0)

@@ -73,7 +73,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         },
     };
 
-    let mut manager = Manager::new(Registry::new(&options.state_dir))
+    // The store is opened (migrated, older spec files imported) before
+    // anything is served; without it vmctld cannot work.
+    let registry = Registry::open(&options.state_dir).context("cannot open the store")?;
+    let mut manager = Manager::new(registry)
         .with_runtime_dir(&options.runtime_dir)
         .with_config(&options.config_path);
     // A bad configuration is reported now, not only at the first create.
@@ -85,16 +88,31 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
         Err(e) => tracing::error!("{e}"),
     }
-    if let Err(e) = manager.publish_all() {
-        tracing::warn!("cannot publish VM names and host keys: {e}");
-    }
     if let Some(systemd) = systemd_client(bus.as_ref()).await {
         manager = manager.with_systemd(systemd);
+    }
+    // Finish or undo what a killed vmctld left half done, before any new
+    // call; running VMs are left alone. Repairs after an import of many
+    // old specs (host keys, unit limits) may outlast the start timeout.
+    notify(&[
+        NotifyState::Status("Reconciling the store with reality"),
+        NotifyState::ExtendTimeoutUsec(300_000_000),
+    ]);
+    match manager.reconcile(true).await {
+        Ok(findings) if findings.is_empty() => tracing::info!("reconcile: store and reality agree"),
+        Ok(findings) => tracing::info!("reconcile: {} finding(s), see above", findings.len()),
+        Err(e) => tracing::error!("reconcile: {e}"),
+    }
+    if let Err(e) = manager.publish_all() {
+        tracing::warn!("cannot publish VM names and host keys: {e}");
     }
     let manager = Arc::new(manager);
     // VM states and events follow systemd's signals from here on.
     if let Some((_, conn)) = &bus {
-        tokio::spawn(crate::events::watch(conn.clone(), manager.events().clone()));
+        tokio::spawn(crate::events::watch(
+            conn.clone(),
+            manager.events().clone(),
+        ));
     }
 
     let mut serving_dbus = false;

@@ -22,6 +22,8 @@ use crate::{
     disk::{self, CopyMethod},
     hostkeys,
     limits::{self, UnitLimits},
+    quota,
+    store::VmState,
     units::Systemd,
     Caller, Manager, ManagerError,
 };
@@ -33,38 +35,6 @@ pub const DEFAULT_IMAGE: &str = "default";
 /// the launcher passes it when it is there (a kernel with the drivers built
 /// in, like vmctl's own, mounts the root disk without one).
 pub const IMAGE_FILES: [&str; 2] = ["root.raw", "vmlinuz"];
-
-/// Files and directories made so far by a `Create`, removed again when it
-/// fails (on drop) unless [`Rollback::commit`] was called.
-#[derive(Debug, Default)]
-struct Rollback {
-    paths: Vec<PathBuf>,
-}
-
-impl Rollback {
-    fn add(&mut self, path: PathBuf) {
-        self.paths.push(path);
-    }
-
-    fn commit(mut self) {
-        self.paths.clear();
-    }
-}
-
-impl Drop for Rollback {
-    fn drop(&mut self) {
-        for path in self.paths.iter().rev() {
-            let result = if path.is_dir() {
-                fs::remove_dir_all(path)
-            } else {
-                fs::remove_file(path)
-            };
-            if let Err(e) = result {
-                tracing::warn!("rollback: cannot remove {}: {e}", path.display());
-            }
-        }
-    }
-}
 
 impl Manager {
     fn systemd_or_error(&self, unit: &str) -> Result<&Systemd, ManagerError> {
@@ -126,46 +96,95 @@ impl Manager {
                 ))
             })?;
 
-        // One create or remove at a time: names, CIDs and addresses stay
-        // unique.
-        let _guard = self.lock().await;
-        if self.registry().get(&name)?.is_some() {
-            return Err(ManagerError::VmExists { name });
-        }
-        let existing = self.registry().list()?;
-        let cid = cid::smallest_free(existing.iter().map(|s| s.cid));
-        let network = if networked {
-            let config = NetworkConfig::load(self.config_path())
-                .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?;
-            Some(addresses::allocate(
-                &config,
-                self.config_path(),
-                existing.iter().filter_map(|s| s.network.as_ref()),
-                cid,
-            )?)
+        let network_config = if networked {
+            Some(
+                NetworkConfig::load(self.config_path())
+                    .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?,
+            )
         } else {
             None
         };
-        let spec = VmSpec {
-            name: name.clone(),
-            id: random_id()?,
-            owner_uid: caller.uid,
-            vcpus,
-            memory_bytes: memory,
-            disk_bytes,
-            image,
-            vmm: params.vmm.unwrap_or_default(),
-            cid,
-            network,
-            ssh_authorized_keys,
-            guest_user: Some(guest_user),
-        };
+        let quota_defaults = quota::load_defaults(self.config_path())
+            .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?;
+        let id = random_id()?;
+        let owner = caller.uid;
+        let vmm = params.vmm.unwrap_or_default();
 
-        let mut rollback = Rollback::default();
-        let disk_dir = self.layout().disk_dir(&name);
+        // Step 1, one store transaction: the name, the quota check, the
+        // CID and the addresses, recorded as a 'creating' row. Concurrent
+        // creates serialise here only, not during the disk copy.
+        let spec = self
+            .registry()
+            .store()
+            .insert_creating(&name, owner, |now| {
+                let limits = quota::effective(owner, &quota_defaults, now.quota.as_ref());
+                let request = quota::Usage {
+                    vms: 1,
+                    vcpus: vcpus.into(),
+                    memory,
+                    disk: disk_bytes,
+                };
+                quota::check(&limits, &quota::Usage::of(owner, &now.vms), &request)?;
+                let cid = cid::smallest_free(now.vms.iter().map(|s| s.cid));
+                let network = match &network_config {
+                    Some(config) => Some(addresses::allocate(
+                        config,
+                        self.config_path(),
+                        now.vms.iter().filter_map(|s| s.network.as_ref()),
+                        cid,
+                    )?),
+                    None => None,
+                };
+                Ok(VmSpec {
+                    name: name.clone(),
+                    id,
+                    owner_uid: owner,
+                    vcpus,
+                    memory_bytes: memory,
+                    disk_bytes,
+                    image,
+                    vmm,
+                    cid,
+                    network,
+                    ssh_authorized_keys,
+                    guest_user: Some(guest_user),
+                })
+            })?;
+        let _in_flight = self.registry().begin(&name);
+        // The remaining steps make files; a failure undoes all of them and
+        // the row (as reconciliation does after a crash in between).
+        if let Err(e) = self.make_vm_files(&spec, image_root).await {
+            self.undo_create(&spec).await;
+            return Err(e);
+        }
+        if let Err(e) = self.mark_ready(&name) {
+            self.undo_create(&spec).await;
+            return Err(e);
+        }
+        // Names and known hosts are derived state: a failure is logged and
+        // repaired by the next start of vmctld (publish_all).
+        let others: Vec<_> = self
+            .registry()
+            .list()?
+            .into_iter()
+            .filter(|s| s.name != name)
+            .collect();
+        if let Err(e) = self.publish_vm(&spec, &others) {
+            tracing::warn!("{name}: {e}");
+        }
+        tracing::info!("created VM {name} (cid {}) for uid {owner}", spec.cid);
+        self.events().added(&name);
+        Ok(self.details(spec).await)
+    }
+
+    /// Steps 2 to 5 of create: the root disk, the host key, the spec file
+    /// (from the row) and the unit's limit drop-ins.
+    async fn make_vm_files(&self, spec: &VmSpec, image_root: PathBuf) -> Result<(), ManagerError> {
+        let name = &spec.name;
+        let disk_dir = self.layout().disk_dir(name);
         make_disk_dir(&disk_dir)?;
-        rollback.add(disk_dir);
-        let root = self.layout().root_disk(&name);
+        let root = self.layout().root_disk(name);
+        let disk_bytes = spec.disk_bytes;
         let method = tokio::task::spawn_blocking({
             let root = root.clone();
             move || disk::copy_disk(&image_root, &root, disk_bytes)
@@ -181,7 +200,7 @@ impl Manager {
                 CopyMethod::Sparse => "sparse copy",
             }
         );
-        let key_dir = self.layout().key_dir(&name);
+        let key_dir = self.layout().key_dir(name);
         if key_dir.exists() {
             return Err(ManagerError::internal(format!(
                 "{} exists although no VM of that name does; remove it first",
@@ -189,40 +208,43 @@ impl Manager {
             )));
         }
         let layout = self.layout().clone();
-        let result = tokio::task::spawn_blocking({
+        tokio::task::spawn_blocking({
             let name = name.clone();
             move || hostkeys::generate(&layout, &name)
         })
         .await
-        .map_err(ManagerError::internal)?;
-        rollback.add(key_dir);
-        result.map_err(|e| ManagerError::internal(format!("{name}: SSH host key: {e}")))?;
-        rollback.add(self.registry().write(&spec)?);
-
-        if let Some(systemd) = self.systemd() {
-            let unit = spec.unit();
-            if let Err(e) = systemd
-                .set_limits(&unit, &UnitLimits::for_vm(vcpus, memory))
-                .await
-            {
-                // Some properties may have been written before the error.
-                if let Err(revert) = systemd.revert(&unit).await {
-                    tracing::warn!("rollback: {revert}");
-                }
-                return Err(e);
+        .map_err(ManagerError::internal)?
+        .map_err(|e| ManagerError::internal(format!("{name}: SSH host key: {e}")))?;
+        self.registry().write(spec)?;
+        match self.systemd() {
+            Some(systemd) => {
+                systemd
+                    .set_limits(
+                        &spec.unit(),
+                        &UnitLimits::for_vm(spec.vcpus, spec.memory_bytes),
+                    )
+                    .await
             }
+            None => {
+                tracing::warn!("{name}: no systemd connection, unit limits not set");
+                Ok(())
+            }
+        }
+    }
+
+    /// The last step of create: the row becomes 'ready'.
+    fn mark_ready(&self, name: &str) -> Result<(), ManagerError> {
+        if self
+            .registry()
+            .store()
+            .transition(name, VmState::Creating, VmState::Ready)?
+        {
+            Ok(())
         } else {
-            tracing::warn!("{name}: no systemd connection, unit limits not set");
+            Err(ManagerError::internal(format!(
+                "{name}: its store row vanished during create"
+            )))
         }
-        rollback.commit();
-        // Names and known hosts are derived state: a failure is logged and
-        // repaired by the next start of vmctld (publish_all).
-        if let Err(e) = self.publish_vm(&spec, &existing) {
-            tracing::warn!("{name}: {e}");
-        }
-        tracing::info!("created VM {name} (cid {cid}) for uid {}", caller.uid);
-        self.events().added(&name);
-        Ok(self.details(spec).await)
     }
 
     /// The root disk of `image`, checking that the image is complete.
@@ -265,30 +287,16 @@ impl Manager {
     /// pulled from under a running VMM, whatever signal ended the wait.
     pub async fn remove(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
         let unit = self.manageable_unit(caller, name).await?;
-        let _guard;
-        if let Some(systemd) = self.systemd() {
-            systemd.stop(&unit).await?;
-            systemd.reset_failed(&unit).await?;
-            systemd.revert(&unit).await?;
-            _guard = self.lock().await;
-            systemd.ensure_stopped(&unit).await?;
-        } else {
-            _guard = self.lock().await;
+        let _in_flight = self.registry().begin(name);
+        // The journal first: from here on a crash is finished at the next
+        // start, and a repeated rm carries on where this one stopped.
+        let store = self.registry().store();
+        if !store.transition(name, VmState::Ready, VmState::Removing)?
+            && store.vm(name)?.map(|row| row.state) != Some(VmState::Removing)
+        {
+            return Err(ManagerError::NoSuchVm { name: name.into() });
         }
-        if let Err(e) = nss_vmctl::hostdb::withdraw(&self.layout().hosts_dir(), name) {
-            tracing::warn!("{name}: cannot withdraw its host name: {e}");
-        }
-        remove_path(&self.layout().disk_dir(name))?;
-        remove_path(&self.layout().key_dir(name))?;
-        // The spec last: until it is gone the VM exists and rm can be
-        // repeated after a crash.
-        remove_path(&self.registry().spec_file(name))?;
-        if let Err(e) = hostkeys::write_known_hosts(self.layout(), &self.registry().list()?) {
-            tracing::warn!(
-                "cannot rewrite {}: {e}",
-                self.layout().known_hosts().display()
-            );
-        }
+        self.finish_remove(name, &unit).await?;
         tracing::info!("removed VM {name}");
         if let Err(e) = self.withdraw_owner(name) {
             tracing::warn!("{name}: cannot remove its ownership record: {e}");
@@ -394,21 +402,6 @@ fn make_disk_dir(dir: &Path) -> Result<(), ManagerError> {
             )),
             _ => ManagerError::internal(format!("cannot create {}: {e}", dir.display())),
         })
-}
-
-fn remove_path(path: &Path) -> Result<(), ManagerError> {
-    let result = if path.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    match result {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ManagerError::internal(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// A random 128-bit ID as 32 lowercase hex digits (a valid machine ID).
@@ -680,6 +673,85 @@ mod tests {
         assert_eq!(e.short_name(), "InternalError", "{e}");
         assert!(!m.layout().disk_dir("x").exists());
         assert!(!dir.path().join("vms/.x.json.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_stay_within_the_quota_and_unique() {
+        let (_dir, m) = setup();
+        // Root is exempt unless a quota is set for uid 0 explicitly.
+        let q = crate::store::QuotaOverride {
+            vms: Some(2),
+            ..Default::default()
+        };
+        m.registry().store().set_quota(0, &q).unwrap();
+        let results = futures_util::future::join_all(
+            (0..10).map(|i| m.create(&Caller::ROOT, params(&format!("q{i}")))),
+        )
+        .await;
+        let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        assert_eq!(ok.len(), 2, "{refused:?}");
+        for e in refused {
+            assert_eq!(
+                e.unwrap_err(),
+                ManagerError::QuotaExceeded {
+                    resource: "vms".into(),
+                    limit: 2,
+                    requested: 3
+                }
+            );
+        }
+        // Without the override root has no limit; every VM is unique.
+        m.registry()
+            .store()
+            .set_quota(0, &Default::default())
+            .unwrap();
+        let results = futures_util::future::join_all(
+            (0..8).map(|i| m.create(&Caller::ROOT, params(&format!("u{i}")))),
+        )
+        .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let vms = m.registry().list().unwrap();
+        assert_eq!(vms.len(), 10);
+        let unique = |f: fn(&VmSpec) -> String| {
+            vms.iter()
+                .map(f)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        assert_eq!(unique(|s| s.cid.to_string()), 10);
+        assert_eq!(unique(|s| s.network.as_ref().unwrap().ipv4.to_string()), 10);
+        assert_eq!(unique(|s| s.network.as_ref().unwrap().ipv6.to_string()), 10);
+        assert_eq!(unique(|s| s.network.as_ref().unwrap().mac.clone()), 10);
+    }
+
+    #[tokio::test]
+    async fn a_quota_from_the_configuration_names_the_resource() {
+        let (dir, m) = setup();
+        fs::write(dir.path().join("vmctl.conf"), "[Quota]\nMaxMemory=1G\n").unwrap();
+        let q = crate::store::QuotaOverride {
+            vcpus: Some(4),
+            ..Default::default()
+        };
+        // An override for root: its unset limits stay unlimited.
+        m.registry().store().set_quota(0, &q).unwrap();
+        let big = CreateParams {
+            vcpus: Some(5),
+            ..params("big")
+        };
+        let e = m.create(&Caller::ROOT, big).await.unwrap_err();
+        assert_eq!(
+            e,
+            ManagerError::QuotaExceeded {
+                resource: "vcpus".into(),
+                limit: 4,
+                requested: 5
+            }
+        );
+        assert!(m.registry().store().vm("big").unwrap().is_none());
+        assert!(!m.layout().disk_dir("big").exists());
+        let quota = m.get_quota(&Caller::ROOT, None).await.unwrap();
+        assert_eq!((quota.max_vcpus, quota.max_memory_bytes), (Some(4), None));
+        assert!(quota.overridden);
     }
 
     #[tokio::test]

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::sync::{Mutex, MutexGuard};
 use vmctl_api::{
     spec::{Layout, VmSpec},
     Vm,
@@ -28,9 +27,6 @@ pub struct Manager {
     /// `/etc/vmctl/vmctl.conf`, read at each create (see
     /// [`crate::addresses`]).
     config_path: PathBuf,
-    /// Serialises the steps of Create and Remove that allocate or free
-    /// names, CIDs and addresses.
-    lock: Mutex<()>,
     /// Decides for callers other than root (polkit).
     authority: Authority,
     /// VM events and the states followed from systemd's signals.
@@ -50,7 +46,6 @@ impl Manager {
             layout: Layout::under(state_dir, Layout::default().runtime_dir),
             systemd: None,
             config_path: crate::addresses::default_config_path(),
-            lock: Mutex::new(()),
             authority: Authority::default(),
             events: crate::events::Events::new(),
         }
@@ -105,10 +100,6 @@ impl Manager {
     /// The systemd client, when vmctld has one.
     pub fn systemd(&self) -> Option<&Systemd> {
         self.systemd.as_ref()
-    }
-
-    pub(crate) async fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().await
     }
 
     /// VM events (created, removed, state changed) and the states

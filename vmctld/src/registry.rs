@@ -1,33 +1,154 @@
-//! The VM registry: the stored definition ([`VmSpec`]) of every VM, one
-//! JSON file per VM at `<state directory>/vms/<name>.json` (the layout of
-//! [`vmctl_api::spec::Layout`]; vmctld is its only writer).
-//!
-//! Files are small and written rarely, so the registry reads the directory
-//! on each query; there is no cache that could go stale.
+//! The VM registry: the definition ([`VmSpec`]) of every VM. The rows of
+//! the [`Store`] are the truth; each complete VM also has its spec as a
+//! JSON file at `<state directory>/vms/<name>.json` (the layout of
+//! [`vmctl_api::spec::Layout`]) because the launcher reads it. vmctld is
+//! the only writer of both; the file is written from the row.
 
 use std::{
+    collections::HashSet,
     fs::{self, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use vmctl_api::{names::DEFAULT_STATE_DIRECTORY, spec::VmSpec, validate_vm_name};
 
-use crate::ManagerError;
+use crate::{
+    store::{Store, VmRow, VmState, DB_FILE},
+    ManagerError,
+};
 
 /// The VM registry stored under a state directory.
 #[derive(Debug, Clone)]
 pub struct Registry {
     vms_dir: PathBuf,
+    store: Arc<Store>,
+    /// VMs with a create or remove under way in this process, which
+    /// reconciliation must leave alone.
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Marks a VM's operation as under way until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    name: String,
+    set: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.name);
+    }
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Registry {
-    /// The registry in `state_dir` (which need not exist yet).
-    pub fn new(state_dir: impl AsRef<Path>) -> Self {
-        Self {
-            vms_dir: state_dir.as_ref().join("vms"),
+    /// Opens the registry in `state_dir` (created if needed): its store
+    /// `vmctl.db`, migrated to the current schema, then imports every spec
+    /// file that has no row (the VMs of an install from before the store;
+    /// vmctld's own operations never leave a spec file without a row).
+    pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, ManagerError> {
+        let state_dir = state_dir.as_ref();
+        let registry = Self {
+            vms_dir: state_dir.join("vms"),
+            store: Arc::new(Store::open(&state_dir.join(DB_FILE))?),
+            in_flight: Arc::default(),
+        };
+        registry.import_spec_files()?;
+        Ok(registry)
+    }
+
+    /// Stores the spec files that have no row as complete VMs; one that
+    /// collides with a stored VM is left for `vmctl doctor` to report.
+    /// Also done at each `list`, so a spec file put in place by hand (as
+    /// before the store) is taken in; vmctld itself never leaves a spec
+    /// file without a row (the row comes first and goes last).
+    fn import_spec_files(&self) -> Result<(), ManagerError> {
+        let known: HashSet<String> = self
+            .store
+            .vms()?
+            .into_iter()
+            .map(|row| row.spec.name)
+            .collect();
+        for name in self.spec_file_names()? {
+            if !known.contains(&name) {
+                self.import_spec_file(&name)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Imports VM `name`'s spec file if it has one and no row; returns the
+    /// row.
+    fn import_spec_file(&self, name: &str) -> Result<Option<VmRow>, ManagerError> {
+        if validate_vm_name(name).is_err() {
+            return Ok(None);
+        }
+        let spec = match self.spec_file_contents(name) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!("ignoring VM spec: {e}");
+                return Ok(None);
+            }
+        };
+        match self.store.adopt(&spec) {
+            Ok(()) => tracing::info!("store: imported VM {name} from its spec file"),
+            Err(e) => tracing::warn!("store: cannot import VM {name}: {e}"),
+        }
+        self.store.vm(name)
+    }
+
+    /// The names of the spec files (`NAME.json`), unsorted.
+    fn spec_file_names(&self) -> Result<Vec<String>, ManagerError> {
+        let entries = match fs::read_dir(&self.vms_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ManagerError::internal(format!(
+                    "cannot read {}: {e}",
+                    self.vms_dir.display()
+                )))
+            }
+        };
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|f| f.strip_suffix(".json").map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect())
+    }
+
+    /// Marks VM `name`'s create or remove as under way (until the guard
+    /// is dropped).
+    pub fn begin(&self, name: &str) -> InFlight {
+        lock(&self.in_flight).insert(name.to_string());
+        InFlight {
+            name: name.to_string(),
+            set: self.in_flight.clone(),
+        }
+    }
+
+    /// Whether an operation on VM `name` is under way.
+    pub fn is_in_flight(&self, name: &str) -> bool {
+        lock(&self.in_flight).contains(name)
+    }
+
+    /// [`Registry::open`] for tests and tools that cannot go on without it.
+    ///
+    /// # Panics
+    /// When the store cannot be opened.
+    pub fn new(state_dir: impl AsRef<Path>) -> Self {
+        Self::open(state_dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The store holding the VMs' rows.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The state directory systemd gives the service (`$STATE_DIRECTORY`,
@@ -47,10 +168,24 @@ impl Registry {
         &self.vms_dir
     }
 
-    /// All VM specs, sorted by name. A missing directory is an empty
-    /// registry. Unreadable or invalid files are skipped with a warning, so
-    /// one bad file cannot hide every other VM.
+    /// The VMs that exist, sorted by name: those complete or being
+    /// removed (a VM being created does not exist until it is complete).
     pub fn list(&self) -> Result<Vec<VmSpec>, ManagerError> {
+        self.import_spec_files()?;
+        Ok(self
+            .store
+            .vms()?
+            .into_iter()
+            .filter(|row| row.state != VmState::Creating)
+            .map(|row| row.spec)
+            .collect())
+    }
+
+    /// The specs in the spec files, sorted by name (what the launcher
+    /// would read). A missing directory has none. Unreadable or invalid
+    /// files are skipped with a warning, so one bad file cannot hide every
+    /// other VM.
+    pub fn spec_files(&self) -> Result<Vec<VmSpec>, ManagerError> {
         let cannot_read = |e: io::Error| {
             ManagerError::internal(format!("cannot read {}: {e}", self.vms_dir.display()))
         };
@@ -81,8 +216,20 @@ impl Registry {
         self.vms_dir.join(format!("{name}.json"))
     }
 
-    /// The spec of VM `name`, `None` when there is none.
+    /// The spec of VM `name`, `None` when there is none (or it is still
+    /// being created).
     pub fn get(&self, name: &str) -> Result<Option<VmSpec>, ManagerError> {
+        let row = match self.store.vm(name)? {
+            None => self.import_spec_file(name)?,
+            row => row,
+        };
+        Ok(row
+            .filter(|row| row.state != VmState::Creating)
+            .map(|row| row.spec))
+    }
+
+    /// The spec in VM `name`'s spec file, `None` when there is none.
+    pub fn spec_file_contents(&self, name: &str) -> Result<Option<VmSpec>, ManagerError> {
         let path = self.spec_file(name);
         match fs::metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -145,22 +292,30 @@ fn read_spec(path: &Path) -> Result<VmSpec, String> {
 pub(crate) mod testing {
     use super::*;
 
-    /// A spec for tests.
+    /// A spec for tests; its ID and CID are derived from the name, so
+    /// specs of different names can be stored together.
     pub fn spec(name: &str, owner_uid: u32) -> VmSpec {
-        VmSpec {
-            name: name.into(),
-            id: "0123456789abcdef0123456789abcdef".into(),
-            owner_uid,
-            vcpus: 2,
-            memory_bytes: 1 << 30,
-            disk_bytes: 10 << 30,
-            image: "default".into(),
-            vmm: Default::default(),
-            cid: 3,
-            network: None,
-            ssh_authorized_keys: Vec::new(),
-            guest_user: None,
-        }
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        // From JSON, so that fields with defaults need no mention here.
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "id": format!("{hash:016x}{hash:016x}"),
+            "owner_uid": owner_uid,
+            "vcpus": 2,
+            "memory_bytes": 1u64 << 30,
+            "disk_bytes": 10u64 << 30,
+            "image": "default",
+            "cid": 3 + (hash % 1_000_000) as u32,
+        }))
+        .expect("a valid spec")
+    }
+
+    /// Stores `spec` as a complete VM and writes its spec file.
+    pub fn add(registry: &Registry, spec: &VmSpec) {
+        registry.store().adopt(spec).unwrap();
+        registry.write(spec).unwrap();
     }
 
     /// Writes `spec` as `state_dir/vms/<file>`.
@@ -178,10 +333,10 @@ mod tests {
 
     #[test]
     fn uses_the_shared_layout() {
-        let dir = Path::new("/x");
-        let layout = Layout::under(dir, "/run/x");
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::under(dir.path(), "/run/x");
         assert_eq!(
-            Registry::new(dir).vms_dir(),
+            Registry::new(dir.path()).vms_dir(),
             layout.spec_file("a").parent().unwrap()
         );
     }
@@ -189,7 +344,9 @@ mod tests {
     #[test]
     fn missing_dir_is_empty() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(Registry::new(dir.path()).list().unwrap(), vec![]);
+        let registry = Registry::new(dir.path());
+        assert_eq!(registry.list().unwrap(), vec![]);
+        assert_eq!(registry.spec_files().unwrap(), vec![]);
     }
 
     #[test]
@@ -202,7 +359,7 @@ mod tests {
         write(dir.path(), "other.json", &json("web"));
         write(dir.path(), "notes.txt", "hello");
         let names: Vec<_> = Registry::new(dir.path())
-            .list()
+            .spec_files()
             .unwrap()
             .into_iter()
             .map(|vm| vm.name)

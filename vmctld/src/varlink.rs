@@ -303,7 +303,34 @@ impl VarlinkService {
                     .boxed(),
                 ),
             },
-            _ => Answer::Now(Err(method_not_found(call))),
+            "GetQuota" => Answer::Now(match get_quota_parameters(call) {
+                Err(e) => Err(e),
+                Ok(uid) => match self.manager.get_quota(&caller, uid).await {
+                    Ok(quota) => to_value(vmctl_api::types::QuotaReply { quota }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "SetQuota" => Answer::Now(match set_quota_parameters(call) {
+                Err(e) => Err(e),
+                Ok((uid, over)) => match self.manager.set_quota(&caller, uid, over).await {
+                    Ok(quota) => to_value(vmctl_api::types::QuotaReply { quota }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "Doctor" => match doctor_parameters(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok(repair) => Answer::Later(
+                    async move {
+                        match manager.doctor(&caller, repair).await {
+                            Ok(findings) => to_value(vmctl_api::types::DoctorReply {
+                                findings: findings.into_iter().map(Into::into).collect(),
+                            }),
+                            Err(e) => Err(e.to_varlink()),
+                        }
+                    }
+                    .boxed(),
+                ),
+            },            _ => Answer::Now(Err(method_not_found(call))),
         }
     }
 }
@@ -324,6 +351,46 @@ fn open_guest_parameters(
         .parse()
         .map_err(|_| invalid_parameter("channel"))?;
     Ok((input.name, channel))
+}
+
+/// `GetQuota`'s optional uid.
+fn get_quota_parameters(call: &RawCall) -> Result<Option<u32>, ErrorReply> {
+    check_parameters(call, &["uid"])?;
+    let input: vmctl_api::types::GetQuotaParams = parameters(call, "uid")?;
+    Ok(input.uid)
+}
+
+/// `SetQuota`'s uid and override.
+fn set_quota_parameters(
+    call: &RawCall,
+) -> Result<(u32, crate::store::QuotaOverride), ErrorReply> {
+    check_parameters(
+        call,
+        &[
+            "uid",
+            "max_vms",
+            "max_vcpus",
+            "max_memory_bytes",
+            "max_disk_bytes",
+        ],
+    )?;
+    let input: vmctl_api::types::SetQuotaParams = parameters(call, "uid")?;
+    Ok((
+        input.uid,
+        crate::store::QuotaOverride {
+            vms: input.max_vms,
+            vcpus: input.max_vcpus,
+            memory: input.max_memory_bytes,
+            disk: input.max_disk_bytes,
+        },
+    ))
+}
+
+/// `Doctor`'s repair flag.
+fn doctor_parameters(call: &RawCall) -> Result<bool, ErrorReply> {
+    check_parameters(call, &["repair"])?;
+    let input: vmctl_api::types::DoctorParams = parameters(call, "repair")?;
+    Ok(input.repair.unwrap_or(false))
 }
 
 /// The `name` parameter of the methods that take only a name.
@@ -501,7 +568,10 @@ mod tests {
                 "Restart",
                 "Remove",
                 "Describe",
-                "OpenGuest"
+                "OpenGuest",
+                "GetQuota",
+                "SetQuota",
+                "Doctor"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

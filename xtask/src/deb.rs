@@ -89,6 +89,9 @@ fn spec(package: Package) -> Spec {
                 "nftables",
                 // vmctld makes each VM's SSH host key with ssh-keygen.
                 "openssh-client",
+                // vmctld's store (dpkg-shlibdeps finds it too; named here
+                // so the package says so even if the link changes).
+                "libsqlite3-0",
             ],
             // Like systemd-container recommending libnss-mymachines: names
             // are a convenience, not needed to run VMs.
@@ -522,7 +525,7 @@ mod tests {
         );
         assert!(text.contains("\nDepends: libc6 (>= 2.34), systemd, "));
         assert!(text
-            .contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor, nftables, openssh-client\n"));
+            .contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor, nftables, openssh-client, libsqlite3-0\n"));
         assert!(text.contains("\nRecommends: libnss-vmctl, systemd-container\n"));
         assert!(text.contains("\nSuggests: mkosi\n"));
         assert!(text.contains("\nInstalled-Size: 42\n"));

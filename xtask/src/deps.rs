@@ -28,6 +28,8 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     "flex",
     "libelf-dev",
     "libssl-dev",
+    // vmctld's store links the system SQLite (rusqlite without "bundled").
+    "libsqlite3-dev",
     "lz4",
     "xz-utils",
 ];
