@@ -23,6 +23,11 @@ pub struct Cli {
     )]
     pub address: PathBuf,
 
+    /// When polkit needs you to authenticate for an action, ask for the
+    /// password on this terminal (runs pkttyagent) instead of refusing.
+    #[arg(long, global = true)]
+    pub ask_password: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -54,6 +54,31 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Whether calls let polkit prompt (`--ask-password`; see
+/// [`allow_interactive_authentication`]).
+static INTERACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on every call lets polkit ask this process's authentication
+/// agent for a password (`allowInteractiveAuthentication`).
+pub fn allow_interactive_authentication() {
+    INTERACTIVE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `parameters` with `allowInteractiveAuthentication: true` when
+/// `interactive`.
+fn with_interaction(parameters: Option<Value>, interactive: bool) -> Option<Value> {
+    if !interactive {
+        return parameters;
+    }
+    let mut map = match parameters {
+        Some(Value::Object(map)) => map,
+        None | Some(Value::Null) => serde_json::Map::new(),
+        other => return other,
+    };
+    map.insert("allowInteractiveAuthentication".into(), Value::Bool(true));
+    Some(Value::Object(map))
+}
+
 /// A connection to vmctld.
 pub struct Client {
     path: PathBuf,
@@ -108,6 +133,8 @@ impl Client {
             path: self.path.clone(),
             message,
         };
+        let interactive = INTERACTIVE.load(std::sync::atomic::Ordering::Relaxed);
+        let parameters = with_interaction(parameters, interactive);
         let call = Call::new(Method { method, parameters });
         let (reply, fds) = self
             .conn
@@ -147,5 +174,22 @@ impl Client {
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixStream::from_std(stream))
             .map_err(|e| protocol(format!("unusable descriptor from OpenGuest: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn interaction_is_one_more_parameter() {
+        let key = "allowInteractiveAuthentication";
+        assert_eq!(with_interaction(None, false), None);
+        assert_eq!(with_interaction(None, true), Some(json!({ key: true })));
+        assert_eq!(
+            with_interaction(Some(json!({ "name": "a" })), true),
+            Some(json!({ "name": "a", key: true }))
+        );
     }
 }

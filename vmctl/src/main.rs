@@ -8,6 +8,7 @@ mod docs;
 mod exec;
 mod keys;
 mod output;
+mod polkit_agent;
 mod users;
 mod watch;
 
@@ -22,6 +23,8 @@ use client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime: the agent inherits a descriptor (see there).
+    let _agent = cli.ask_password.then(start_agent).flatten();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,6 +53,21 @@ fn method(name: &str) -> String {
 }
 
 /// Runs the command; returns the exit code.
+/// Starts `pkttyagent` for `--ask-password`; without it polkit cannot
+/// prompt, so calls do not ask to.
+fn start_agent() -> Option<polkit_agent::Agent> {
+    match polkit_agent::Agent::start() {
+        Ok(agent) => {
+            client::allow_interactive_authentication();
+            Some(agent)
+        }
+        Err(e) => {
+            eprintln!("vmctl: warning: no password prompt: cannot start pkttyagent: {e}");
+            None
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Version => {
