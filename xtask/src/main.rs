@@ -91,6 +91,10 @@ enum Task {
         stable: bool,
         /// Run only these targets (default: all).
         targets: Vec<String>,
+        /// Rounds of the store's kill -9 fault injection in the dev host
+        /// after the fuzz targets (0: skip it).
+        #[arg(long, default_value_t = xtask::soak::STORE_FAULT_ROUNDS)]
+        store_rounds: u32,
     },
     /// Bring up the host and show vmctl working in it.
     Demo {
@@ -209,7 +213,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seconds,
             stable,
             targets,
-        } => xtask::soak::run(&targets, seconds, stable)?,
+            store_rounds,
+        } => {
+            xtask::soak::run(&targets, seconds, stable)?;
+            if store_rounds > 0 {
+                xtask::soak::store_faults(store_rounds)?;
+            }
+        }
         Task::Bench {
             nss: true, lookups, ..
         } => xtask::bench_nss::run(lookups)?,

@@ -124,3 +124,33 @@ pub fn run(targets: &[String], seconds: u64, stable: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Rounds of the store's fault-injection test in a soak (CI runs 10).
+pub const STORE_FAULT_ROUNDS: u32 = 100;
+
+/// Brings up the development host and runs the store's fault-injection
+/// e2e test (`tests/tests/store.rs`: vmctld killed with SIGKILL at random
+/// points of create and rm, then checked for leaks) for `rounds` rounds.
+pub fn store_faults(rounds: u32) -> Result<()> {
+    crate::deps::ensure_build_machine()?;
+    crate::host::up(crate::host::UpOptions::default())?;
+    eprintln!("xtask: == store fault injection, {rounds} rounds ==");
+    let result = cmd::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "test",
+                "-p",
+                "vmctl-e2e",
+                "--test",
+                "store",
+                "--",
+                "--ignored",
+                "--exact",
+                "sigkill_during_create_and_rm_leaks_nothing",
+            ])
+            .env("VMCTL_STORE_FAULT_ROUNDS", rounds.to_string()),
+    );
+    crate::host::down()?;
+    result
+}
