@@ -89,11 +89,12 @@ fn remove_all(prefix: &str) {
 
 /// The names under each place a VM leaves files, for names with `prefix`.
 fn files_of(prefix: &str) -> Vec<(&'static str, BTreeSet<String>)> {
-    let places: [(&str, &str, &str); 5] = [
+    let places: [(&str, &str, &str); 6] = [
         ("spec files", "/var/lib/vmctl/vms", ".json"),
         ("disks", "/var/lib/vmctl/disks", ""),
         ("host keys", "/var/lib/vmctl/keys", ""),
         ("NSS records", "/run/vmctl/hosts/name", ""),
+        ("ownership records", "/run/vmctl/owners", ""),
         ("unit drop-ins", "/etc/systemd/system.control", ".service.d"),
     ];
     places

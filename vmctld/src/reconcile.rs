@@ -47,7 +47,8 @@ pub struct Finding {
     /// What kind: `interrupted-create`, `interrupted-remove`,
     /// `missing-spec-file`, `stale-spec-file`, `missing-host-key`,
     /// `missing-disk`, `missing-drop-in`, `unknown-spec-file`,
-    /// `orphan-disk`, `orphan-host-key`, `orphan-drop-in`, `orphan-name`.
+    /// `orphan-disk`, `orphan-host-key`, `orphan-drop-in`, `orphan-name`,
+    /// `missing-owner-record`, `orphan-owner-record`.
     pub kind: &'static str,
     /// The VM it concerns, if any.
     pub vm: Option<String>,
@@ -201,6 +202,7 @@ impl Manager {
         self.orphan_dirs(&known, &mut report);
         self.orphan_drop_ins(&known, &mut report).await;
         self.orphan_names(&mut report)?;
+        self.owner_records(&mut report)?;
         Ok(report.findings)
     }
 
@@ -394,6 +396,57 @@ impl Manager {
         Ok(())
     }
 
+    /// Ownership records (`/run/vmctl/owners/NAME`, read by the polkit rule
+    /// for `systemctl start vm@NAME`): one for every VM whose owner has a
+    /// user name, none for anything else.
+    fn owner_records(&self, report: &mut Report) -> Result<(), ManagerError> {
+        let vms = self.registry().list()?;
+        let dir = self.layout().runtime_dir.join(crate::authz::OWNERS_DIR);
+        let present: HashSet<String> = dir_names(&dir).into_iter().collect();
+        for spec in &vms {
+            let wanted = crate::accounts::user_name(spec.owner_uid).map(|u| format!("{u}\n"));
+            let path = dir.join(&spec.name);
+            let actual = fs::read_to_string(&path).ok();
+            if wanted.is_some() && actual != wanted && !self.registry().is_in_flight(&spec.name) {
+                let fix = report
+                    .repair
+                    .then(|| self.publish_owner(spec).map_err(|e| e.to_string()));
+                report.found(
+                    "missing-owner-record",
+                    Some(&spec.name),
+                    Some(&path),
+                    "the ownership record is missing or names someone else; rewritten".into(),
+                    fix,
+                );
+            }
+        }
+        // Rows being created or removed are reported as such already.
+        let known: HashSet<String> = self
+            .registry()
+            .store()
+            .vms()?
+            .into_iter()
+            .map(|row| row.spec.name)
+            .collect();
+        for name in present
+            .iter()
+            .filter(|n| is_vm_name(n) && !known.contains(n.as_str()))
+            .filter(|n| !self.registry().is_in_flight(n))
+        {
+            let fix = report
+                .repair
+                .then(|| self.withdraw_owner(name).map_err(|e| e.to_string()));
+            report.found(
+                "orphan-owner-record",
+                Some(name),
+                Some(&dir.join(name)),
+                "an ownership record of no VM; removed".into(),
+                fix,
+            );
+        }
+        Ok(())
+    }
+
     /// Undoes a create, whatever steps it got to: drop-ins, spec file,
     /// host key, disk and NSS record, then the row (last, so that a crash
     /// here is undone again at the next start). Failures are logged.
@@ -408,6 +461,9 @@ impl Manager {
         }
         if let Err(e) = nss_vmctl::hostdb::withdraw(&self.layout().hosts_dir(), name) {
             tracing::warn!("{name}: undo create: cannot withdraw its host name: {e}");
+        }
+        if let Err(e) = self.withdraw_owner(name) {
+            tracing::warn!("{name}: undo create: cannot remove its ownership record: {e}");
         }
         for path in [
             self.registry().spec_file(name),
@@ -440,6 +496,11 @@ impl Manager {
         if let Err(e) = nss_vmctl::hostdb::withdraw(&self.layout().hosts_dir(), name) {
             tracing::warn!("{name}: cannot withdraw its host name: {e}");
         }
+        // Before the row goes: a record naming the old owner must not
+        // outlive the VM (the systemd rule trusts it).
+        self.withdraw_owner(name).map_err(|e| {
+            ManagerError::internal(format!("{name}: cannot remove its ownership record: {e}"))
+        })?;
         for path in [
             self.layout().disk_dir(name),
             self.layout().key_dir(name),
@@ -520,8 +581,10 @@ mod tests {
             .collect()
     }
 
-    /// A VM's files as create makes them (disk, key dir, spec file).
+    /// A VM's files as create makes them (disk, key dir, spec file,
+    /// ownership record).
     fn make_files(m: &Manager, vm: &VmSpec) {
+        m.publish_owner(vm).unwrap();
         fs::create_dir_all(m.layout().disk_dir(&vm.name)).unwrap();
         fs::write(m.layout().root_disk(&vm.name), b"disk").unwrap();
         fs::create_dir_all(m.layout().key_dir(&vm.name)).unwrap();
@@ -628,6 +691,7 @@ mod tests {
                 ("orphan-disk", Some("gone".into()), true),
                 ("orphan-host-key", Some("gone".into()), true),
                 ("orphan-name", Some("gone".into()), true),
+                ("orphan-owner-record", Some("gone".into()), true),
             ],
             "{findings:#?}"
         );
@@ -636,6 +700,7 @@ mod tests {
         assert!(!m.layout().disk_dir("gone").exists());
         assert!(!m.layout().key_dir("gone").exists());
         assert!(!m.layout().hosts_dir().join("name/gone").exists());
+        assert!(!m.layout().runtime_dir.join("owners/gone").exists());
         assert!(m.layout().state_dir.join("disks/README.txt").exists());
         assert_eq!(m.reconcile(false).await.unwrap(), []);
     }
