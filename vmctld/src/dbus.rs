@@ -24,6 +24,9 @@
 //! them with `busctl --timeout=5min`.
 //! `OpenGuest(s name, s channel) -> h` hands the caller a socket connected
 //! to the VM's guest agent (`agent`) or serial console (`console`).
+//! `GetQuota(u uid) -> a{sv}` (uid 4294967295: the caller),
+//! `SetQuota(u uid, a{st} limits) -> a{sv}` and `Doctor(b repair) ->
+//! a(ssssb)` are the twins of the varlink methods of the same names.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -250,11 +253,111 @@ impl ManagerObject {
         Ok(zvariant::OwnedFd::from(fd))
     }
 
+    /// The quota and usage of user `uid` (`4294967295`: the caller) as a
+    /// dictionary; the twin of varlink `GetQuota`.
+    async fn get_quota(
+        &self,
+        uid: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<HashMap<String, OwnedValue>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        let uid = (uid != u32::MAX).then_some(uid);
+        Ok(quota_dict(self.manager.get_quota(&caller, uid).await?))
+    }
+
+    /// Replaces the quota override of user `uid` with `limits`
+    /// (`max_vms`, `max_vcpus`, `max_memory_bytes`, `max_disk_bytes`; an
+    /// empty dictionary removes it); the twin of varlink `SetQuota`.
+    async fn set_quota(
+        &self,
+        uid: u32,
+        limits: HashMap<String, u64>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<HashMap<String, OwnedValue>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        let mut over = crate::store::QuotaOverride::default();
+        for (key, value) in limits {
+            let slot = match key.as_str() {
+                "max_vms" => &mut over.vms,
+                "max_vcpus" => &mut over.vcpus,
+                "max_memory_bytes" => &mut over.memory,
+                "max_disk_bytes" => &mut over.disk,
+                _ => {
+                    return Err(ManagerError::InvalidArgument {
+                        what: "limits".into(),
+                        reason: format!("unknown limit {key:?}"),
+                    }
+                    .into())
+                }
+            };
+            *slot = Some(value);
+        }
+        Ok(quota_dict(
+            self.manager.set_quota(&caller, uid, over).await?,
+        ))
+    }
+
+    /// The reconciliation report `a(ssssb)`: kind, VM, path, message (VM
+    /// and path empty when none) and whether it was repaired; with
+    /// `repair`, repairs. The twin of varlink `Doctor`.
+    async fn doctor(
+        &self,
+        repair: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<(String, String, String, String, bool)>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        let findings = self.manager.doctor(&caller, repair).await?;
+        Ok(findings
+            .into_iter()
+            .map(|f| {
+                (
+                    f.kind.to_string(),
+                    f.vm.unwrap_or_default(),
+                    f.path.unwrap_or_default(),
+                    f.message,
+                    f.repaired,
+                )
+            })
+            .collect())
+    }
+
     /// The version of vmctld, as a property for `busctl introspect`.
     #[zbus(property)]
     async fn version(&self) -> String {
         self.manager.version().to_string()
     }
+}
+
+/// A quota as `GetQuota` and `SetQuota` return it: `uid` (u),
+/// `overridden` (b), the usage `vms`, `vcpus`, `memory_bytes`,
+/// `disk_bytes` (t) and the limits `max_*` (t), absent when unlimited.
+pub fn quota_dict(q: vmctl_api::types::Quota) -> HashMap<String, OwnedValue> {
+    let mut dict = HashMap::new();
+    let mut put = |key: &str, value: Value<'_>| {
+        if let Ok(value) = OwnedValue::try_from(value) {
+            dict.insert(key.to_string(), value);
+        }
+    };
+    put("uid", Value::U32(q.uid));
+    put("overridden", Value::Bool(q.overridden));
+    put("vms", Value::U64(q.vms));
+    put("vcpus", Value::U64(q.vcpus));
+    put("memory_bytes", Value::U64(q.memory_bytes));
+    put("disk_bytes", Value::U64(q.disk_bytes));
+    for (key, limit) in [
+        ("max_vms", q.max_vms),
+        ("max_vcpus", q.max_vcpus),
+        ("max_memory_bytes", q.max_memory_bytes),
+        ("max_disk_bytes", q.max_disk_bytes),
+    ] {
+        if let Some(limit) = limit {
+            put(key, Value::U64(limit));
+        }
+    }
+    dict
 }
 
 /// Decodes `Create`'s options dictionary.
