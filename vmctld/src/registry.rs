@@ -59,7 +59,11 @@ impl Registry {
             store: Arc::new(Store::open(&state_dir.join(DB_FILE))?),
             in_flight: Arc::default(),
         };
-        registry.import_spec_files()?;
+        // Not fatal: the store works without the files, and List says
+        // what is wrong with them.
+        if let Err(e) = registry.import_spec_files() {
+            tracing::warn!("store: cannot import the spec files: {e}");
+        }
         Ok(registry)
     }
 
