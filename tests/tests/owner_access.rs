@@ -128,7 +128,7 @@ fn owner_copies_both_ways() {
     let run = as_user(
         "alice",
         &format!(
-            "cd && printf 'owner-data\\n' > in.txt && chmod 640 in.txt && \
+            "cd /home/alice && printf 'owner-data\\n' > in.txt && chmod 640 in.txt && \
              vmctl cp in.txt {VM}:/root/in.txt && \
              vmctl exec {VM} -- stat -c %a /root/in.txt && \
              vmctl cp {VM}:/root/in.txt out.txt && cat out.txt && stat -c %U out.txt"
