@@ -14,10 +14,19 @@
 //!   `/etc/ssh/ssh_host_ed25519_key` (0600) and its `.pub`, replacing any
 //!   key baked into the image, so the key vmctld published is the one sshd
 //!   shows.
+//! - `fstab.extra` (read by systemd-fstab-generator, systemd >= 254), for
+//!   a VM with a data volume: mounts the second disk at
+//!   [`DATA_MOUNT_POINT`] and grows its file system to the disk's size
+//!   (`x-systemd.growfs`, so `vmctl resize-disk NAME data` shows after a
+//!   restart).
 
 use std::{fs, io};
 
-use crate::spec::{Layout, VmSpec};
+use crate::spec::{Layout, VmSpec, DATA_MOUNT_POINT};
+
+/// The guest device of the data volume: the second virtio disk (the
+/// launcher attaches the root disk first, the data volume second).
+pub const DATA_DEVICE: &str = "/dev/vdb";
 
 /// One credential for the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +109,14 @@ pub fn for_spec(
     if !tmpfiles.is_empty() {
         creds.push(GuestCredential::new("tmpfiles.extra", tmpfiles));
     }
+    if spec.data_volume.is_some() {
+        // No fsck pass: the image need not have e2fsprogs; nofail: a guest
+        // whose data disk is damaged still boots and answers vmctl exec.
+        creds.push(GuestCredential::new(
+            "fstab.extra",
+            format!("{DATA_DEVICE} {DATA_MOUNT_POINT} ext4 defaults,nofail,x-systemd.growfs 0 0\n"),
+        ));
+    }
     creds
 }
 
@@ -175,7 +192,20 @@ mod tests {
             network: None,
             ssh_authorized_keys: keys.iter().map(|k| k.to_string()).collect(),
             guest_user: user.map(str::to_string),
+            data_volume: None,
         }
+    }
+
+    #[test]
+    fn a_data_volume_is_mounted_by_fstab_extra() {
+        let mut s = spec(None, &[]);
+        assert!(!for_spec(&s, "", "").iter().any(|c| c.name == "fstab.extra"));
+        s.data_volume = Some("blog".into());
+        let creds = for_spec(&s, "", "");
+        assert_eq!(
+            value(&creds, "fstab.extra"),
+            "/dev/vdb /var/lib/vmctl-data ext4 defaults,nofail,x-systemd.growfs 0 0\n"
+        );
     }
 
     fn value<'a>(creds: &'a [GuestCredential], name: &str) -> &'a str {

@@ -102,7 +102,16 @@ pub struct VmSpec {
     /// (`root` for VMs root made). `None` in specs from before SSH keys.
     #[serde(default)]
     pub guest_user: Option<String>,
+    /// The persistent data volume attached as the second disk and mounted
+    /// in the guest at [`DATA_MOUNT_POINT`] (`vmctl create --data SIZE` or
+    /// `--data-volume NAME`); it outlives the VM unless removed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<String>,
 }
+
+/// Where the guest mounts the VM's data volume (the second virtio disk,
+/// `/dev/vdb`, an ext4 file system vmctld made).
+pub const DATA_MOUNT_POINT: &str = "/var/lib/vmctl-data";
 
 /// A VM's addresses on the host bridge, allocated by vmctld at create and
 /// freed at remove.
@@ -254,6 +263,7 @@ mod tests {
             }),
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA x@y".into()],
             guest_user: Some("root".into()),
+            data_volume: Some("blog".into()),
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains(r#""vmm":"cloud-hypervisor""#), "{json}");
@@ -268,6 +278,7 @@ mod tests {
         assert_eq!(spec.network, None);
         assert!(spec.ssh_authorized_keys.is_empty());
         assert_eq!(spec.guest_user, None);
+        assert_eq!(spec.data_volume, None);
     }
 
     #[test]

@@ -104,6 +104,13 @@ pub struct CreateParams {
     /// OpenSSH public keys for the guest account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_authorized_keys: Option<Vec<String>>,
+    /// Size in bytes of a new persistent data volume (named after the VM,
+    /// mounted in the guest at `/var/lib/vmctl-data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bytes: Option<u64>,
+    /// A kept data volume to attach instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<String>,
 }
 
 /// The reply parameters of `Create` and `Describe`.
@@ -287,4 +294,51 @@ mod tests {
         }
         assert_eq!(serde_json::from_value::<Vm>(json).unwrap(), vm);
     }
+}
+
+// Storage (issue 12): volumes.
+
+/// The parameters of `Remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RemoveParams {
+    /// The VM's name.
+    pub name: String,
+    /// Delete the VM's data volume too (it is kept otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_data: Option<bool>,
+}
+
+/// One volume of the storage pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    /// The VM name (a root volume) or the data volume's name.
+    pub name: String,
+    /// `root` or `data`.
+    pub kind: String,
+    /// Size as the guest sees it, in bytes.
+    pub size_bytes: u64,
+    /// Bytes it occupies in the pool (extents shared with an image or
+    /// other clones counted in full).
+    pub allocated_bytes: u64,
+    /// The VM using it; absent for a kept data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+/// The reply of `ListVolumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumesReply {
+    /// The volumes the caller may see, sorted by kind and name.
+    pub volumes: Vec<VolumeEntry>,
+}
+
+/// The parameters of `ResizeDisk`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeDiskParams {
+    /// The VM's name.
+    pub name: String,
+    /// `root` or `data`.
+    pub disk: String,
+    /// The new size in bytes (at least the current one).
+    pub size_bytes: u64,
 }

@@ -92,6 +92,14 @@ pub enum Command {
         /// addresses, reachable as NAME.vm; `none`: no NIC at all.
         #[arg(long, value_name = "MODE", value_parser = ["default", "none"])]
         network: Option<String>,
+        /// A persistent data volume of this size (at least 64M), mounted
+        /// in the guest at /var/lib/vmctl-data; it survives `vmctl rm`
+        /// unless --delete-data.
+        #[arg(long, value_name = "SIZE", value_parser = data_size, conflicts_with = "data_volume")]
+        data: Option<u64>,
+        /// Attach a kept data volume (see `vmctl volume list`; root only).
+        #[arg(long, value_name = "VOLUME")]
+        data_volume: Option<String>,
         /// Print the new VM as JSON.
         #[arg(long)]
         json: bool,
@@ -111,11 +119,40 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
-    /// Stop and delete a VM: its disks, its definition and its unit limits.
+    /// Stop and delete a VM: its root disk, its definition and its unit
+    /// limits. Its data volume is kept (`vmctl volume list`) unless
+    /// --delete-data.
     #[command(visible_alias = "remove")]
     Rm {
         /// The VM's name.
         name: String,
+        /// Delete the VM's data volume too.
+        #[arg(long)]
+        delete_data: bool,
+    },
+    /// Give a stopped VM a fresh root disk from its image; its name,
+    /// addresses, SSH host key and data volume stay.
+    Rebuild {
+        /// The VM's name.
+        name: String,
+    },
+    /// Grow a stopped VM's data disk (`data`; `root` is not supported
+    /// yet); the guest grows its file system at the next start.
+    ResizeDisk {
+        /// The VM's name.
+        name: String,
+        /// Which disk.
+        #[arg(value_parser = ["root", "data"])]
+        disk: String,
+        /// The new size (K/M/G/T suffixes), at least the current one.
+        #[arg(value_parser = data_size)]
+        size: u64,
+    },
+    /// List or delete storage volumes (root disks and data volumes).
+    Volume {
+        /// What to do.
+        #[command(subcommand)]
+        action: VolumeCommand,
     },
     /// Show everything vmctld knows about a VM.
     Describe {

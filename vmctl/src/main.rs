@@ -10,6 +10,7 @@ mod keys;
 mod output;
 mod polkit_agent;
 mod users;
+mod volume;
 mod watch;
 
 use std::process::ExitCode;
@@ -103,6 +104,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             vmm,
             ssh_keys,
             network,
+            data,
+            data_volume,
             json,
         } => {
             let keys = if ssh_keys.is_empty() {
@@ -119,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 vmm,
                 network,
                 ssh_authorized_keys: Some(keys),
+                data_bytes: data,
+                data_volume,
             };
             let mut client = Client::connect(&cli.address).await?;
             let reply: DetailsReply = client
@@ -133,7 +138,32 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Start { name } => name_call(&cli.address, "Start", name).await?,
         Command::Stop { name } => name_call(&cli.address, "Stop", name).await?,
         Command::Restart { name } => name_call(&cli.address, "Restart", name).await?,
-        Command::Rm { name } => name_call(&cli.address, "Remove", name).await?,
+        Command::Rm { name, delete_data } => {
+            let mut client = Client::connect(&cli.address).await?;
+            let params = vmctl_api::types::RemoveParams {
+                name,
+                delete_data: delete_data.then_some(true),
+            };
+            let _: Value = client
+                .call(&method("Remove"), Some(serde_json::to_value(&params)?))
+                .await?;
+        }
+        Command::Rebuild { name } => name_call(&cli.address, "Rebuild", name).await?,
+        Command::ResizeDisk { name, disk, size } => {
+            let mut client = Client::connect(&cli.address).await?;
+            let params = vmctl_api::types::ResizeDiskParams {
+                name,
+                disk,
+                size_bytes: size,
+            };
+            let _: Value = client
+                .call(&method("ResizeDisk"), Some(serde_json::to_value(&params)?))
+                .await?;
+        }
+        Command::Volume { action } => match action {
+            cli::VolumeCommand::List { json } => volume::list(&cli.address, json).await?,
+            cli::VolumeCommand::Rm { name } => volume::remove(&cli.address, &name).await?,
+        },
         Command::Describe { name, json } => {
             let mut client = Client::connect(&cli.address).await?;
             let reply: DetailsReply = client

@@ -18,11 +18,10 @@ use crate::{
     accounts,
     addresses::{self, NetworkConfig},
     authz::Action,
-    cid,
-    disk::{self, CopyMethod},
-    hostkeys,
+    cid, hostkeys,
     limits::{self, UnitLimits},
     quota,
+    storage::{self, vm::DataRequest},
     store::VmState,
     units::Systemd,
     Caller, Manager, ManagerError,
@@ -96,6 +95,11 @@ impl Manager {
                 ))
             })?;
 
+        let data = DataRequest::from_params(params.data_bytes, params.data_volume)?;
+        if let Some(request) = &data {
+            self.check_data_request(caller, &name, request)?;
+        }
+
         let network_config = if networked {
             Some(
                 NetworkConfig::load(self.config_path())
@@ -122,9 +126,12 @@ impl Manager {
                     vms: 1,
                     vcpus: vcpus.into(),
                     memory,
-                    disk: disk_bytes,
+                    disk: disk_bytes + data.as_ref().map_or(0, DataRequest::new_bytes),
                 };
                 quota::check(&limits, &quota::Usage::of(owner, &now.vms), &request)?;
+                if let Some(DataRequest::Existing(volume)) = &data {
+                    storage::vm::check_unattached(volume, &now.vms)?;
+                }
                 let cid = cid::smallest_free(now.vms.iter().map(|s| s.cid));
                 let network = match &network_config {
                     Some(config) => Some(addresses::allocate(
@@ -148,17 +155,30 @@ impl Manager {
                     network,
                     ssh_authorized_keys,
                     guest_user: Some(guest_user),
+                    data_volume: data.as_ref().map(|d| d.volume_name(&name)),
                 })
             })?;
         let _in_flight = self.registry().begin(&name);
         // The remaining steps make files; a failure undoes all of them and
         // the row (as reconciliation does after a crash in between).
+        let made_data = match &data {
+            Some(request) => match self.make_data_volume(&name, request).await {
+                Ok(made) => made,
+                Err(e) => {
+                    self.undo_create(&spec).await;
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         if let Err(e) = self.make_vm_files(&spec, image_root).await {
             self.undo_create(&spec).await;
+            self.discard_volume(made_data);
             return Err(e);
         }
         if let Err(e) = self.mark_ready(&name) {
             self.undo_create(&spec).await;
+            self.discard_volume(made_data);
             return Err(e);
         }
         // Names and known hosts are derived state: a failure is logged and
@@ -183,23 +203,7 @@ impl Manager {
         let name = &spec.name;
         let disk_dir = self.layout().disk_dir(name);
         make_disk_dir(&disk_dir)?;
-        let root = self.layout().root_disk(name);
-        let disk_bytes = spec.disk_bytes;
-        let method = tokio::task::spawn_blocking({
-            let root = root.clone();
-            move || disk::copy_disk(&image_root, &root, disk_bytes)
-        })
-        .await
-        .map_err(ManagerError::internal)?
-        .map_err(|e| ManagerError::internal(format!("cannot make {}: {e}", root.display())))?;
-        tracing::info!(
-            "{name}: root disk {} ({})",
-            root.display(),
-            match method {
-                CopyMethod::Reflink => "reflink",
-                CopyMethod::Sparse => "sparse copy",
-            }
-        );
+        self.make_root_volume(spec, &image_root).await?;
         let key_dir = self.layout().key_dir(name);
         if key_dir.exists() {
             return Err(ManagerError::internal(format!(

@@ -273,7 +273,53 @@ impl VarlinkService {
                     .boxed(),
                 ),
             },
-            "Start" | "Stop" | "Restart" | "Remove" => match name_parameter(call) {
+            "Remove" => match remove_parameters(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok((name, delete_data)) => Answer::Later(
+                    async move {
+                        match manager.remove_with_data(&caller, &name, delete_data).await {
+                            Ok(()) => Ok(json!({})),
+                            Err(e) => Err(e.to_varlink()),
+                        }
+                    }
+                    .boxed(),
+                ),
+            },
+            "ListVolumes" => Answer::Now(match check_parameters(call, &[]) {
+                Err(e) => Err(e),
+                Ok(()) => list_volumes(&self.manager, &caller).await,
+            }),
+            "Rebuild" => match name_parameter(call) {
+                Err(e) => Answer::Now(Err(e)),
+                Ok(name) => Answer::Later(
+                    async move {
+                        match manager.rebuild(&caller, &name).await {
+                            Ok(()) => Ok(json!({})),
+                            Err(e) => Err(e.to_varlink()),
+                        }
+                    }
+                    .boxed(),
+                ),
+            },
+            "ResizeDisk" => Answer::Now(match resize_disk_parameters(call) {
+                Err(e) => Err(e),
+                Ok(p) => match self
+                    .manager
+                    .resize_disk(&caller, &p.name, &p.disk, p.size_bytes)
+                    .await
+                {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "RemoveVolume" => Answer::Now(match name_parameter(call) {
+                Err(e) => Err(e),
+                Ok(name) => match self.manager.delete_volume(&caller, &name).await {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "Start" | "Stop" | "Restart" => match name_parameter(call) {
                 Err(e) => Answer::Now(Err(e)),
                 Ok(name) => {
                     let member = member.to_string();
@@ -282,8 +328,7 @@ impl VarlinkService {
                             let result = match member.as_str() {
                                 "Start" => manager.start(&caller, &name).await,
                                 "Stop" => manager.stop(&caller, &name).await,
-                                "Restart" => manager.restart(&caller, &name).await,
-                                _ => manager.remove(&caller, &name).await,
+                                _ => manager.restart(&caller, &name).await,
                             };
                             result.map(|()| json!({})).map_err(|e| e.to_varlink())
                         }
@@ -330,7 +375,8 @@ impl VarlinkService {
                     }
                     .boxed(),
                 ),
-            },            _ => Answer::Now(Err(method_not_found(call))),
+            },
+            _ => Answer::Now(Err(method_not_found(call))),
         }
     }
 }
@@ -361,9 +407,7 @@ fn get_quota_parameters(call: &RawCall) -> Result<Option<u32>, ErrorReply> {
 }
 
 /// `SetQuota`'s uid and override.
-fn set_quota_parameters(
-    call: &RawCall,
-) -> Result<(u32, crate::store::QuotaOverride), ErrorReply> {
+fn set_quota_parameters(call: &RawCall) -> Result<(u32, crate::store::QuotaOverride), ErrorReply> {
     check_parameters(
         call,
         &[
@@ -409,7 +453,7 @@ fn list_parameters(call: &RawCall) -> Result<bool, ErrorReply> {
 
 /// `Create`'s parameters, each checked so that a bad one is named.
 fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
-    const NAMES: [&str; 8] = [
+    const NAMES: [&str; 10] = [
         "name",
         "image",
         "vcpus",
@@ -418,6 +462,8 @@ fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
         "vmm",
         "network",
         "ssh_authorized_keys",
+        "data_bytes",
+        "data_volume",
     ];
     check_parameters(call, &NAMES)?;
     let map = match &call.parameters {
@@ -451,7 +497,43 @@ fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
         vmm,
         network: field(&map, "network")?,
         ssh_authorized_keys: field(&map, "ssh_authorized_keys")?,
+        data_bytes: field(&map, "data_bytes")?,
+        data_volume: field(&map, "data_volume")?,
     })
+}
+
+/// `Remove`'s `name` and `delete_data` (storage).
+fn remove_parameters(call: &RawCall) -> Result<(String, bool), ErrorReply> {
+    check_parameters(call, &["name", "delete_data"])?;
+    let input: vmctl_api::types::RemoveParams = parameters(call, "name")?;
+    Ok((input.name, input.delete_data.unwrap_or(false)))
+}
+
+/// `ResizeDisk`'s parameters (storage).
+fn resize_disk_parameters(
+    call: &RawCall,
+) -> Result<vmctl_api::types::ResizeDiskParams, ErrorReply> {
+    check_parameters(call, &["name", "disk", "size_bytes"])?;
+    parameters(call, "size_bytes")
+}
+
+/// `ListVolumes` (storage).
+async fn list_volumes(manager: &Manager, caller: &Caller) -> Outcome {
+    match manager.list_volumes(caller).await {
+        Ok(entries) => to_value(vmctl_api::types::VolumesReply {
+            volumes: entries
+                .into_iter()
+                .map(|e| vmctl_api::types::VolumeEntry {
+                    name: e.info.volume.name().to_string(),
+                    kind: e.info.volume.kind().to_string(),
+                    size_bytes: e.info.size_bytes,
+                    allocated_bytes: e.info.allocated_bytes,
+                    vm: e.vm,
+                })
+                .collect(),
+        }),
+        Err(e) => Err(e.to_varlink()),
+    }
 }
 
 fn invalid_parameter(name: &str) -> ErrorReply {
@@ -571,7 +653,11 @@ mod tests {
                 "OpenGuest",
                 "GetQuota",
                 "SetQuota",
-                "Doctor"
+                "Doctor",
+                "ListVolumes",
+                "RemoveVolume",
+                "Rebuild",
+                "ResizeDisk"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

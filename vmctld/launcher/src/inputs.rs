@@ -15,6 +15,9 @@ pub struct Inputs {
     pub initrd: Option<PathBuf>,
     /// The VM's root disk.
     pub root_disk: PathBuf,
+    /// The VM's data volume (the spec's `data_volume` in the directory
+    /// pool), attached as the second disk.
+    pub data_disk: Option<PathBuf>,
 }
 
 /// Reads and checks the spec of VM `name` and the files it needs.
@@ -63,11 +66,33 @@ pub fn load(layout: &Layout, name: &str) -> Result<Inputs, String> {
     let initrd = initrd.is_file().then_some(initrd);
     let root_disk = layout.root_disk(name);
     require_file(&root_disk, "the VM's root disk", &spec.image)?;
+    let data_disk = match &spec.data_volume {
+        Some(volume) => {
+            vmctl_api::validate_vm_name(volume).map_err(|e| {
+                format!(
+                    "spec {}: data volume {volume:?} is not a valid name: {e}",
+                    spec_file.display()
+                )
+            })?;
+            let path = layout.volume_file(volume);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Some(path),
+                _ => {
+                    return Err(format!(
+                        "the VM's data volume {} is missing; see `vmctl volume list`",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
     Ok(Inputs {
         spec,
         kernel,
         initrd,
         root_disk,
+        data_disk,
     })
 }
 
@@ -152,5 +177,24 @@ mod tests {
         assert_eq!(inputs.kernel, img.join("vmlinuz"));
         std::fs::write(img.join("vmlinux"), b"e").unwrap();
         assert_eq!(load(&layout, "blog").unwrap().kernel, img.join("vmlinux"));
+        assert_eq!(inputs.data_disk, None);
+
+        // A data volume in the spec must be there, and be a plain name.
+        write_vm(
+            &layout,
+            &SPEC.replace(r#""cid":3"#, r#""cid":3,"data_volume":"db""#),
+        );
+        let err = load(&layout, "blog").unwrap_err();
+        assert!(err.contains("volumes/db.raw is missing"), "{err}");
+        std::fs::create_dir_all(layout.state_dir.join("volumes")).unwrap();
+        std::fs::write(layout.volume_file("db"), b"").unwrap();
+        let inputs = load(&layout, "blog").unwrap();
+        assert_eq!(inputs.data_disk, Some(layout.volume_file("db")));
+        write_vm(
+            &layout,
+            &SPEC.replace(r#""cid":3"#, r#""cid":3,"data_volume":"../db""#),
+        );
+        let err = load(&layout, "blog").unwrap_err();
+        assert!(err.contains("not a valid name"), "{err}");
     }
 }

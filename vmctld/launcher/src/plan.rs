@@ -60,10 +60,15 @@ pub fn vm_config(inputs: &Inputs, layout: &Layout) -> VmConfig {
         kernel: inputs.kernel.clone(),
         initrd: inputs.initrd.clone(),
         cmdline: kernel_cmdline(&inputs.spec.name, &inputs.spec.id),
-        disks: vec![Disk {
-            path: inputs.root_disk.clone(),
-            read_only: false,
-        }],
+        // Root first, data second: the guest finds them as /dev/vda and
+        // /dev/vdb (the kernel command line and fstab.extra say so).
+        disks: std::iter::once(&inputs.root_disk)
+            .chain(&inputs.data_disk)
+            .map(|path| Disk {
+                path: path.clone(),
+                read_only: false,
+            })
+            .collect(),
         net: Vec::new(),
         vsock: Some(Vsock {
             cid: inputs.spec.cid,
@@ -75,6 +80,7 @@ pub fn vm_config(inputs: &Inputs, layout: &Layout) -> VmConfig {
         runtime_dir: layout.vm_runtime_dir(name),
         accel: Accel::Auto,
         machine: Default::default(),
+        identity: None,
     }
 }
 
@@ -99,11 +105,33 @@ mod tests {
                 network: None,
                 ssh_authorized_keys: Vec::new(),
                 guest_user: None,
+                data_volume: None,
             },
             kernel: "/s/images/default/vmlinuz".into(),
             initrd: Some("/s/images/default/initrd.img".into()),
             root_disk: "/s/disks/blog/root.raw".into(),
+            data_disk: None,
         }
+    }
+
+    #[test]
+    fn the_data_volume_is_the_second_disk() {
+        let mut i = inputs();
+        i.data_disk = Some("/s/volumes/blog.raw".into());
+        let c = vm_config(&i, &Layout::under("/s", "/r"));
+        c.validate().unwrap();
+        let disks: Vec<_> = c
+            .disks
+            .iter()
+            .map(|d| (d.path.as_path(), d.read_only))
+            .collect();
+        assert_eq!(
+            disks,
+            [
+                (Path::new("/s/disks/blog/root.raw"), false),
+                (Path::new("/s/volumes/blog.raw"), false)
+            ]
+        );
     }
 
     #[test]

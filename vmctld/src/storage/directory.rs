@@ -90,6 +90,45 @@ impl DirectoryPool {
         }
     }
 
+    /// See [`super::Storage::replace_root`]: a clone beside the root,
+    /// renamed over it, so the VM has the old root or the new one, never a
+    /// partial one.
+    pub fn replace_root(
+        &self,
+        image_root: &Path,
+        vm: &str,
+        size: u64,
+    ) -> Result<CloneMethod, StorageError> {
+        let root = Volume::Root(vm.to_string());
+        Self::check_name(&root)?;
+        let path = self.path(&root);
+        if !path.is_file() {
+            return Err(StorageError::Missing(root));
+        }
+        let new = path.with_extension("raw.rebuild");
+        // A leftover of an interrupted rebuild.
+        let _ = fs::remove_file(&new);
+        let method = match disk::copy_disk(image_root, &new, size) {
+            Ok(CopyMethod::Reflink) => CloneMethod::Reflink,
+            Ok(CopyMethod::Sparse) => CloneMethod::SparseCopy,
+            Err(e) => {
+                let _ = fs::remove_file(&new);
+                return Err(StorageError::Io {
+                    path: new,
+                    source: e,
+                });
+            }
+        };
+        fs::rename(&new, &path).map_err(|e| {
+            let _ = fs::remove_file(&new);
+            StorageError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        })?;
+        Ok(method)
+    }
+
     /// See [`super::Storage::create`].
     pub fn create(&self, volume: &Volume, size: u64) -> Result<(), StorageError> {
         Self::check_name(volume)?;
@@ -328,6 +367,16 @@ mod tests {
         let e = pool.resize(&data, 1 << 20).unwrap_err();
         assert!(matches!(e, StorageError::Shrink { .. }), "{e}");
         assert_eq!(pool.get(&data).unwrap().unwrap().size_bytes, 64 << 20);
+
+        // Rebuild: the root is a fresh clone again, the data untouched.
+        fs::write(pool.path(&root), b"changed by the guest").unwrap();
+        pool.replace_root(&image, "blog", 16 << 20).unwrap();
+        assert_eq!(&fs::read(&root_file).unwrap()[..7], b"root fs");
+        assert_eq!(pool.list().unwrap().len(), 2);
+        assert!(matches!(
+            pool.replace_root(&image, "nope", 1),
+            Err(StorageError::Missing(_))
+        ));
 
         pool.delete(&root).unwrap();
         assert!(!dir.path().join("disks/blog").exists());

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod directory;
+pub mod vm;
 
 use std::{fmt, io, path::PathBuf};
 
@@ -192,6 +193,19 @@ impl Storage {
     ) -> Result<CloneMethod, StorageError> {
         match self {
             Self::Directory(pool) => pool.clone_image(image_root, root, size),
+        }
+    }
+
+    /// Replaces VM `vm`'s existing root volume by a fresh clone of
+    /// `image_root` (`vmctl rebuild`), atomically.
+    pub fn replace_root(
+        &self,
+        image_root: &std::path::Path,
+        vm: &str,
+        size: u64,
+    ) -> Result<CloneMethod, StorageError> {
+        match self {
+            Self::Directory(pool) => pool.replace_root(image_root, vm, size),
         }
     }
 

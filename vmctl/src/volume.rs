@@ -1,0 +1,94 @@
+//! `vmctl volume list` and `vmctl volume rm`: the storage pool's volumes.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use vmctl_api::{sizes::format_size_short, types::VolumeEntry, types::VolumesReply};
+
+use crate::{client::Client, method};
+
+/// `vmctl volume list [--json]`.
+pub async fn list(address: &Path, json: bool) -> anyhow::Result<()> {
+    let mut client = Client::connect(address).await?;
+    let reply: VolumesReply = client.call(&method("ListVolumes"), None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.volumes)?);
+    } else {
+        print!("{}", table(&reply.volumes));
+    }
+    Ok(())
+}
+
+/// `vmctl volume rm NAME`: deletes a kept data volume.
+pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
+    let mut client = Client::connect(address).await?;
+    let _: Value = client
+        .call(&method("RemoveVolume"), Some(json!({ "name": name })))
+        .await?;
+    Ok(())
+}
+
+/// The volumes as a table: NAME KIND SIZE ALLOCATED VM (`-` for a kept one).
+pub fn table(volumes: &[VolumeEntry]) -> String {
+    let rows: Vec<[String; 5]> = volumes
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                v.kind.clone(),
+                format_size_short(v.size_bytes),
+                format_size_short(v.allocated_bytes),
+                v.vm.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "SIZE", "ALLOCATED", "VM"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_kept_volumes_without_a_vm() {
+        let volumes = vec![
+            VolumeEntry {
+                name: "blog".into(),
+                kind: "root".into(),
+                size_bytes: 4 << 30,
+                allocated_bytes: 600 << 20,
+                vm: Some("blog".into()),
+            },
+            VolumeEntry {
+                name: "old".into(),
+                kind: "data".into(),
+                size_bytes: 10 << 30,
+                allocated_bytes: 33 << 20,
+                vm: None,
+            },
+        ];
+        assert_eq!(
+            table(&volumes),
+            "NAME  KIND  SIZE  ALLOCATED  VM\n\
+             blog  root  4G    600M       blog\n\
+             old   data  10G   33M        -\n"
+        );
+    }
+}
