@@ -26,7 +26,11 @@ fn ssh_when_up(cmd: &str, within: Duration) -> Run {
     let deadline = Instant::now() + within;
     loop {
         let run = ssh(cmd);
+        // READY comes when the agent is up, which can be before the
+        // guest's networkd has configured its address: until then ARP
+        // fails ("No route to host") or sshd is not listening yet.
         let not_yet = run.stderr.contains("Connection refused")
+            || run.stderr.contains("No route to host")
             || run.stderr.contains("Connection reset")
             || run.stderr.contains("Connection closed");
         if !not_yet || Instant::now() > deadline {
