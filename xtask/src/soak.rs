@@ -1,8 +1,9 @@
 //! `cargo xtask soak`: runs every cargo-fuzz target in `guest/fuzz/` (what
 //! the guest agent and the host decode from untrusted peers) and
-//! `nss-vmctl/fuzz/` (the NSS module's name matching and record parsing) for
-//! a bounded time each, and fails on the first crash, naming the input
-//! libFuzzer saved.
+//! `nss-vmctl/fuzz/` (the NSS module's name matching and record parsing) and
+//! `vmctld/fuzz/` (varlink requests from local users, VM name and size
+//! validators) for a bounded time each, and fails on the first crash,
+//! naming the input libFuzzer saved.
 //!
 //! cargo-fuzz is installed with `cargo install` and cached like the other
 //! tools ([`crate::tools`]). It needs a nightly compiler for its sanitizer
@@ -28,6 +29,8 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("guest/fuzz", "hello"),
     ("nss-vmctl/fuzz", "nss_name"),
     ("nss-vmctl/fuzz", "nss_records"),
+    ("vmctld/fuzz", "varlink_request"),
+    ("vmctld/fuzz", "validators"),
 ];
 
 /// Seconds each target runs by default.
