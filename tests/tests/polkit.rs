@@ -271,6 +271,9 @@ fn polkit_matrix() {
     assert_eq!(unit_property(&unit, "ActiveState"), "inactive");
     // Over D-Bus: alice's stop of her (stopped) VM is allowed.
     busctl("alice", "Stop", &["s", VM]).ok();
+    // manage-any manages, too (a stop of the stopped VM: no boot).
+    vmctl("carol", &["stop", VM]).ok();
+    busctl("carol", "Stop", &["s", VM]).ok();
 
     // root: everything; alice does not see root's VM.
     host(&["vmctl", "create", ROOT_VM, "--memory", "512M"]).ok();
