@@ -336,9 +336,14 @@ fn notifies_ready_only_when_listening() {
         .unwrap();
     let _guard = KillOnDrop(child);
     let mut buf = [0u8; 1024];
-    let n = notify.recv(&mut buf).expect("no READY=1 within 20 s");
-    let message = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    // Status messages may come first (the store's reconciliation at start).
+    let message = loop {
+        let n = notify.recv(&mut buf).expect("no READY=1 within 20 s");
+        let message = String::from_utf8_lossy(&buf[..n]).to_string();
+        if message.lines().any(|l| l == "READY=1") {
+            break message;
+        }
+    };
     assert!(
         message.lines().any(|l| l == "STATUS=Serving varlink"),
         "{message}"
