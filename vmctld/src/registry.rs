@@ -73,12 +73,7 @@ impl Registry {
     /// before the store) is taken in; vmctld itself never leaves a spec
     /// file without a row (the row comes first and goes last).
     fn import_spec_files(&self) -> Result<(), ManagerError> {
-        let known: HashSet<String> = self
-            .store
-            .vms()?
-            .into_iter()
-            .map(|row| row.spec.name)
-            .collect();
+        let known: HashSet<String> = self.store.names()?.into_iter().collect();
         for name in self.spec_file_names()? {
             if !known.contains(&name) {
                 self.import_spec_file(&name)?;

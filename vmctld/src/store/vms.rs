@@ -183,6 +183,19 @@ impl Store {
         all(&self.conn()).map_err(|e| self.error(e))
     }
 
+    /// The names of every VM (cheaper than [`Store::vms`]).
+    pub fn names(&self) -> Result<Vec<String>, ManagerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM vms")
+            .map_err(|e| self.error(e))?;
+        let names = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.error(e));
+        names
+    }
+
     /// Moves VM `name` from state `from` to `to`; false when it was not in
     /// `from` (or is gone), so two removes cannot both proceed.
     pub fn transition(&self, name: &str, from: VmState, to: VmState) -> Result<bool, ManagerError> {
