@@ -342,3 +342,26 @@ pub struct ResizeDiskParams {
     /// The new size in bytes (at least the current one).
     pub size_bytes: u64,
 }
+
+/// One image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// The image's name.
+    pub name: String,
+    /// Size of its root disk in bytes.
+    pub size_bytes: u64,
+    /// Bytes its files occupy.
+    pub allocated_bytes: u64,
+    /// When its root disk was written, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
+    /// The VMs made from it.
+    pub vms: Vec<String>,
+}
+
+/// The reply of `ListImages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesReply {
+    /// The images, sorted by name.
+    pub images: Vec<ImageEntry>,
+}

@@ -75,6 +75,19 @@ fn data_volumes_outlive_rebuild_resize_and_rm() {
     assert!(!host_path_exists("/var/lib/vmctl/volumes/x.raw"));
 
     vmctl(&["create", VM, "--data", "256M"]).ok();
+    // The image it was made from is in use: listed with the VM, not removable.
+    let images = vmctl(&["image", "list"]).ok().stdout;
+    println!("vmctl image list:\n{images}");
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("default ") && l.contains(VM)),
+        "{images}"
+    );
+    let r = vmctl(&["image", "rm", "default"]);
+    assert_ne!(r.code, Some(0), "removed an image in use");
+    assert!(r.stderr.contains(VM), "names the VM: {}", r.stderr);
+    assert!(host_path_exists("/var/lib/vmctl/images/default/root.raw"));
     assert!(volume_list().contains(&format!("{VM}  data")));
     vmctl(&["start", VM]).ok();
     let (dev, fs) = guest_data_sizes(VM);

@@ -148,6 +148,12 @@ pub enum Command {
         #[arg(value_parser = data_size)]
         size: u64,
     },
+    /// List or delete images.
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
     /// List or delete storage volumes (root disks and data volumes).
     Volume {
         /// What to do.
@@ -254,6 +260,22 @@ pub enum QuotaCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `vmctl image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// The images: size, the VMs using each, when written.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an image no VM uses (needs org.vmctl.image.manage).
+    Rm {
+        /// The image's name.
+        name: String,
     },
 }
 

@@ -160,6 +160,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .call(&method("ResizeDisk"), Some(serde_json::to_value(&params)?))
                 .await?;
         }
+        Command::Image { action } => match action {
+            cli::ImageCommand::List { json } => volume::list_images(&cli.address, json).await?,
+            cli::ImageCommand::Rm { name } => name_call(&cli.address, "RemoveImage", name).await?,
+        },
         Command::Volume { action } => match action {
             cli::VolumeCommand::List { json } => volume::list(&cli.address, json).await?,
             cli::VolumeCommand::Rm { name } => volume::remove(&cli.address, &name).await?,

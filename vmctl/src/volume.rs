@@ -1,9 +1,13 @@
-//! `vmctl volume list` and `vmctl volume rm`: the storage pool's volumes.
+//! `vmctl volume list`, `vmctl volume rm` and `vmctl image list`: the
+//! storage pool's volumes and the images.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
-use vmctl_api::{sizes::format_size_short, types::VolumeEntry, types::VolumesReply};
+use vmctl_api::{
+    sizes::format_size_short,
+    types::{ImageEntry, ImagesReply, VolumeEntry, VolumesReply},
+};
 
 use crate::{client::Client, method};
 
@@ -28,12 +32,65 @@ pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vmctl image list [--json]`.
+pub async fn list_images(address: &Path, json: bool) -> anyhow::Result<()> {
+    let mut client = Client::connect(address).await?;
+    let reply: ImagesReply = client.call(&method("ListImages"), None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.images)?);
+    } else {
+        print!("{}", image_table(&reply.images));
+    }
+    Ok(())
+}
+
+/// The images as a table: NAME SIZE ALLOCATED USED-BY (VM names, `-`).
+pub fn image_table(images: &[ImageEntry]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                format_size_short(i.size_bytes),
+                format_size_short(i.allocated_bytes),
+                if i.vms.is_empty() {
+                    "-".into()
+                } else {
+                    i.vms.join(",")
+                },
+            ]
+        })
+        .collect();
+    render(&["NAME", "SIZE", "ALLOCATED", "USED-BY"], &rows)
+}
+
+fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The volumes as a table: NAME KIND SIZE ALLOCATED VM (`-` for a kept one).
 pub fn table(volumes: &[VolumeEntry]) -> String {
-    let rows: Vec<[String; 5]> = volumes
+    let rows: Vec<Vec<String>> = volumes
         .iter()
         .map(|v| {
-            [
+            vec![
                 v.name.clone(),
                 v.kind.clone(),
                 format_size_short(v.size_bytes),
@@ -42,24 +99,7 @@ pub fn table(volumes: &[VolumeEntry]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "KIND", "SIZE", "ALLOCATED", "VM"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    render(&["NAME", "KIND", "SIZE", "ALLOCATED", "VM"], &rows)
 }
 
 #[cfg(test)]
@@ -89,6 +129,22 @@ mod tests {
             "NAME  KIND  SIZE  ALLOCATED  VM\n\
              blog  root  4G    600M       blog\n\
              old   data  10G   33M        -\n"
+        );
+    }
+
+    #[test]
+    fn image_table_names_the_vms() {
+        let images = vec![ImageEntry {
+            name: "default".into(),
+            size_bytes: 2 << 30,
+            allocated_bytes: 600 << 20,
+            created: Some(1),
+            vms: vec!["a".into(), "b".into()],
+        }];
+        assert_eq!(
+            image_table(&images),
+            "NAME     SIZE  ALLOCATED  USED-BY\n\
+             default  2G    600M       a,b\n"
         );
     }
 }

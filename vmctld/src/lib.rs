@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod guest_access;
 pub mod hostkeys;
+pub mod images;
 pub mod lifecycle;
 pub mod limits;
 pub mod list_watch;

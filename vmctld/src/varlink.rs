@@ -312,6 +312,31 @@ impl VarlinkService {
                     Err(e) => Err(e.to_varlink()),
                 },
             }),
+            "ListImages" => Answer::Now(match check_parameters(call, &[]) {
+                Err(e) => Err(e),
+                Ok(()) => match self.manager.list_images(&caller).await {
+                    Ok(images) => to_value(vmctl_api::types::ImagesReply {
+                        images: images
+                            .into_iter()
+                            .map(|i| vmctl_api::types::ImageEntry {
+                                name: i.name,
+                                size_bytes: i.size_bytes,
+                                allocated_bytes: i.allocated_bytes,
+                                created: i.created,
+                                vms: i.vms,
+                            })
+                            .collect(),
+                    }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "RemoveImage" => Answer::Now(match name_parameter(call) {
+                Err(e) => Err(e),
+                Ok(name) => match self.manager.remove_image(&caller, &name).await {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
             "RemoveVolume" => Answer::Now(match name_parameter(call) {
                 Err(e) => Err(e),
                 Ok(name) => match self.manager.delete_volume(&caller, &name).await {
@@ -657,7 +682,9 @@ mod tests {
                 "ListVolumes",
                 "RemoveVolume",
                 "Rebuild",
-                "ResizeDisk"
+                "ResizeDisk",
+                "ListImages",
+                "RemoveImage"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

@@ -92,6 +92,8 @@ fn spec(package: Package) -> Spec {
                 // vmctld's store (dpkg-shlibdeps finds it too; named here
                 // so the package says so even if the link changes).
                 "libsqlite3-0",
+                // vmctld makes data volumes' file systems with mkfs.ext4.
+                "e2fsprogs",
             ],
             // Like systemd-container recommending libnss-mymachines: names
             // are a convenience, not needed to run VMs.
@@ -525,7 +527,7 @@ mod tests {
         );
         assert!(text.contains("\nDepends: libc6 (>= 2.34), systemd, "));
         assert!(text
-            .contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor, nftables, openssh-client, libsqlite3-0\n"));
+            .contains("qemu-system-x86 (>= 1:10) | cloud-hypervisor, nftables, openssh-client, libsqlite3-0, e2fsprogs\n"));
         assert!(text.contains("\nRecommends: libnss-vmctl, systemd-container\n"));
         assert!(text.contains("\nSuggests: mkosi\n"));
         assert!(text.contains("\nInstalled-Size: 42\n"));
