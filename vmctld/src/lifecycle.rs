@@ -114,6 +114,9 @@ impl Manager {
         let owner = caller.uid;
         let vmm = params.vmm.unwrap_or_default();
 
+        // Marked before the row exists, so a `doctor --repair` meanwhile
+        // never takes this create for an interrupted one.
+        let _in_flight = self.registry().begin(&name);
         // Step 1, one store transaction: the name, the quota check, the
         // CID and the addresses, recorded as a 'creating' row. Concurrent
         // creates serialise here only, not during the disk copy.
@@ -158,7 +161,6 @@ impl Manager {
                     data_volume: data.as_ref().map(|d| d.volume_name(&name)),
                 })
             })?;
-        let _in_flight = self.registry().begin(&name);
         // The remaining steps make files; a failure undoes all of them and
         // the row (as reconciliation does after a crash in between).
         let made_data = match &data {

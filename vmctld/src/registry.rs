@@ -5,7 +5,7 @@
 //! the only writer of both; the file is written from the row.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -26,24 +26,31 @@ pub struct Registry {
     vms_dir: PathBuf,
     store: Arc<Store>,
     /// VMs with a create or remove under way in this process, which
-    /// reconciliation must leave alone.
-    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// reconciliation must leave alone (counted: two calls may race on
+    /// one name, and the loser's end must not unmark the winner).
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// Marks a VM's operation as under way until dropped.
 #[derive(Debug)]
 pub struct InFlight {
     name: String,
-    set: Arc<Mutex<HashSet<String>>>,
+    set: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        lock(&self.set).remove(&self.name);
+        let mut set = lock(&self.set);
+        if let Some(count) = set.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                set.remove(&self.name);
+            }
+        }
     }
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+fn lock(set: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -125,7 +132,7 @@ impl Registry {
     /// Marks VM `name`'s create or remove as under way (until the guard
     /// is dropped).
     pub fn begin(&self, name: &str) -> InFlight {
-        lock(&self.in_flight).insert(name.to_string());
+        *lock(&self.in_flight).entry(name.to_string()).or_default() += 1;
         InFlight {
             name: name.to_string(),
             set: self.in_flight.clone(),
@@ -134,7 +141,7 @@ impl Registry {
 
     /// Whether an operation on VM `name` is under way.
     pub fn is_in_flight(&self, name: &str) -> bool {
-        lock(&self.in_flight).contains(name)
+        lock(&self.in_flight).contains_key(name)
     }
 
     /// [`Registry::open`] for tests and tools that cannot go on without it.
@@ -338,6 +345,18 @@ mod tests {
             Registry::new(dir.path()).vms_dir(),
             layout.spec_file("a").parent().unwrap()
         );
+    }
+
+    #[test]
+    fn in_flight_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path());
+        let winner = registry.begin("a");
+        let loser = registry.begin("a");
+        drop(loser);
+        assert!(registry.is_in_flight("a"), "the loser unmarked the winner");
+        drop(winner);
+        assert!(!registry.is_in_flight("a"));
     }
 
     #[test]
