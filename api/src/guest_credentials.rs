@@ -110,11 +110,12 @@ pub fn for_spec(
         creds.push(GuestCredential::new("tmpfiles.extra", tmpfiles));
     }
     if spec.data_volume.is_some() {
-        // No fsck pass: the image need not have e2fsprogs; nofail: a guest
-        // whose data disk is damaged still boots and answers vmctl exec.
+        // No fsck pass: the image need not have e2fsprogs. Without nofail
+        // local-fs.target requires the mount, so the guest is ready (and
+        // `systemctl start vm@NAME` returns) only once the data is there.
         creds.push(GuestCredential::new(
             "fstab.extra",
-            format!("{DATA_DEVICE} {DATA_MOUNT_POINT} ext4 defaults,nofail,x-systemd.growfs 0 0\n"),
+            format!("{DATA_DEVICE} {DATA_MOUNT_POINT} ext4 defaults,x-systemd.growfs 0 0\n"),
         ));
     }
     creds
@@ -204,7 +205,7 @@ mod tests {
         let creds = for_spec(&s, "", "");
         assert_eq!(
             value(&creds, "fstab.extra"),
-            "/dev/vdb /var/lib/vmctl-data ext4 defaults,nofail,x-systemd.growfs 0 0\n"
+            "/dev/vdb /var/lib/vmctl-data ext4 defaults,x-systemd.growfs 0 0\n"
         );
     }
 

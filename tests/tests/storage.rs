@@ -126,7 +126,15 @@ fn data_volumes_outlive_rebuild_resize_and_rm() {
         Some(0),
         "the root was rebuilt: {root_note:?}"
     );
-    let (dev, fs) = guest_data_sizes(VM);
+    // systemd-growfs runs after the mount: allow it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (dev, fs) = loop {
+        let (dev, fs) = guest_data_sizes(VM);
+        if fs > 400 * 1024 || std::time::Instant::now() > deadline {
+            break (dev, fs);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
     assert_eq!(dev, 512 << 20, "the guest sees the grown disk");
     assert!(fs > 400 * 1024, "and its file system grew: {fs} KiB");
 
