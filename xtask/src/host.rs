@@ -67,6 +67,9 @@ pub const HOST_PACKAGES: &[&str] = &[
     "curl",
     // `ping -c1 VM` in the network tests.
     "iputils-ping",
+    // The vmctl package depends on it (data volumes); the container has no
+    // network to fetch it at install time.
+    "e2fsprogs",
 ];
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
