@@ -104,11 +104,7 @@ impl Manager {
             Err(why) => return Err(self.not_reachable(name, channel, why).await),
         };
         let stream = stream.into_std().map_err(ManagerError::internal)?;
-        tracing::info!(
-            uid = caller.uid,
-            "handed the {channel} of VM {name} to uid {}",
-            caller.uid
-        );
+        tracing::info!("handed the {channel} of VM {name} to uid {}", caller.uid);
         Ok(OwnedFd::from(stream))
     }
 
