@@ -39,7 +39,6 @@ use std::{
     path::PathBuf,
 };
 
-use tokio::sync::OnceCell;
 use vmctl_api::{spec::VmSpec, validate_vm_name};
 use zbus::{
     zvariant::{Fd, Value},
@@ -104,9 +103,12 @@ pub struct Authority {
 
 #[derive(Debug)]
 enum AuthorityKind {
-    /// polkitd on the system bus, connected at the first check (and again
-    /// after a failed connect).
-    SystemBus(OnceCell<Connection>),
+    /// polkitd on the system bus (`None`) or the bus at this address,
+    /// connected at the first check, and again after the connection broke.
+    Lazy {
+        address: Option<String>,
+        conn: std::sync::Mutex<Option<Connection>>,
+    },
     /// polkitd (or a stand-in) on this connection.
     Bus(Connection),
     /// A fixed table of (uid, action) grants.
@@ -123,7 +125,21 @@ impl Authority {
     /// polkitd on the system bus (what vmctld uses).
     pub fn system_bus() -> Self {
         Self {
-            kind: AuthorityKind::SystemBus(OnceCell::new()),
+            kind: AuthorityKind::Lazy {
+                address: None,
+                conn: std::sync::Mutex::new(None),
+            },
+        }
+    }
+
+    /// polkit on the bus at `address`, connected like the system bus in
+    /// [`Authority::system_bus`] (tests: a private bus that goes away).
+    pub fn at_address(address: &str) -> Self {
+        Self {
+            kind: AuthorityKind::Lazy {
+                address: Some(address.to_string()),
+                conn: std::sync::Mutex::new(None),
+            },
         }
     }
 
@@ -154,17 +170,9 @@ impl Authority {
             (AuthorityKind::Fixed(grants), _) => return Ok(grants.contains(&(caller.uid, action))),
             // Nothing polkit could identify: refuse rather than guess.
             (_, None) => return Ok(false),
-            (AuthorityKind::Bus(conn), Some(subject)) => (conn, subject),
-            (AuthorityKind::SystemBus(cell), Some(subject)) => {
-                let conn = cell
-                    .get_or_try_init(|| async { Connection::system().await })
-                    .await
-                    .map_err(|e| {
-                        ManagerError::internal(format!(
-                            "cannot ask polkit: no connection to the system bus: {e}"
-                        ))
-                    })?;
-                (conn, subject)
+            (AuthorityKind::Bus(conn), Some(subject)) => (conn.clone(), subject),
+            (AuthorityKind::Lazy { address, conn }, Some(subject)) => {
+                (lazy_connection(address.as_deref(), conn).await?, subject)
             }
         };
         let flags = if interactive && caller.allow_interaction {
@@ -172,8 +180,49 @@ impl Authority {
         } else {
             0
         };
-        check_authorization(conn, subject, action, flags).await
+        match check_authorization(&conn, subject, action, flags).await {
+            Ok(authorized) => Ok(authorized),
+            Err(CallError::Answered(e)) => Err(e),
+            Err(CallError::Broken(e)) => {
+                if let AuthorityKind::Lazy { conn: cached, .. } = &self.kind {
+                    // The bus went away (restarted): connect anew next time.
+                    cached.lock().unwrap_or_else(|e| e.into_inner()).take();
+                }
+                Err(e)
+            }
+        }
     }
+}
+
+/// How a `CheckAuthorization` call failed.
+enum CallError {
+    /// With an error reply (from polkit or the bus): the connection works.
+    Answered(ManagerError),
+    /// Without one: the connection may be broken.
+    Broken(ManagerError),
+}
+
+/// The cached connection, or a new one to `address` (`None`: the system
+/// bus).
+async fn lazy_connection(
+    address: Option<&str>,
+    cached: &std::sync::Mutex<Option<Connection>>,
+) -> Result<Connection, ManagerError> {
+    if let Some(conn) = cached.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return Ok(conn);
+    }
+    let connected = match address {
+        None => Connection::system().await,
+        Some(address) => match zbus::connection::Builder::address(address) {
+            Ok(builder) => builder.build().await,
+            Err(e) => Err(e),
+        },
+    };
+    let conn = connected.map_err(|e| {
+        ManagerError::internal(format!("cannot ask polkit: no connection to the bus: {e}"))
+    })?;
+    *cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    Ok(conn)
 }
 
 /// The `(sa{sv})` polkit subject of `caller`; `None` when it has none.
@@ -220,7 +269,7 @@ async fn check_authorization(
     subject: (&str, HashMap<&str, Value<'_>>),
     action: Action,
     flags: u32,
-) -> Result<bool, ManagerError> {
+) -> Result<bool, CallError> {
     let details: HashMap<&str, &str> = HashMap::new();
     let reply = conn
         .call_method(
@@ -232,11 +281,19 @@ async fn check_authorization(
         )
         .await
         .map_err(|e| {
-            ManagerError::internal(format!("cannot ask polkit about {}: {e}", action.id()))
+            let error =
+                ManagerError::internal(format!("cannot ask polkit about {}: {e}", action.id()));
+            match e {
+                zbus::Error::MethodError(..) | zbus::Error::FDO(_) => CallError::Answered(error),
+                _ => CallError::Broken(error),
+            }
         })?;
     let (authorized, _challenge, _details): (bool, bool, HashMap<String, String>) =
         reply.body().deserialize().map_err(|e| {
-            ManagerError::internal(format!("polkit's answer about {}: {e}", action.id()))
+            CallError::Answered(ManagerError::internal(format!(
+                "polkit's answer about {}: {e}",
+                action.id()
+            )))
         })?;
     Ok(authorized)
 }

@@ -197,3 +197,61 @@ async fn no_is_permission_denied_and_no_polkit_is_an_error() {
         }
     );
 }
+
+/// A dbus-daemon listening at `path`.
+fn bus_at(path: &std::path::Path) -> Option<common::Bus> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let _ = std::fs::remove_file(path);
+    let mut child = match Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address"])
+        .arg(format!("--address=unix:path={}", path.display()))
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run dbus-daemon: {e}");
+            return None;
+        }
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Some(common::Bus {
+        child,
+        address: line.trim().to_string(),
+    })
+}
+
+#[tokio::test]
+async fn a_restarted_bus_is_connected_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus");
+    let Some(bus) = bus_at(&path) else {
+        return;
+    };
+    let address = format!("unix:path={}", path.display());
+    let regdir = tempfile::tempdir().unwrap();
+    let m =
+        Manager::new(Registry::new(regdir.path())).with_authority(Authority::at_address(&address));
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let peer = Caller::unix_peer(ours.as_fd(), 4242, std::process::id());
+
+    let (polkit, _) = polkit_on(&bus.address, true).await;
+    m.authorize(&peer, Action::Create).await.unwrap();
+    drop(polkit);
+    drop(bus);
+
+    let bus = bus_at(&path).unwrap();
+    let (_polkit, seen) = polkit_on(&bus.address, true).await;
+    // The old connection fails at most once, then vmctld connects anew.
+    let first = m.authorize(&peer, Action::Create).await;
+    if let Err(e) = &first {
+        assert_eq!(e.short_name(), "InternalError", "{e}");
+        m.authorize(&peer, Action::Create).await.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
