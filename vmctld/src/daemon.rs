@@ -109,10 +109,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let manager = Arc::new(manager);
     // VM states and events follow systemd's signals from here on.
     if let Some((_, conn)) = &bus {
-        tokio::spawn(crate::events::watch(
-            conn.clone(),
-            manager.events().clone(),
-        ));
+        tokio::spawn(crate::events::watch(conn.clone(), manager.events().clone()));
     }
 
     let mut serving_dbus = false;
