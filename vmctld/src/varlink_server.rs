@@ -36,6 +36,10 @@
 //! accept loop and the per-connection loop below are written by hand, with
 //! one task per connection: a slow, idle or huge connection only ever holds
 //! up itself.
+//!
+//! zlink's reader is used; its writer is not: it serialises a large reply
+//! over and over ([`send_message`] says why), so replies are written
+//! through the socket's write half directly.
 
 use std::{
     io,
