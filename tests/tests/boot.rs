@@ -83,6 +83,20 @@ fn the_default_image_boots_vmctls_kernel_without_initrd_and_stops_by_acpi() {
         "{cmdline}"
     );
     vm_exec(vm, &["sh", "-c", "test ! -d /lib/modules/$(uname -r)"]).ok();
+    // QEMU booted it with qboot, not SeaBIOS, and the uncompressed vmlinux
+    // (PVH entry point), not the bzImage.
+    let qemu = host(&[
+        "sh",
+        "-c",
+        "for p in $(pgrep -f 'guest=kboot,'); do tr '\\0' ' ' < /proc/$p/cmdline; done",
+    ])
+    .ok()
+    .stdout;
+    assert!(
+        qemu.contains("-bios /usr/share/qemu/qboot.rom ")
+            && qemu.contains("/images/default/vmlinux "),
+        "QEMU command line: {qemu}"
+    );
 
     // The trimmed image still comes all the way up, with no failed unit,
     // and did none of the first-boot work the old image did.
