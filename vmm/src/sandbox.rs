@@ -282,14 +282,33 @@ pub(crate) fn prepare_files(config: &crate::VmConfig) -> crate::Result<()> {
     Ok(())
 }
 
+/// `struct __user_cap_header_struct` for capset(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` (two of them with version 3).
+#[repr(C)]
+#[derive(Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
 /// In the forked child, before exec: become `id` with no capabilities left
-/// (bounding set emptied first, while `CAP_SETPCAP` is still effective),
-/// no supplementary groups, `no_new_privs`, umask 0007.
+/// (bounding set emptied first, while `CAP_SETPCAP` is still effective;
+/// inheritable and ambient sets emptied after), no supplementary groups, `no_new_privs`, umask 0007.
 ///
 /// Only async-signal-safe system calls, no allocation.
 pub(crate) fn drop_privileges(id: Identity) -> io::Result<()> {
     // SAFETY: each call passes plain integers (or a null list with length 0
-    // to setgroups) and touches no memory of ours.
+    // to setgroups), except capset, which reads a header and two data
+    // structs on our stack, laid out as the kernel's.
     unsafe {
         for cap in 0..64 {
             match libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) {
@@ -317,6 +336,16 @@ pub(crate) fn drop_privileges(id: Identity) -> io::Result<()> {
             0,
             0,
         );
+        // The uid change leaves the inheritable set (systemd fills it from
+        // CapabilityBoundingSet=): empty it too, and the rest again.
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let none = [CapData::default(), CapData::default()];
+        if libc::syscall(libc::SYS_capset, &header, none.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
