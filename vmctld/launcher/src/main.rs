@@ -28,7 +28,11 @@
 //! 4. Listens on `<vsock socket>_1025` (the agent's hello) and
 //!    `<vsock socket>_1026` (guest systemd's sd_notify messages, asked for
 //!    with the credential `vmm.notify_socket=vsock-stream:2:1026`) before
-//!    boot, starts vhost-device-vsock and QEMU as its children.
+//!    boot, starts vhost-device-vsock and QEMU as its children. Run as
+//!    root (always, under systemd), they run as the VM's own uid/gid
+//!    (`identity.rs`: 0x7F000000 + CID), with no capabilities, and only the
+//!    VM's runtime directory, disk, credential files and these two sockets
+//!    are opened to that uid (POSIX ACLs, `vmctl_vmm::sandbox`).
 //! 5. Waits for the guest agent's `hello` on that socket, at most
 //!    `--boot-timeout`; then `READY=1` and `STATUS=Running`. A VMM that
 //!    exits first, or the timeout, fails the launch (the VMM is killed).
@@ -45,9 +49,13 @@
 //!    goes into an sd_notify message (`notify.rs` refuses any field with a
 //!    newline or control character besides). Guest details (kernel
 //!    release, boot ID) are only logged.
-//! 6. Registers the VM with systemd-machined (`RegisterMachineWithNetwork`,
-//!    class `vm`, leader = the VMM, its TAP as the interface); without a
-//!    system bus or machined it logs a warning and goes on.
+//! 6. Leaves the VMM's PID and the TAP's index for the unit's
+//!    `ExecStartPost=-+vmctl-launch --register-machine NAME`, which registers
+//!    the VM with systemd-machined (`RegisterMachineWithNetwork`, class
+//!    `vm`, leader = the VMM, its TAP as the interface) from outside the
+//!    sandbox: the launcher's namespace has no system bus (see
+//!    `machined.rs`). Without machined that step logs a warning; the VM
+//!    runs on.
 //! 7. Runs until the VMM exits or SIGTERM/SIGINT arrives. On a signal:
 //!    `STOPPING=1`, the ACPI power button through the driver (after 10 s
 //!    without effect also the guest agent's `shutdown` and a second press),
@@ -64,6 +72,7 @@ mod console;
 mod guest_notify;
 mod guest_port;
 mod hello;
+mod identity;
 mod inputs;
 mod lifecycle;
 mod machined;
@@ -112,6 +121,11 @@ struct Args {
     /// Seconds to wait for the guest to power off before killing the VMM.
     #[arg(long, default_value_t = 60)]
     stop_timeout: u64,
+    /// Instead of running the VM: register the running VM with
+    /// systemd-machined (the unit's `ExecStartPost=-+`, as root outside the
+    /// sandbox; `$MAINPID` is the launcher).
+    #[arg(long)]
+    register_machine: bool,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +141,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.register_machine {
+        if let Err(e) = machined::enter_host_mount_namespace() {
+            warn!("staying in the unit's mount namespace: {e}");
+        }
+        return match runtime.block_on(register_machine(&args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                warn!("not registered with systemd-machined: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = runtime.block_on(run(&args));
     if outcome == Outcome::PoweredOff {
         info!("VM {}: {}", args.name, outcome.describe());
@@ -168,6 +194,17 @@ async fn run(args: &Args) -> Outcome {
     };
     let driver = plan::select_driver(inputs.spec.vmm);
     let mut config = plan::vm_config(&inputs, &layout);
+    // As root (always under systemd), the VMM runs as the VM's own
+    // unprivileged identity; a launcher run by a user keeps the user's.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        match identity::for_cid(inputs.spec.cid)
+            .and_then(|id| identity::check_free(id).map(|()| id))
+        {
+            Ok(id) => config.identity = Some(id),
+            Err(e) => return Outcome::Error(format!("no identity for the VMM: {e}")),
+        }
+    }
     // Held until the launcher exits: the VM's TAP (with QEMU's copy).
     let network = match network::setup(&inputs.spec, driver, &mut config).await {
         Ok(n) => n,
@@ -198,6 +235,16 @@ async fn run(args: &Args) -> Outcome {
             return Outcome::Error(format!("cannot listen on {}: {e}", notify_path.display()))
         }
     };
+    if let Some(id) = config.identity {
+        // vhost-device-vsock, as the VMM's identity, connects to them.
+        for path in [&hello_path, &notify_path] {
+            if let Err(e) =
+                vmctl_vmm::sandbox::grant(path, id.uid, vmctl_vmm::sandbox::Access::ReadWrite)
+            {
+                return Outcome::Error(format!("cannot open {} to the VMM: {e}", path.display()));
+            }
+        }
+    }
     let agent = guest_notify::AgentState::default();
     guest_notify::serve(notify_listener, agent.clone(), status);
     let (mut sigterm, mut sigint) = match (
@@ -220,6 +267,16 @@ async fn run(args: &Args) -> Outcome {
         Err(e) => return Outcome::Error(e),
     };
 
+    if let Some(leader) = running.pid() {
+        let ifindices: Vec<i32> = network.iter().map(|n| n.ifindex() as i32).collect();
+        let record = machined::record_path(&config.runtime_dir);
+        if let Err(e) = machined::write_record(&record, leader, &ifindices) {
+            warn!(
+                "cannot write {} (machined registration): {e}",
+                record.display()
+            );
+        }
+    }
     agent.booting(|| status("Booting: waiting for the guest agent"));
     let boot_timeout = Duration::from_secs(args.boot_timeout);
     let mut failure = running.boot_failure();
@@ -289,20 +346,6 @@ async fn run(args: &Args) -> Outcome {
         }
     });
 
-    if let (Some(leader), Some(id)) = (running.pid(), inputs::machine_id_bytes(&inputs.spec.id)) {
-        let ifindices: Vec<i32> = network.iter().map(|n| n.ifindex() as i32).collect();
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            machined::register(&args.name, id, leader, &ifindices),
-        )
-        .await
-        {
-            Ok(Ok(())) => info!("registered with systemd-machined"),
-            Ok(Err(e)) => warn!("not registered with systemd-machined: {e}"),
-            Err(_) => warn!("not registered with systemd-machined: no answer within 5 s"),
-        }
-    }
-
     tokio::select! {
         exited = running.wait() => {
             match exited {
@@ -312,6 +355,33 @@ async fn run(args: &Args) -> Outcome {
         }
         _ = sigterm.recv() => stop(&mut running, &vsock, &agent, args.stop_timeout).await,
         _ = sigint.recv() => stop(&mut running, &vsock, &agent, args.stop_timeout).await,
+    }
+}
+
+/// `--register-machine`: registers the running VM `args.name` with
+/// systemd-machined, led by the VMM the launcher recorded.
+async fn register_machine(args: &Args) -> Result<(), String> {
+    let layout = Layout::under(&args.state_dir, &args.runtime_dir);
+    let inputs = inputs::load(&layout, &args.name)?;
+    let id = inputs::machine_id_bytes(&inputs.spec.id).ok_or("bad machine ID")?;
+    let main_pid: u32 = std::env::var("MAINPID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .ok_or("$MAINPID is not set (run by the unit's ExecStartPost=)")?;
+    let record = machined::record_path(&layout.vm_runtime_dir(&args.name));
+    let (leader, ifindices) = machined::read_record(&record, main_pid)?;
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        machined::register(&args.name, id, leader, &ifindices),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            info!("registered with systemd-machined");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no answer within 5 s".into()),
     }
 }
 

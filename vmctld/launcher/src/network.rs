@@ -114,6 +114,10 @@ pub async fn setup(
     let persistent = driver == Driver::CloudHypervisor;
     let tap = create_replacing_stale(&name, persistent)
         .map_err(|e| format!("cannot create the VM's TAP {name}: {e}"))?;
+    if let (true, Some(id)) = (persistent, config.identity) {
+        tap.set_owner(id.uid)
+            .map_err(|e| format!("cannot give TAP {name} to the VMM's uid {}: {e}", id.uid))?;
+    }
     let mut attached = Attached {
         name: tap.name().to_owned(),
         ifindex: tap.ifindex(),

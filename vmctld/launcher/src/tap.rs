@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -90,6 +91,17 @@ impl Tap {
     /// The interface index.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Lets user `uid` attach to the TAP by name without `CAP_NET_ADMIN`
+    /// (cloud-hypervisor running as the VMM identity opens it itself).
+    pub fn set_owner(&self, uid: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOWNER takes an integer argument, no memory.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOWNER, libc::c_ulong::from(uid)) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The `/dev/net/tun` descriptor (for the VMM to inherit).

@@ -9,6 +9,7 @@
 //! send the agent's hello itself once the guest's login prompt appears.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,6 +71,10 @@ enum Boot<'a> {
 /// Writes a spec, an image and a disk under a temp dir.
 fn prepare(boot: Boot) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    // Run as root, the launcher starts the VMM as the VM's own uid, which
+    // must pass through here to reach the disk and image (under systemd,
+    // the unit's TemporaryFileSystem= makes the parents 0755).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = dir.path().join("state");
     for sub in ["vms", "images/default", "disks/t1"] {
         std::fs::create_dir_all(state.join(sub)).unwrap();
@@ -154,6 +159,16 @@ fn launch(dir: tempfile::TempDir, boot_timeout: u64, stop_timeout: u64) -> Vm {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(v) = vhost_device_vsock() {
+        // Where the VMM's uid can run it (the build's copy may be in root's
+        // home, mode 0700).
+        let v = match v.parent() {
+            Some(p) if !p.as_os_str().is_empty() => {
+                let copy = dir.path().join("vhost-device-vsock");
+                std::fs::copy(&v, &copy).unwrap();
+                copy
+            }
+            _ => v,
+        };
         cmd.env("VMCTL_VHOST_DEVICE_VSOCK", v);
     }
     let mut child = cmd.spawn().unwrap();
@@ -296,6 +311,11 @@ impl Vm {
 
     /// The QEMU child of the launcher.
     fn qemu_pid(&self) -> i32 {
+        self.child_pid("qemu-system")
+    }
+
+    /// The launcher's child whose command name starts with `comm`.
+    fn child_pid(&self, comm: &str) -> i32 {
         // Children hang under the thread that forked them (vmctl-vmm forks
         // from a dedicated thread), so look at every thread's children.
         let pid = self.child.id();
@@ -307,11 +327,12 @@ impl Vm {
             children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
             children.push(' ');
         }
-        let qemu = children.split_whitespace().find(|c| {
+        let found = children.split_whitespace().find(|c| {
             std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .is_ok_and(|comm| comm.starts_with("qemu-system"))
+                .is_ok_and(|name| name.starts_with(comm))
         });
-        qemu.expect("a qemu-system child of the launcher")
+        found
+            .unwrap_or_else(|| panic!("no {comm} child of the launcher"))
             .parse()
             .unwrap()
     }
@@ -393,6 +414,31 @@ fn a_kernel_that_cannot_mount_root_fails_at_once_saying_why() {
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
 
+/// The VMM process `pid` runs as the VM's identity (0x7F000000 + CID 3),
+/// with no capabilities at all, no_new_privs and a seccomp filter.
+fn assert_unprivileged(pid: i32, what: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let id = (0x7F00_0000u32 + 3).to_string();
+    assert_eq!(field("Uid:"), [id.as_str(); 4], "{what}: {status}");
+    assert_eq!(field("Gid:"), [id.as_str(); 4], "{what}: {status}");
+    assert_eq!(field("Groups:"), Vec::<&str>::new(), "{what}");
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(cap), ["0000000000000000"], "{what} {cap}");
+    }
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{what}");
+    if what == "qemu-system" {
+        assert_eq!(field("Seccomp:"), ["2"], "QEMU runs with -sandbox on");
+    }
+}
+
 #[test]
 fn ready_then_sigterm_powers_off_cleanly() {
     let Some(image) = image_dir() else { return };
@@ -407,6 +453,12 @@ fn ready_then_sigterm_powers_off_cleanly() {
         "{seen:?}"
     );
     vm.console_shows_login();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        for comm in ["qemu-system", "vhost-device-vs"] {
+            assert_unprivileged(vm.child_pid(comm), comm);
+        }
+    }
     // Guest systemd got `vmm.notify_socket` and reported boot completion on
     // host port 1026 (before or after the agent's hello).
     vm.wait_log("guest systemd reports READY=1", Duration::from_secs(180));
