@@ -102,7 +102,7 @@ fn owner_execs() {
 /// Ctrl-C interrupts a command in the guest instead of ending vmctl.
 fn owner_shell_keeps_size_changes_and_signals() {
     let inner =
-        format!("stty rows 20 cols 70; (sleep 14; stty rows 33 cols 101) & exec vmctl shell {VM}");
+        format!("stty rows 20 cols 70; (sleep 14; stty -F /dev/tty rows 33 cols 101) & exec vmctl shell {VM}");
     let feed = "sleep 3; printf 'stty size\\n'; printf 'sleep 100\\n'; sleep 6; printf '\\003'; \
                 sleep 2; printf 'echo status-$?\\n'; sleep 6; printf 'stty size; exit 7\\n'; sleep 8";
     let script = format!("({feed}) | script -qefc \"sh -c '{inner}'\" /dev/null");
