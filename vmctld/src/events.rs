@@ -324,14 +324,23 @@ async fn watch_inner(conn: &Connection, events: &Events) -> zbus::Result<()> {
         };
         let mut units = unit_signals(conn, &owner).await?.fuse();
         let mut manager = manager_signals(conn, &owner).await?.fuse();
-        conn.call_method(
-            Some(SYSTEMD),
-            SYSTEMD_PATH,
-            Some(SYSTEMD_MANAGER),
-            "Subscribe",
-            &(),
-        )
-        .await?;
+        // daemon.rs subscribed this connection already: systemd then says
+        // AlreadySubscribed, which is what we want.
+        match conn
+            .call_method(
+                Some(SYSTEMD),
+                SYSTEMD_PATH,
+                Some(SYSTEMD_MANAGER),
+                "Subscribe",
+                &(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            Err(e) => return Err(e),
+        }
         let (now, serial) = list_vm_units(conn).await?;
         tracing::info!(
             "events: following systemd ({owner}), {} VM units loaded",
