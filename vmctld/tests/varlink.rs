@@ -49,7 +49,7 @@ async fn lists_registered_vms() {
     let reply = call(&daemon.socket, "io.vmctl.Manager.List", None)
         .await
         .unwrap();
-    let shown = json!({"name":"blog","state":"unknown","owner_uid":0,"vcpus":2,
+    let shown = json!({"name":"blog","state":"unknown","owner_uid":0,"owner":"root","vcpus":2,
                        "memory_bytes":1073741824u64,"ipv4":null,"ipv6":null,"mac":null});
     let expected = if current_uid() == 0 {
         json!([shown])
