@@ -24,6 +24,9 @@ use std::{fs, io};
 
 use crate::spec::{Layout, VmSpec, DATA_MOUNT_POINT};
 
+/// The guest agent's unit in the image: what must wait for the data disk.
+const GUEST_AGENT_UNIT: &str = "vmctl-guest-agent.service";
+
 /// The guest device of the data volume: the second virtio disk (the
 /// launcher attaches the root disk first, the data volume second).
 pub const DATA_DEVICE: &str = "/dev/vdb";
@@ -110,12 +113,16 @@ pub fn for_spec(
         creds.push(GuestCredential::new("tmpfiles.extra", tmpfiles));
     }
     if spec.data_volume.is_some() {
-        // No fsck pass: the image need not have e2fsprogs. Without nofail
-        // local-fs.target requires the mount, so the guest is ready (and
-        // `systemctl start vm@NAME` returns) only once the data is there.
+        // No fsck pass: the image need not have e2fsprogs. The guest agent
+        // starts before local-fs.target (for an early READY), so the mount
+        // is ordered before it: READY, and so `systemctl start vm@NAME`,
+        // come only once the data is there.
         creds.push(GuestCredential::new(
             "fstab.extra",
-            format!("{DATA_DEVICE} {DATA_MOUNT_POINT} ext4 defaults,x-systemd.growfs 0 0\n"),
+            format!(
+                "{DATA_DEVICE} {DATA_MOUNT_POINT} ext4 \
+                 defaults,x-systemd.growfs,x-systemd.before={GUEST_AGENT_UNIT} 0 0\n"
+            ),
         ));
     }
     creds
@@ -205,7 +212,8 @@ mod tests {
         let creds = for_spec(&s, "", "");
         assert_eq!(
             value(&creds, "fstab.extra"),
-            "/dev/vdb /var/lib/vmctl-data ext4 defaults,x-systemd.growfs 0 0\n"
+            "/dev/vdb /var/lib/vmctl-data ext4 \
+             defaults,x-systemd.growfs,x-systemd.before=vmctl-guest-agent.service 0 0\n"
         );
     }
 
