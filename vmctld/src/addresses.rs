@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashSet,
-    fmt, fs, io,
+    fmt,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
@@ -23,7 +23,7 @@ use std::{
 
 use vmctl_api::spec::VmNetwork;
 
-use crate::ManagerError;
+use crate::{config_file, ManagerError};
 
 /// Where the configuration is read from.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmctl/vmctl.conf";
@@ -184,30 +184,14 @@ impl Default for NetworkConfig {
     }
 }
 
-/// A configuration file that cannot be used; the message names the file,
-/// the line and the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}:{line}: {message}")]
-pub struct ConfigError {
-    /// The file.
-    pub path: String,
-    /// The line number (from 1; 0 when the file could not be read).
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
+pub use crate::config_file::ConfigError;
 
 impl NetworkConfig {
     /// Reads `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        match fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(ConfigError {
-                path: path.display().to_string(),
-                line: 0,
-                message: format!("cannot read: {e}"),
-            }),
+        match config_file::read(path)? {
+            Some(text) => Self::parse(&text, path),
+            None => Ok(Self::default()),
         }
     }
 
@@ -217,31 +201,10 @@ impl NetworkConfig {
     /// key in `[Network]` is an error, so a typo is not silently ignored.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config = Self::default();
-        let mut section = String::new();
-        for (i, raw) in text.lines().enumerate() {
-            let error = |message: String| ConfigError {
-                path: path.display().to_string(),
-                line: i + 1,
-                message,
-            };
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[') {
-                section = name
-                    .strip_suffix(']')
-                    .ok_or_else(|| error(format!("{line:?} is not a [Section] header")))?
-                    .to_string();
-                continue;
-            }
-            if section != "Network" {
-                continue;
-            }
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| error(format!("{line:?} is not Key=Value")))?;
-            let (key, value) = (key.trim(), value.trim());
+        for config_file::Entry { line, key, value } in
+            config_file::section_entries(text, path, "Network")?
+        {
+            let error = |message: String| ConfigError::at(path, line, message);
             match key {
                 IPV4_KEY => {
                     config.ipv4 = value

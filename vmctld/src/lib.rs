@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod caller;
 pub mod cid;
 pub mod cli;
+pub mod config_file;
 pub mod daemon;
 pub mod dbus;
 pub mod dbus_vm;

@@ -9,12 +9,15 @@
 //! [`crate::store::Store::insert_creating`]), so concurrent creates cannot
 //! together exceed a limit.
 
-use std::{fs, io, path::Path};
+use std::path::Path;
 
 use vmctl_api::{sizes::parse_size, spec::VmSpec, types::Quota};
 
 use crate::{
-    addresses::ConfigError, authz::Action, store::QuotaOverride, Caller, Manager, ManagerError,
+    authz::Action,
+    config_file::{self, ConfigError},
+    store::QuotaOverride,
+    Caller, Manager, ManagerError,
 };
 
 /// The limits in force for one user (`None`: unlimited).
@@ -106,14 +109,9 @@ fn saturating_i64(v: u64) -> i64 {
 
 /// Reads the defaults from `[Quota]` of `path`; a missing file has none.
 pub fn load_defaults(path: &Path) -> Result<Limits, ConfigError> {
-    match fs::read_to_string(path) {
-        Ok(text) => parse_defaults(&text, path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Limits::default()),
-        Err(e) => Err(ConfigError {
-            path: path.display().to_string(),
-            line: 0,
-            message: format!("cannot read: {e}"),
-        }),
+    match config_file::read(path)? {
+        Some(text) => parse_defaults(&text, path),
+        None => Ok(Limits::default()),
     }
 }
 
@@ -121,28 +119,10 @@ pub fn load_defaults(path: &Path) -> Result<Limits, ConfigError> {
 /// an unknown key in `[Quota]` is an error).
 pub fn parse_defaults(text: &str, path: &Path) -> Result<Limits, ConfigError> {
     let mut limits = Limits::default();
-    let mut section = "";
-    for (i, raw) in text.lines().enumerate() {
-        let error = |message: String| ConfigError {
-            path: path.display().to_string(),
-            line: i + 1,
-            message,
-        };
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[') {
-            section = name.strip_suffix(']').unwrap_or("");
-            continue;
-        }
-        if section != "Quota" {
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| error(format!("{line:?} is not Key=Value")))?;
-        let (key, value) = (key.trim(), value.trim());
+    for config_file::Entry { line, key, value } in
+        config_file::section_entries(text, path, "Quota")?
+    {
+        let error = |message: String| ConfigError::at(path, line, message);
         let unlimited = value.is_empty() || value.eq_ignore_ascii_case("infinity");
         let count = || {
             value

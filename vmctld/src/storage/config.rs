@@ -6,9 +6,9 @@
 //! Pool=vg0/thinpool        # lvm-thin only: VG/thin pool LV
 //! ```
 
-use std::{fs, io, path::Path};
+use std::path::Path;
 
-use crate::addresses::ConfigError;
+use crate::config_file::{self, ConfigError};
 
 /// The configuration key naming the backend.
 pub const BACKEND_KEY: &str = "Backend";
@@ -39,14 +39,9 @@ pub struct StorageConfig {
 impl StorageConfig {
     /// Reads `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        match fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(ConfigError {
-                path: path.display().to_string(),
-                line: 0,
-                message: format!("cannot read: {e}"),
-            }),
+        match config_file::read(path)? {
+            Some(text) => Self::parse(&text, path),
+            None => Ok(Self::default()),
         }
     }
 
@@ -54,43 +49,22 @@ impl StorageConfig {
     /// (other sections are skipped; an unknown key in `[Storage]` is an
     /// error, so a typo is not silently ignored).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut section = String::new();
         let mut backend: Option<(usize, String)> = None;
         let mut pool: Option<String> = None;
-        let error = |line: usize, message: String| ConfigError {
-            path: path.display().to_string(),
-            line,
-            message,
-        };
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[') {
-                section = name
-                    .strip_suffix(']')
-                    .ok_or_else(|| error(i + 1, format!("{line:?} is not a [Section] header")))?
-                    .to_string();
-                continue;
-            }
-            if section != "Storage" {
-                continue;
-            }
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| error(i + 1, format!("{line:?} is not Key=Value")))?;
-            let (key, value) = (key.trim(), value.trim());
+        let error = |line: usize, message: String| ConfigError::at(path, line, message);
+        for config_file::Entry { line, key, value } in
+            config_file::section_entries(text, path, "Storage")?
+        {
             match key {
-                BACKEND_KEY => backend = Some((i + 1, value.to_string())),
+                BACKEND_KEY => backend = Some((line, value.to_string())),
                 POOL_KEY => {
                     check_pool(value)
-                        .map_err(|m| error(i + 1, format!("{POOL_KEY}={value}: {m}")))?;
+                        .map_err(|m| error(line, format!("{POOL_KEY}={value}: {m}")))?;
                     pool = Some(value.to_string());
                 }
                 other => {
                     return Err(error(
-                        i + 1,
+                        line,
                         format!(
                         "unknown key {other:?} in [Storage] (expected {BACKEND_KEY} or {POOL_KEY})"
                     ),
