@@ -1,8 +1,8 @@
 //! `vmctl quota` and `vmctl doctor`: quotas and the store's health.
 
-use std::{ffi::CString, path::Path};
+use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::{json, Value};
 use vmctl_api::{
     sizes::format_size_short,
@@ -132,8 +132,10 @@ fn uid_of(user: &str) -> anyhow::Result<u32> {
     if let Ok(uid) = user.parse::<u32>() {
         return Ok(uid);
     }
-    let name = CString::new(user).context("a user name cannot contain NUL")?;
-    match crate::users::uid(&name) {
+    if user.contains('\0') {
+        bail!("a user name cannot contain NUL");
+    }
+    match crate::users::uid(user) {
         Some(uid) => Ok(uid),
         None => bail!("no user named {user:?}"),
     }

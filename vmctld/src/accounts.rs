@@ -1,6 +1,8 @@
 //! Host user names: a VM's guest account is named after its owner.
 
-use std::{collections::HashMap, ffi::CStr};
+use std::collections::HashMap;
+
+use nix::unistd::{Uid, User};
 
 /// The user name of `uid` from the host's user database (NSS), `None`
 /// when it has none.
@@ -8,27 +10,10 @@ pub fn user_name(uid: u32) -> Option<String> {
     if uid == 0 {
         return Some("root".into());
     }
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: all-zero bytes are a valid `passwd` (null pointers, zero ids).
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is the
-    // size of `buf`; on success the strings in `pwd` point into `buf`.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: `pw_name` is a NUL-terminated string inside `buf`, alive here.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    name.to_str().ok().map(str::to_string)
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
 }
 
 /// How a VM's owner is shown: the user name of `uid`, or the uid in
