@@ -419,15 +419,15 @@ fn random_id() -> Result<String, ManagerError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Test helpers shared by the unit tests of this crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::Registry;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use vmctl_api::sizes::{GIB, MIB};
+    use vmctl_api::sizes::MIB;
 
     /// A manager on a temp state dir with a sparse 64 MiB image `default`.
-    fn setup() -> (tempfile::TempDir, Manager) {
+    pub fn setup() -> (tempfile::TempDir, Manager) {
         let dir = tempfile::tempdir().unwrap();
         let m = Manager::new(Registry::new(dir.path()))
             .with_runtime_dir(dir.path().join("run"))
@@ -440,6 +440,15 @@ mod tests {
         fs::write(image.join("initrd.img"), b"i").unwrap();
         (dir, m)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use vmctl_api::sizes::{GIB, MIB};
+
+    use testing::setup;
 
     fn params(name: &str) -> CreateParams {
         CreateParams {

@@ -445,22 +445,9 @@ pub fn check_unattached<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Registry;
+    use crate::lifecycle::testing::setup;
     use std::fs;
     use vmctl_api::CreateParams;
-
-    fn setup() -> (tempfile::TempDir, Manager) {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Manager::new(Registry::new(dir.path()))
-            .with_runtime_dir(dir.path().join("run"))
-            .with_config(dir.path().join("vmctl.conf"));
-        let image = m.layout().image_dir("default");
-        fs::create_dir_all(&image).unwrap();
-        let root = fs::File::create(image.join("root.raw")).unwrap();
-        root.set_len(64 * MIB).unwrap();
-        fs::write(image.join("vmlinuz"), b"k").unwrap();
-        (dir, m)
-    }
 
     fn params(name: &str, data_bytes: Option<u64>, data_volume: Option<&str>) -> CreateParams {
         CreateParams {
