@@ -50,12 +50,15 @@ fn vhost_device_vsock() -> Option<PathBuf> {
     if built.exists() {
         return Some(built);
     }
-    let on_path = Command::new("vhost-device-vsock")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    on_path.then(|| "vhost-device-vsock".into())
+    // The full path from PATH: the test copies the binary to where the
+    // VMM's uid can run it, and a bare name would be looked up by that uid
+    // in PATH directories it may not enter (xtask puts the cached build,
+    // under root's home, on PATH).
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("vhost-device-vsock"))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// What the test VM boots.
