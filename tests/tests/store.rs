@@ -75,11 +75,13 @@ fn remove_all(prefix: &str) {
     if names.is_empty() {
         return;
     }
+    // One at a time: 50 concurrent rms left vmctld waiting forever once
+    // (a known defect, see docs/architecture.md "Not built yet"); this
+    // cleanup is not what these tests are about.
     let mut script = String::new();
     for name in &names {
-        script.push_str(&format!("vmctl rm {name} >/dev/null 2>&1 &\n"));
+        script.push_str(&format!("vmctl rm {name} >/dev/null 2>&1\n"));
     }
-    script.push_str("wait\n");
     host(&["sh", "-c", &script]).ok();
     // A second pass for any that failed (none should).
     for name in listed_names(prefix) {
