@@ -366,7 +366,7 @@ impl Manager {
     /// caller's VMs; for root (or manage-any) every volume, kept ones too.
     pub async fn list_volumes(&self, caller: &Caller) -> Result<Vec<VolumeEntry>, ManagerError> {
         self.authorize(caller, Action::Create).await?;
-        let see_all = caller.is_root() || self.authorize(caller, Action::ManageAny).await.is_ok();
+        let see_all = self.may_manage_any(caller).await?;
         let specs = self.registry().list()?;
         let user_of = |volume: &Volume| -> Option<&VmSpec> {
             specs.iter().find(|s| match volume {
