@@ -7,6 +7,10 @@
 /// The interface description, exactly as in `io.vmctl.Manager.varlink`.
 pub const INTERFACE_DESCRIPTION: &str = include_str!("../io.vmctl.Manager.varlink");
 
+/// The gateway-only interface `io.vmctl.Gateway`, exactly as in
+/// `io.vmctl.Gateway.varlink` (served on the same socket).
+pub const GATEWAY_INTERFACE_DESCRIPTION: &str = include_str!("../io.vmctl.Gateway.varlink");
+
 /// The version of the interface that this crate describes. Bumped when the
 /// wire format changes incompatibly; reported by `GetVersion`.
 pub const INTERFACE_VERSION: i64 = 1;
@@ -31,6 +35,13 @@ mod tests {
         assert!(INTERFACE_DESCRIPTION
             .lines()
             .any(|l| l == format!("interface {}", crate::names::VARLINK_INTERFACE)));
+    }
+
+    #[test]
+    fn declares_the_gateway_interface() {
+        assert!(GATEWAY_INTERFACE_DESCRIPTION
+            .lines()
+            .any(|l| l == format!("interface {}", crate::names::GATEWAY_INTERFACE)));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 /// The varlink interface served by vmctld.
 pub const VARLINK_INTERFACE: &str = "io.vmctl.Manager";
 
+/// The gateway-only varlink interface, served on the same socket.
+pub const GATEWAY_INTERFACE: &str = "io.vmctl.Gateway";
+
 /// The varlink socket of vmctld (`ListenStream=` of `vmctld.socket`).
 pub const VARLINK_SOCKET_PATH: &str = "/run/vmctl/io.vmctl.Manager";
 

@@ -38,6 +38,15 @@ pub enum Subject {
     /// A D-Bus sender: a `system-bus-name` subject with its unique name
     /// (polkit asks the bus for its credentials itself).
     BusName(String),
+    /// A gateway (the SSH gateway, the HTTPS proxy) acting for the user
+    /// [`Caller::uid`] (see [`crate::gateway`]). polkit is not asked: such
+    /// a caller holds create and manage-own, nothing else.
+    Gateway {
+        /// The gateway's user name (`vmctl-ssh`, `vmctl-https`).
+        gateway: String,
+        /// The gateway's own uid, from `SO_PEERCRED`.
+        gateway_uid: u32,
+    },
 }
 
 /// A process as polkit identifies it.
@@ -83,6 +92,14 @@ impl Caller {
     /// Whether the caller is root.
     pub fn is_root(&self) -> bool {
         self.uid == 0
+    }
+
+    /// The gateway acting for this caller, if any.
+    pub fn gateway(&self) -> Option<&str> {
+        match &self.subject {
+            Subject::Gateway { gateway, .. } => Some(gateway),
+            _ => None,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod dbus_vm;
 pub mod disk;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod guest_access;
 pub mod hostkeys;
 pub mod images;
@@ -38,6 +39,7 @@ pub mod storage;
 pub mod store;
 pub mod units;
 pub mod varlink;
+pub mod varlink_gateway;
 pub mod varlink_server;
 
 pub use caller::Caller;

@@ -41,8 +41,10 @@ use futures_util::{future::BoxFuture, FutureExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use vmctl_api::{
-    errors, idl, names::VARLINK_INTERFACE, spec::VmmChoice, CreateParams, DetailsReply, ErrorReply,
-    GetVersionReply, ListReply, NameParams,
+    errors, idl,
+    names::{GATEWAY_INTERFACE, VARLINK_INTERFACE},
+    spec::VmmChoice,
+    CreateParams, DetailsReply, ErrorReply, GetVersionReply, ListReply, NameParams,
 };
 
 use crate::{Caller, Manager};
@@ -175,6 +177,10 @@ impl VarlinkService {
     /// ([`crate::list_watch`]); the other methods answer once, as without.
     pub async fn answer_more(&self, caller: &Caller, call: &RawCall) -> Answer {
         if call.method == format!("{VARLINK_INTERFACE}.List") {
+            let caller = match on_behalf_of(&self.manager, caller, call) {
+                Ok(caller) => caller,
+                Err(e) => return Answer::Now(Err(e)),
+            };
             return match list_parameters(call) {
                 Err(e) => Answer::Now(Err(e)),
                 Ok(all) => Answer::Stream(
@@ -191,7 +197,13 @@ impl VarlinkService {
         let (interface, member) = call.method.rsplit_once('.').unwrap_or(("", ""));
         match interface {
             VARLINK_SERVICE_INTERFACE => self.varlink_service(member, call).into(),
-            VARLINK_INTERFACE => self.manager_call(caller, member, call).await,
+            VARLINK_INTERFACE => match on_behalf_of(&self.manager, caller, call) {
+                Ok(caller) => self.manager_call(&caller, member, call).await,
+                Err(e) => Answer::Now(Err(e)),
+            },
+            GATEWAY_INTERFACE => {
+                crate::varlink_gateway::call(&self.manager, caller, member, call).await
+            }
             _ => Answer::Now(Err(ErrorReply::new(
                 errors::INTERFACE_NOT_FOUND,
                 json!({ "interface": interface }),
@@ -209,7 +221,7 @@ impl VarlinkService {
                     "product": "vmctld",
                     "version": self.manager.version(),
                     "url": "man:vmctld(8)",
-                    "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE],
+                    "interfaces": [VARLINK_SERVICE_INTERFACE, VARLINK_INTERFACE, GATEWAY_INTERFACE],
                 }))
             }
             "GetInterfaceDescription" => {
@@ -221,6 +233,7 @@ impl VarlinkService {
                 let input: In = parameters(call, "interface")?;
                 let description = match input.interface.as_str() {
                     VARLINK_INTERFACE => idl::INTERFACE_DESCRIPTION,
+                    GATEWAY_INTERFACE => idl::GATEWAY_INTERFACE_DESCRIPTION,
                     VARLINK_SERVICE_INTERFACE => VARLINK_SERVICE_DESCRIPTION,
                     other => {
                         return Err(ErrorReply::new(
@@ -554,6 +567,8 @@ async fn list_volumes(manager: &Manager, caller: &Caller) -> Outcome {
                     size_bytes: e.info.size_bytes,
                     allocated_bytes: e.info.allocated_bytes,
                     vm: e.vm,
+                    owner_uid: e.owner_uid,
+                    owner: e.owner,
                 })
                 .collect(),
         }),
@@ -565,7 +580,7 @@ fn invalid_parameter(name: &str) -> ErrorReply {
     ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }))
 }
 
-fn method_not_found(call: &RawCall) -> ErrorReply {
+pub(crate) fn method_not_found(call: &RawCall) -> ErrorReply {
     ErrorReply::new(errors::METHOD_NOT_FOUND, json!({ "method": call.method }))
 }
 
@@ -585,10 +600,35 @@ fn allows_interaction(call: &RawCall) -> bool {
         .unwrap_or(false)
 }
 
-fn check_parameters(call: &RawCall, allowed: &[&str]) -> Result<(), ErrorReply> {
+/// The caller a call runs as: `caller` itself, or, when the call carries
+/// [`crate::gateway::ON_BEHALF_OF`], the user a gateway acts for (refused
+/// for anyone but a trusted gateway; see [`crate::gateway`]).
+fn on_behalf_of(manager: &Manager, caller: &Caller, call: &RawCall) -> Result<Caller, ErrorReply> {
+    let Some(value) = call
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get(crate::gateway::ON_BEHALF_OF))
+    else {
+        return Ok(caller.clone());
+    };
+    let uid = value
+        .as_u64()
+        .and_then(|uid| u32::try_from(uid).ok())
+        .ok_or_else(|| {
+            ErrorReply::new(
+                errors::INVALID_PARAMETER,
+                json!({ "parameter": crate::gateway::ON_BEHALF_OF }),
+            )
+        })?;
+    manager.act_for(caller, uid).map_err(|e| e.to_varlink())
+}
+
+pub(crate) fn check_parameters(call: &RawCall, allowed: &[&str]) -> Result<(), ErrorReply> {
     let invalid =
         |name: &str| ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }));
-    let known = |name: &str| name == ALLOW_INTERACTIVE || allowed.contains(&name);
+    let known = |name: &str| {
+        name == ALLOW_INTERACTIVE || name == crate::gateway::ON_BEHALF_OF || allowed.contains(&name)
+    };
     match &call.parameters {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Object(map)) => match map.keys().find(|k| !known(k)) {

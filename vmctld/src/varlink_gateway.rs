@@ -1,0 +1,116 @@
+//! The varlink interface `io.vmctl.Gateway`: methods for vmctl's gateways
+//! only (see [`crate::gateway`] for who is one and why). Every method
+//! first checks [`Manager::require_gateway`]; the gateways add their
+//! methods here, each declared in `api/io.vmctl.Gateway.varlink`.
+
+use serde_json::json;
+use vmctl_api::ErrorReply;
+
+use crate::{
+    varlink::{check_parameters, method_not_found, Answer, RawCall},
+    Caller, Manager,
+};
+
+/// Dispatches `io.vmctl.Gateway.<member>`.
+pub async fn call(manager: &Manager, caller: &Caller, member: &str, call: &RawCall) -> Answer {
+    if let Err(e) = manager.require_gateway(caller) {
+        // Unknown members of a refused caller are refused too: a
+        // non-gateway learns nothing about the interface.
+        return Answer::Now(Err(e.to_varlink()));
+    }
+    match member {
+        "Hello" => Answer::Now(check_parameters(call, &[]).and_then(|()| hello(manager, caller))),
+        _ => Answer::Now(Err(method_not_found(call))),
+    }
+}
+
+fn hello(manager: &Manager, caller: &Caller) -> Result<serde_json::Value, ErrorReply> {
+    let gateway = match manager.gateway_peer(caller) {
+        Ok(Some(name)) => name,
+        Ok(None) => "root".to_string(),
+        Err(e) => return Err(e.to_varlink()),
+    };
+    Ok(json!({ "gateway": gateway }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{json, Value};
+    use vmctl_api::errors;
+
+    use crate::{
+        varlink::{RawCall, VarlinkService},
+        Caller, Manager, Registry,
+    };
+
+    /// A service whose configuration trusts `nobody` as a gateway, and the
+    /// callers: nobody (the gateway) and a uid that is no gateway.
+    fn service() -> (tempfile::TempDir, VarlinkService, Caller, Caller) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("vmctl.conf");
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        std::fs::write(&config, format!("[Gateways]\nUsers={}\n", nobody.name)).unwrap();
+        let manager = Manager::new(Registry::new(dir.path())).with_config(&config);
+        let service = VarlinkService::new(Arc::new(manager));
+        let gateway = Caller::without_subject(nobody.uid.as_raw());
+        let stranger = Caller::without_subject(nobody.uid.as_raw() - 1);
+        (dir, service, gateway, stranger)
+    }
+
+    fn call(method: &str, parameters: Value) -> RawCall {
+        RawCall {
+            method: method.to_string(),
+            parameters: Some(parameters),
+        }
+    }
+
+    fn denied_as_gateway(outcome: Result<Value, vmctl_api::ErrorReply>) {
+        let e = outcome.unwrap_err();
+        assert_eq!(e.error, errors::PERMISSION_DENIED, "{e:?}");
+        assert_eq!(e.parameters, Some(json!({ "action": "org.vmctl.gateway" })));
+    }
+
+    #[tokio::test]
+    async fn hello_names_the_gateway_and_refuses_everybody_else() {
+        let (_dir, service, gateway, stranger) = service();
+        let hello = call("io.vmctl.Gateway.Hello", json!({}));
+        let reply = service.dispatch(&gateway, &hello).await.unwrap();
+        assert_eq!(reply, json!({ "gateway": "nobody" }));
+        denied_as_gateway(service.dispatch(&stranger, &hello).await);
+        // Unknown members are refused alike for non-gateways.
+        let unknown = call("io.vmctl.Gateway.Nope", json!({}));
+        denied_as_gateway(service.dispatch(&stranger, &unknown).await);
+        let e = service.dispatch(&gateway, &unknown).await.unwrap_err();
+        assert_eq!(e.error, errors::METHOD_NOT_FOUND);
+        let root = service.dispatch(&Caller::ROOT, &hello).await.unwrap();
+        assert_eq!(root, json!({ "gateway": "root" }));
+    }
+
+    #[tokio::test]
+    async fn on_behalf_of_is_for_gateways_and_never_for_root() {
+        let (_dir, service, gateway, stranger) = service();
+        let list_for = |uid: Value| call("io.vmctl.Manager.List", json!({ "onBehalfOf": uid }));
+        let listed = service.dispatch(&gateway, &list_for(json!(4242))).await;
+        assert_eq!(listed.unwrap(), json!({ "vms": [] }));
+        denied_as_gateway(service.dispatch(&stranger, &list_for(json!(4242))).await);
+        denied_as_gateway(service.dispatch(&gateway, &list_for(json!(0))).await);
+        for bad in [json!(-1), json!("1000"), json!(1u64 << 40)] {
+            let e = service
+                .dispatch(&gateway, &list_for(bad))
+                .await
+                .unwrap_err();
+            assert_eq!(e.error, errors::INVALID_PARAMETER);
+            assert_eq!(e.parameters, Some(json!({ "parameter": "onBehalfOf" })));
+        }
+        // Acting for a user grants nothing beyond create and manage-own:
+        // listing everybody's VMs needs manage-any.
+        let all = call(
+            "io.vmctl.Manager.List",
+            json!({ "onBehalfOf": 4242, "all": true }),
+        );
+        let e = service.dispatch(&gateway, &all).await.unwrap_err();
+        assert_eq!(e.error, errors::PERMISSION_DENIED, "{e:?}");
+    }
+}
