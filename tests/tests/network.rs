@@ -12,24 +12,33 @@
 //!   uplink with a small HTTP server (`http-peer`, which answers with the
 //!   source address it saw): the VM reaches it through NAT and the server
 //!   sees the host's uplink address;
-//! - two VMs reach each other (the second VM's sshd, over IPv4 and IPv6);
-//! - a VM of another owner (user alice; root makes it and the spec names
-//!   her, as vmctld lets only root create so far) works and reaches the
-//!   outside but neither reaches nor is reached by the first owner's VMs;
-//! - after `systemctl stop` the TAP is gone; after `kill -9` of QEMU too.
+//! - two VMs of one owner (user alice, in group vmctl: `vmctl create` and
+//!   `systemctl start` as herself, through polkit and vmctld's store) reach
+//!   each other (the second VM's sshd, over IPv4 and IPv6);
+//! - a VM of another owner (user bob, likewise) works and reaches the
+//!   outside but neither reaches nor is reached by alice's VMs;
+//! - the isolation set holds exactly one element per running VM (its TAP's
+//!   index and its owner's device group);
+//! - after `systemctl stop` the TAP and its element are gone; after
+//!   `kill -9` of QEMU too; after `kill -9` of the launcher too (the unit's
+//!   `ExecStopPost=` removes what the launcher could not), and the other
+//!   VMs' isolation still holds.
 //!
 //! All traffic stays inside the dev host's own network namespace and the
 //! namespace this test makes in it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{host, vm_exec, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, vm_exec, Run};
 use xtask::host::DevHost;
 
+/// VM1 and VM2 are alice's.
 const VM1: &str = "net1";
 const VM2: &str = "net2";
-/// Owned by another user.
+const OWNER: &str = "alice";
+/// Owned by another user, bob.
 const VM3: &str = "net3";
+const OTHER_OWNER: &str = "bob";
 /// The "outside" namespace and its addresses (TEST-NET-1, inside the dev host).
 const OUTSIDE: &str = "vmctl-outside";
 const UPLINK_HOST: &str = "192.0.2.1";
@@ -80,14 +89,75 @@ fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn create_and_start(vm: &str) {
+/// `user` creates VM `vm` with vmctl and starts it with systemctl, as a
+/// user would (polkit decides; vmctld's store records the owner).
+fn create_and_start(user: &str, vm: &str) {
     host(&[
         "sh",
         "-c",
         &format!("systemctl stop vm@{vm}; vmctl rm {vm}; true"),
     ]);
-    host(&["vmctl", "create", vm, "--memory", "1G", "--disk", "4G"]).ok();
-    host(&["systemctl", "start", &format!("vm@{vm}")]).ok();
+    host_as(
+        Some(user),
+        &["vmctl", "create", vm, "--memory", "1G", "--disk", "4G"],
+    )
+    .ok();
+    host_as(Some(user), &["systemctl", "start", &format!("vm@{vm}")]).ok();
+    assert_eq!(spec_field(vm, "owner_uid"), host_uid(user).to_string());
+}
+
+/// The device group of `user`'s TAPs (uid + 1).
+fn group_of(user: &str) -> u32 {
+    host_uid(user) + 1
+}
+
+/// The isolation set's elements: (TAP name, or its index once the TAP is
+/// gone, as nft prints it; device group).
+fn port_owner_elements() -> Vec<(String, u32)> {
+    let out = host(&["nft", "-j", "list", "set", "bridge", "vmctl", "port_owner"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let set = json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i.get("set"))
+        .unwrap_or_else(|| panic!("no set in {}", out.stdout));
+    let mut elements: Vec<(String, u32)> = set
+        .get("elem")
+        .and_then(|e| e.as_array())
+        .map(|elems| {
+            elems
+                .iter()
+                .map(|e| {
+                    let pair = e["concat"].as_array().unwrap();
+                    let port = match &pair[0] {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (port, pair[1].as_u64().unwrap() as u32)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    elements.sort();
+    elements
+}
+
+/// The interface index of TAP `tap` in the host.
+fn ifindex_of(tap: &str) -> String {
+    host(&["cat", &format!("/sys/class/net/{tap}/ifindex")])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+/// Whether the isolation set still has an element for `tap` (by name, or
+/// by its former `index`).
+fn has_element(tap: &str, index: &str) -> bool {
+    port_owner_elements()
+        .iter()
+        .any(|(port, _)| port == tap || port == index)
 }
 
 fn make_outside() {
@@ -195,10 +265,11 @@ fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
         host(&["ip", "-br", "addr", "show", "dev", "vmbr0"]).stdout
     );
 
+    ensure_test_users();
     make_outside();
     let result = std::panic::catch_unwind(|| {
-        create_and_start(VM1);
-        create_and_start(VM2);
+        create_and_start(OWNER, VM1);
+        create_and_start(OWNER, VM2);
         addresses_and_tap(VM1);
         addresses_and_tap(VM2);
         nat_to_the_outside(VM1);
@@ -217,7 +288,7 @@ fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
 }
 
 fn addresses_and_tap(vm: &str) {
-    addresses_and_tap_of_owner(vm, "1");
+    addresses_and_tap_of_owner(vm, &group_of(OWNER).to_string());
 }
 
 /// `vm` has its addresses (from the credential), answers ping, and its TAP
@@ -320,41 +391,36 @@ fn vms_reach_each_other() {
 /// A VM of another owner works, reaches the outside, and cannot reach the
 /// first owner's VMs, nor they it.
 fn other_owner_is_isolated() {
-    host(&[
-        "sh",
-        "-c",
-        "id alice >/dev/null 2>&1 || useradd -m -G vmctl alice",
-    ])
-    .ok();
-    host(&[
-        "sh",
-        "-c",
-        &format!("systemctl stop vm@{VM3}; vmctl rm {VM3}; true"),
-    ]);
-    // vmctld lets only root create VMs so far (its polkit check is not
-    // wired yet), so root creates it and the stored spec names alice as the
-    // owner, as her own create will: the launcher reads the owner from it.
-    let uid = host(&["id", "-u", "alice"]).ok().stdout.trim().to_owned();
-    host(&["vmctl", "create", VM3, "--memory", "1G", "--disk", "4G"]).ok();
-    let spec = format!("/var/lib/vmctl/vms/{VM3}.json");
-    host(&[
-        "sed",
-        "-i",
-        &format!("s/\"owner_uid\": *0,/\"owner_uid\":{uid},/"),
-        &spec,
-    ])
-    .ok();
-    host(&["systemctl", "start", &format!("vm@{VM3}")]).ok();
+    create_and_start(OTHER_OWNER, VM3);
     assert!(
         wait_for(Duration::from_secs(120), || guest(VM3, &["true"]).code
             == Some(0)),
         "{VM3} did not come up"
     );
-    assert_eq!(spec_field(VM3, "owner_uid"), uid);
-    let group = (uid.parse::<u32>().unwrap() + 1).to_string();
-    addresses_and_tap_of_owner(VM3, &group);
+    addresses_and_tap_of_owner(VM3, &group_of(OTHER_OWNER).to_string());
     nat_to_the_outside(VM3);
+    assert_isolated();
+    // The rules that did it: one element per running VM, its TAP and its
+    // owner's group.
+    eprintln!(
+        "{}",
+        host(&["nft", "list", "table", "bridge", "vmctl"]).stdout
+    );
+    let mut expected = vec![
+        (tap_of(VM1), group_of(OWNER)),
+        (tap_of(VM2), group_of(OWNER)),
+        (tap_of(VM3), group_of(OTHER_OWNER)),
+    ];
+    expected.sort();
+    assert_eq!(port_owner_elements(), expected);
+}
+
+/// Neither of bob's VM and alice's reaches the other (where running).
+fn assert_isolated() {
     for (from, to) in [(VM3, VM1), (VM1, VM3), (VM3, VM2)] {
+        if !is_active(from) || !is_active(to) {
+            continue;
+        }
         for key in ["ipv4", "ipv6"] {
             let ip = spec_field(to, key);
             let banner = ssh_banner_from(from, &ip);
@@ -365,20 +431,28 @@ fn other_owner_is_isolated() {
             );
         }
     }
-    // The rules that did it.
-    eprintln!(
-        "{}",
-        host(&["nft", "list", "table", "bridge", "vmctl"]).stdout
-    );
 }
 
+fn is_active(vm: &str) -> bool {
+    host(&["systemctl", "is-active", "--quiet", &format!("vm@{vm}")]).code == Some(0)
+}
+
+/// Stop, kill -9 of QEMU and kill -9 of the launcher each leave neither
+/// the TAP nor its isolation element behind; isolation holds throughout.
 fn taps_die_with_the_vmm() {
     let tap1 = tap_of(VM1);
+    let index1 = ifindex_of(&tap1);
     host(&["systemctl", "stop", &format!("vm@{VM1}")]).ok();
     assert!(!link_exists(&tap1), "{tap1} left after stop");
-    eprintln!("after stop: {tap1} is gone");
+    assert!(
+        !has_element(&tap1, &index1),
+        "the isolation element of {tap1} ({index1}) outlived it: {:?}",
+        port_owner_elements()
+    );
+    eprintln!("after stop: {tap1} and its element are gone");
 
     let tap2 = tap_of(VM2);
+    let index2 = ifindex_of(&tap2);
     let leader = host(&["machinectl", "show", VM2, "-p", "Leader", "--value"])
         .ok()
         .stdout;
@@ -394,9 +468,72 @@ fn taps_die_with_the_vmm() {
         "{tap2} left after kill -9 of QEMU ({leader}): {:?}",
         host(&["ip", "-d", "link", "show", "dev", &tap2])
     );
-    eprintln!("after kill -9 of QEMU {leader}: {tap2} is gone");
+    assert!(
+        wait_for(Duration::from_secs(30), || !has_element(&tap2, &index2)),
+        "the isolation element of {tap2} ({index2}) outlived QEMU: {:?}",
+        port_owner_elements()
+    );
+    eprintln!("after kill -9 of QEMU {leader}: {tap2} and its element are gone");
     let state = host(&["systemctl", "is-active", &format!("vm@{VM2}")]);
     eprintln!("vm@{VM2} after kill -9: {}", state.stdout.trim());
+
+    // alice starts VM2 again; then bob's launcher is killed outright, so
+    // it cannot clean up: the unit's ExecStopPost= does.
+    host_as(Some(OWNER), &["systemctl", "start", &format!("vm@{VM2}")]).ok();
+    let tap3 = tap_of(VM3);
+    let index3 = ifindex_of(&tap3);
+    host(&[
+        "systemctl",
+        "kill",
+        "--kill-whom=main",
+        "--signal=KILL",
+        &format!("vm@{VM3}"),
+    ])
+    .ok();
+    assert!(
+        wait_for(Duration::from_secs(60), || !is_active(VM3)
+            && !link_exists(&tap3)
+            && !has_element(&tap3, &index3)),
+        "{tap3} or its element ({index3}) left after kill -9 of the launcher: {:?} {:?}",
+        host(&["ip", "-d", "link", "show", "dev", &tap3]),
+        port_owner_elements()
+    );
+    eprintln!("after kill -9 of the launcher: {tap3} and its element are gone");
+    let journal = host(&[
+        "journalctl",
+        "-u",
+        &format!("vm@{VM3}"),
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    eprintln!(
+        "{}",
+        journal
+            .stdout
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        port_owner_elements(),
+        [(tap_of(VM2), group_of(OWNER))],
+        "only the running VM has an element"
+    );
+    // bob's VM again, with a new TAP: still kept from alice's.
+    host_as(
+        Some(OTHER_OWNER),
+        &["systemctl", "start", &format!("vm@{VM3}")],
+    )
+    .ok();
+    assert!(
+        wait_for(Duration::from_secs(60), || guest(VM2, &["true"]).code
+            == Some(0)),
+        "{VM2} did not come back"
+    );
+    assert_isolated();
 }
 
 /// Without networkd's bridge a VM with a network does not start, and says
@@ -492,7 +629,8 @@ fn configured_subnets_reach_the_bridge_and_the_vms() {
             "vmbr0 did not move to the configured subnets: {}",
             bridge_addresses()
         );
-        create_and_start(VM);
+        ensure_test_users();
+        create_and_start(OWNER, VM);
         assert_eq!(spec_field(VM, "ipv4"), "10.78.0.2");
         // READY comes before the guest's networkd has applied its address.
         assert!(

@@ -74,6 +74,7 @@ mod guest_port;
 mod hello;
 mod identity;
 mod inputs;
+mod isolation;
 mod lifecycle;
 mod machined;
 mod network;
@@ -126,6 +127,11 @@ struct Args {
     /// sandbox; `$MAINPID` is the launcher).
     #[arg(long)]
     register_machine: bool,
+    /// Instead of running the VM: remove what a killed launcher may have
+    /// left of the VM's network (the unit's `ExecStopPost=`): a persistent
+    /// TAP, and isolation elements of TAPs that are gone.
+    #[arg(long, conflicts_with = "register_machine")]
+    release_network: bool,
 }
 
 fn main() -> ExitCode {
@@ -149,6 +155,19 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 warn!("not registered with systemd-machined: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.release_network {
+        let layout = Layout::under(&args.state_dir, &args.runtime_dir);
+        let spec = std::fs::read_to_string(layout.spec_file(&args.name))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        return match network::release(spec.as_ref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                warn!("{e}");
                 ExitCode::FAILURE
             }
         };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use vmctl_api::spec::{VmNetwork, VmSpec};
 use vmctl_vmm::{Credential, Driver, Net, VmConfig};
 
+use crate::isolation::{self, Admitted};
 use crate::tap::{self, Tap};
 
 /// The bridge every VM's TAP joins.
@@ -25,7 +26,7 @@ pub fn tap_name(cid: u32) -> String {
 }
 
 /// The TAP's device group: one per owner, never the default group 0, so a
-/// bridge filter can tell owners apart (`meta iifgroup . meta oifgroup`).
+/// bridge filter can tell owners apart (`isolation.rs`).
 pub fn device_group(owner_uid: u32) -> u32 {
     owner_uid.wrapping_add(1).max(1)
 }
@@ -68,6 +69,8 @@ pub struct Attached {
     tap: Option<Tap>,
     name: String,
     ifindex: u32,
+    /// Its element in the isolation rules, removed after the TAP.
+    _admitted: Option<Admitted>,
 }
 
 impl Attached {
@@ -122,14 +125,17 @@ pub async fn setup(
         name: tap.name().to_owned(),
         ifindex: tap.ifindex(),
         tap: Some(tap),
+        _admitted: None,
     };
     let group = device_group(spec.owner_uid);
     // The rules first: the TAP joins the bridge already filtered.
     let bridge_mac = tap::hardware_address(BRIDGE)
         .map_err(|e| format!("cannot read the MAC address of {BRIDGE}: {e}"))?;
-    isolate(group, &bridge_mac).map_err(|e| {
-        format!("cannot install the isolation between owners (nftables table vmctl): {e}")
-    })?;
+    attached._admitted = Some(
+        isolation::admit(attached.ifindex(), group, &bridge_mac).map_err(|e| {
+            format!("cannot install the isolation between owners (nftables table vmctl): {e}")
+        })?,
+    );
     tap::attach(attached.ifindex(), bridge, group)
         .map_err(|e| format!("cannot attach TAP {name} to {BRIDGE}: {e}"))?;
     let fd = match &attached.tap {
@@ -150,63 +156,26 @@ pub async fn setup(
     Ok(Some(attached))
 }
 
-/// The nftables rules that keep VMs of different owners apart, with
-/// `group` (one owner's TAPs) allowed to reach itself.
-///
-/// On the bridge, a frame between two VM TAPs passes only when both are in
-/// the same device group (the concatenation `iifgroup . oifgroup` is in the
-/// set `same_owner`, which gets one `g . g` element per owner); flooded
-/// frames are checked per output port. Routed hairpin traffic (a VM
-/// sending another VM's address to the host's MAC, `bridge_mac`) is dropped
-/// in `inet vmctl`: VMs of one owner talk over the bridge. Bridged IP
-/// traffic passes that chain too where br_netfilter is active (with
-/// `vmbr0` in and out): it is told apart by its destination MAC, which is
-/// not the bridge's. Applied as one `nft`
-/// transaction, so concurrent launchers never see half a table; repeating
-/// it is harmless.
-pub fn ruleset(group: u32, bridge_mac: &str) -> String {
-    format!(
-        "add table bridge vmctl\n\
-         add set bridge vmctl same_owner {{ typeof meta iifgroup . meta oifgroup; }}\n\
-         add chain bridge vmctl forward {{ type filter hook forward priority 0; policy accept; }}\n\
-         flush chain bridge vmctl forward\n\
-         add rule bridge vmctl forward meta iifgroup . meta oifgroup @same_owner accept\n\
-         add rule bridge vmctl forward iifname \"vmt-*\" oifname \"vmt-*\" drop\n\
-         add element bridge vmctl same_owner {{ {group} . {group} }}\n\
-         add table inet vmctl\n\
-         add chain inet vmctl forward {{ type filter hook forward priority 0; policy accept; }}\n\
-         flush chain inet vmctl forward\n\
-         add rule inet vmctl forward iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" ether daddr != {bridge_mac} accept\n\
-         add rule inet vmctl forward iifname \"{BRIDGE}\" oifname \"{BRIDGE}\" drop\n"
-    )
-}
-
-/// Applies [`ruleset`] with `nft -f -`.
-pub fn isolate(group: u32, bridge_mac: &str) -> io::Result<()> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run nft: {e}")))?;
-    let written = child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(ruleset(group, bridge_mac).as_bytes());
-    let out = child.wait_with_output()?;
-    written?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "nft failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+/// After the VM's unit stopped (`--release-network`): deletes a TAP a
+/// killed launcher left (cloud-hypervisor's persistent one; QEMU's died
+/// with QEMU) and the isolation elements of every TAP that is gone.
+/// `spec` is `None` when the VM's spec is gone or unreadable.
+pub fn release(spec: Option<&VmSpec>) -> Result<(), String> {
+    if let Some(spec) = spec.filter(|s| s.network.is_some()) {
+        let name = tap_name(spec.cid);
+        if let Ok(index) = tap::ifindex(&name) {
+            tap::delete_link(index).map_err(|e| format!("cannot delete TAP {name}: {e}"))?;
+            tracing::info!("deleted TAP {name}, left by a launcher that did not end cleanly");
+        }
     }
-    Ok(())
+    match isolation::prune() {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::info!("removed {n} isolation element(s) of TAPs that are gone");
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot prune the isolation elements: {e}")),
+    }
 }
 
 /// How long a start waits for networkd to make the bridge (at boot, VMs
@@ -349,8 +318,9 @@ mod tests {
 
     /// Real TAPs on a real bridge in a private network namespace, with the
     /// rules applied by `nft`: frames pass between TAPs of one owner and
-    /// never to another owner's, also after the rules are applied again
-    /// (as every launch does).
+    /// never to another owner's; each TAP's element lives as long as it
+    /// (removed at stop, pruned after a killed launcher), and a new TAP of
+    /// another owner with a dead TAP's name is not admitted by its element.
     #[test]
     fn owners_are_isolated_on_the_bridge() {
         std::thread::spawn(|| {
@@ -382,15 +352,26 @@ mod tests {
             let alice = device_group(1000);
             let bob = device_group(1001);
             let mut taps = Vec::new();
+            let mut admitted = Vec::new();
             for (i, group) in [alice, alice, bob].into_iter().enumerate() {
                 let tap = Tap::create(&tap_name(10 + i as u32), false).unwrap();
-                isolate(group, &mac).unwrap();
+                admitted.push(isolation::admit(tap.ifindex(), group, &mac).unwrap());
                 tap::attach(tap.ifindex(), bridge, group).unwrap();
                 taps.push(tap);
             }
             // Ports forward at once (no STP), but let the links settle.
             std::thread::sleep(Duration::from_millis(200));
             let [a1, a2, b1] = [&taps[0], &taps[1], &taps[2]];
+            let mut elements = isolation::current().unwrap();
+            elements.sort();
+            assert_eq!(
+                elements,
+                [
+                    (a1.ifindex(), alice),
+                    (a2.ifindex(), alice),
+                    (b1.ifindex(), bob)
+                ]
+            );
             assert_eq!(broadcast_reaches(a1, &[a2, b1], 1), [true, false]);
             assert_eq!(broadcast_reaches(b1, &[a1, a2], 2), [false, false]);
             assert_eq!(broadcast_reaches(a2, &[a1, b1], 3), [true, false]);
@@ -398,8 +379,38 @@ mod tests {
             // rule too; not to the other owner.
             assert_eq!(ipv4_reaches(a1, &[a2, b1], 6), [true, false]);
             assert_eq!(ipv4_reaches(b1, &[a1, a2], 7), [false, false]);
-            isolate(alice, &mac).unwrap();
-            assert_eq!(broadcast_reaches(a1, &[a2, b1], 4), [true, false]);
+
+            // Bob's VM stops: its element goes with its TAP.
+            let (b1, b1_admitted) = (taps.pop().unwrap(), admitted.pop().unwrap());
+            let b1_index = b1.ifindex();
+            drop(b1);
+            drop(b1_admitted);
+            assert!(!isolation::current()
+                .unwrap()
+                .iter()
+                .any(|e| e.0 == b1_index));
+            // Alice's second launcher is killed: the TAP dies with its
+            // holder, the element stays until the next prune (the unit's
+            // ExecStopPost=, or any start).
+            let (a2, a2_admitted) = (taps.pop().unwrap(), admitted.pop().unwrap());
+            let a2_index = a2.ifindex();
+            std::mem::forget(a2_admitted);
+            drop(a2);
+            assert!(isolation::current().unwrap().contains(&(a2_index, alice)));
+            // Bob's next VM gets the very TAP name alice's had: it is not
+            // admitted to alice's VMs, and the stale element is gone.
+            let b2 = Tap::create(&tap_name(11), false).unwrap();
+            admitted.push(isolation::admit(b2.ifindex(), bob, &mac).unwrap());
+            tap::attach(b2.ifindex(), bridge, bob).unwrap();
+            taps.push(b2);
+            let [a1, b2] = [&taps[0], &taps[1]];
+            let mut elements = isolation::current().unwrap();
+            elements.sort();
+            assert_eq!(elements, [(a1.ifindex(), alice), (b2.ifindex(), bob)]);
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(broadcast_reaches(a1, &[b2], 4), [false]);
+            assert_eq!(broadcast_reaches(b2, &[a1], 8), [false]);
+            assert_eq!(isolation::prune().unwrap(), 0);
             // Without the rules the same frame does reach bob: the test
             // can tell.
             let ok = std::process::Command::new("nft")
@@ -407,7 +418,7 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(ok.success());
-            assert_eq!(broadcast_reaches(a1, &[a2, b1], 5), [true, true]);
+            assert_eq!(broadcast_reaches(a1, &[b2], 5), [true]);
         })
         .join()
         .unwrap();
@@ -467,6 +478,8 @@ mod tests {
             assert_eq!(c.net[0].mac, "02:76:6d:00:00:03");
             assert!(c.net[0].fd.is_some());
             assert_eq!(attached.ifindex(), tap::ifindex("vmt-42").unwrap());
+            let qemu_tap = (attached.ifindex(), device_group(1000));
+            assert_eq!(isolation::current().unwrap(), [qemu_tap]);
             assert_eq!(
                 c.oem_strings(),
                 [format!(
@@ -476,6 +489,7 @@ mod tests {
             );
             drop(attached);
             assert!(tap::ifindex("vmt-42").is_err(), "QEMU's TAP outlived its holders");
+            assert_eq!(isolation::current().unwrap(), [], "the TAP's element outlived it");
 
             let mut c = config.clone();
             let attached = rt
@@ -489,6 +503,7 @@ mod tests {
             assert!(tap::ifindex("vmt-42").is_ok());
             drop(attached);
             assert!(tap::ifindex("vmt-42").is_err(), "the persistent TAP was left");
+            assert_eq!(isolation::current().unwrap(), []);
         })
         .join()
         .unwrap();
