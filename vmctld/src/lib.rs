@@ -35,6 +35,7 @@ pub mod manager;
 pub mod quota;
 pub mod reconcile;
 pub mod registry;
+pub mod ssh_keys;
 pub mod storage;
 pub mod store;
 pub mod units;

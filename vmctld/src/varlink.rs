@@ -414,9 +414,41 @@ impl VarlinkService {
                     .boxed(),
                 ),
             },
+            "AddSSHKey" => Answer::Now(match key_parameter(call) {
+                Err(e) => Err(e),
+                Ok(key) => match self.manager.add_ssh_key(&caller, &key).await {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "ListSSHKeys" => Answer::Now(match check_parameters(call, &[]) {
+                Err(e) => Err(e),
+                Ok(()) => match self.manager.list_ssh_keys(&caller).await {
+                    Ok(keys) => Ok(json!({ "keys": keys })),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
+            "RemoveSSHKey" => Answer::Now(match key_parameter(call) {
+                Err(e) => Err(e),
+                Ok(key) => match self.manager.remove_ssh_key(&caller, &key).await {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
             _ => Answer::Now(Err(method_not_found(call))),
         }
     }
+}
+
+/// The `key` parameter of the SSH key methods.
+pub(crate) fn key_parameter(call: &RawCall) -> Result<String, ErrorReply> {
+    #[derive(Deserialize)]
+    struct In {
+        key: String,
+    }
+    check_parameters(call, &["key"])?;
+    let input: In = parameters(call, "key")?;
+    Ok(input.key)
 }
 
 /// `OpenGuest`'s name and channel.
@@ -724,7 +756,10 @@ mod tests {
                 "Rebuild",
                 "ResizeDisk",
                 "ListImages",
-                "RemoveImage"
+                "RemoveImage",
+                "AddSSHKey",
+                "ListSSHKeys",
+                "RemoveSSHKey"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

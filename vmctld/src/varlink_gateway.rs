@@ -20,6 +20,7 @@ pub async fn call(manager: &Manager, caller: &Caller, member: &str, call: &RawCa
     }
     match member {
         "Hello" => Answer::Now(check_parameters(call, &[]).and_then(|()| hello(manager, caller))),
+        "LookupSSHKey" => Answer::Now(lookup_ssh_key(manager, call)),
         _ => Answer::Now(Err(method_not_found(call))),
     }
 }
@@ -31,6 +32,20 @@ fn hello(manager: &Manager, caller: &Caller) -> Result<serde_json::Value, ErrorR
         Err(e) => return Err(e.to_varlink()),
     };
     Ok(json!({ "gateway": gateway }))
+}
+
+/// The error of `LookupSSHKey` for a key nobody registered.
+pub const NO_SUCH_KEY: &str = "io.vmctl.Gateway.NoSuchKey";
+
+/// `LookupSSHKey(key) -> (uid, user)`: whose key a client of the SSH
+/// gateway proved.
+fn lookup_ssh_key(manager: &Manager, call: &RawCall) -> Result<serde_json::Value, ErrorReply> {
+    let key = crate::varlink::key_parameter(call)?;
+    match manager.lookup_ssh_key(&key) {
+        Ok(Some((uid, user))) => Ok(json!({ "uid": uid, "user": user })),
+        Ok(None) => Err(ErrorReply::new(NO_SUCH_KEY, json!({}))),
+        Err(e) => Err(e.to_varlink()),
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +101,23 @@ mod tests {
         assert_eq!(e.error, errors::METHOD_NOT_FOUND);
         let root = service.dispatch(&Caller::ROOT, &hello).await.unwrap();
         assert_eq!(root, json!({ "gateway": "root" }));
+    }
+
+    #[tokio::test]
+    async fn lookup_ssh_key_answers_gateways_only() {
+        let (_dir, service, gateway, stranger) = service();
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ1Fo4s6ZcVAqGOD3iKhvVv8Ns3N5XMK0c9uVY2Rl8e";
+        let lookup = call("io.vmctl.Gateway.LookupSSHKey", json!({ "key": key }));
+        let e = service.dispatch(&gateway, &lookup).await.unwrap_err();
+        assert_eq!(e.error, super::NO_SUCH_KEY);
+        let add = call(
+            "io.vmctl.Manager.AddSSHKey",
+            json!({ "key": format!("{key} me@host") }),
+        );
+        service.dispatch(&Caller::ROOT, &add).await.unwrap();
+        let found = service.dispatch(&gateway, &lookup).await.unwrap();
+        assert_eq!(found, json!({ "uid": 0, "user": "root" }));
+        denied_as_gateway(service.dispatch(&stranger, &lookup).await);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! `migrations/` is applied once, in order, in its own transaction.
 
 mod quotas;
+mod ssh_keys;
 mod vms;
 
 use std::{
@@ -25,6 +26,7 @@ use std::{
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use quotas::QuotaOverride;
+pub use ssh_keys::KeyAdded;
 pub use vms::{Snapshot, VmRow, VmState};
 
 use crate::ManagerError;
@@ -37,8 +39,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The migrations, in order: `(version, name, SQL)`. A new table is a new
 /// file here with the next number, never an edit of an applied one.
-const MIGRATIONS: &[(u32, &str, &str)] =
-    &[(1, "initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "ssh_keys", include_str!("migrations/0002_ssh_keys.sql")),
+];
 
 /// The schema version this vmctld writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

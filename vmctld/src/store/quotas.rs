@@ -1,9 +1,9 @@
 //! The `quotas` table (per-user overrides of the configured defaults) and
-//! the `ssh_keys` table.
+//! reading the `ssh_keys` table (see [`super::ssh_keys`]).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now, Store};
+use super::Store;
 use crate::ManagerError;
 
 /// A user's quota override: each limit that is set replaces the default of
@@ -73,22 +73,20 @@ impl Store {
         result.map(drop).map_err(|e| self.error(e))
     }
 
-    /// Stores an SSH public key of `uid` (once; adding it again is a no-op).
+    /// Stores an SSH public key of `uid` (once; adding it again, or a key
+    /// another user has, is a no-op: see [`Store::add_user_ssh_key`]).
     pub fn add_ssh_key(&self, uid: u32, key: &str) -> Result<(), ManagerError> {
-        self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO ssh_keys (uid, key, added) VALUES (?1, ?2, ?3)",
-                params![uid, key, now()],
-            )
-            .map(drop)
-            .map_err(|e| self.error(e))
+        self.add_user_ssh_key(uid, key).map(drop)
     }
 
     /// The SSH public keys of `uid`, oldest first.
     pub fn ssh_keys(&self, uid: u32) -> Result<Vec<String>, ManagerError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT key FROM ssh_keys WHERE uid = ?1 ORDER BY added, key")
+            .prepare_cached(
+                "SELECT CASE comment WHEN '' THEN key ELSE key || ' ' || comment END \
+                 FROM ssh_keys WHERE uid = ?1 ORDER BY added, key",
+            )
             .map_err(|e| self.error(e))?;
         let keys = stmt
             .query_map([uid], |r| r.get(0))
