@@ -201,6 +201,13 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
+    /// Your SSH public keys for the SSH gateway (`ssh -p 2222 HOST`):
+    /// a registered key opens your account there.
+    SshKey {
+        /// What to do.
+        #[command(subcommand)]
+        action: SshKeyCommand,
+    },
     /// Show or set per-user quotas (VMs, vCPUs, memory, disk).
     Quota {
         /// What to do.
@@ -224,6 +231,25 @@ pub enum Command {
         /// Output directory; creates DIR/man and DIR/completions.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+/// `vmctl ssh-key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCommand {
+    /// Register the public keys in FILE (e.g. ~/.ssh/id_ed25519.pub).
+    Add {
+        /// An OpenSSH public key file.
+        file: PathBuf,
+    },
+    /// List your registered keys.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove a key: a public key file, or the key line itself.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// A public key file or `TYPE BASE64`.
+        key: String,
     },
 }
 

@@ -1,5 +1,6 @@
 //! The SSH public keys `vmctl create` sends: the files named with
-//! `--ssh-key`, else the caller's `~/.ssh/*.pub`.
+//! `--ssh-key`, else the caller's `~/.ssh/*.pub`; and `vmctl ssh-key`,
+//! the caller's keys for the SSH gateway.
 
 use std::{
     fs,
@@ -68,6 +69,60 @@ fn keys_in_dir(dir: &Path) -> Vec<String> {
         }
     }
     keys
+}
+
+/// `vmctl ssh-key add/list/rm`: the caller's keys in vmctld's store,
+/// which open the SSH gateway to the caller's account.
+pub async fn ssh_key(address: &Path, action: crate::cli::SshKeyCommand) -> anyhow::Result<()> {
+    use crate::cli::SshKeyCommand;
+    let method = |m: &str| format!("{}.{m}", vmctl_api::names::VARLINK_INTERFACE);
+    let mut client = crate::client::Client::connect(address).await?;
+    match action {
+        SshKeyCommand::Add { file } => {
+            let keys = read_key_files(std::slice::from_ref(&file))?;
+            for key in &keys {
+                client
+                    .call::<serde_json::Value>(
+                        &method("AddSSHKey"),
+                        Some(serde_json::json!({ "key": key })),
+                    )
+                    .await?;
+            }
+            println!(
+                "Registered {} key{} from {}.",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" },
+                file.display()
+            );
+        }
+        SshKeyCommand::List => {
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                keys: Vec<String>,
+            }
+            let reply: Reply = client.call(&method("ListSSHKeys"), None).await?;
+            for key in reply.keys {
+                println!("{key}");
+            }
+        }
+        SshKeyCommand::Rm { key } => {
+            let path = Path::new(&key);
+            let keys = if path.is_file() {
+                read_key_files(&[path.to_path_buf()])?
+            } else {
+                vec![key]
+            };
+            for key in keys {
+                client
+                    .call::<serde_json::Value>(
+                        &method("RemoveSSHKey"),
+                        Some(serde_json::json!({ "key": key })),
+                    )
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -187,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cp { from, to, max_size } => {
             exec::copy(&cli.address, &from, &to, max_size).await?
         }
+        Command::SshKey { action } => keys::ssh_key(&cli.address, action).await?,
         Command::Quota { action } => match action {
             cli::QuotaCommand::Show { user, json } => {
                 admin::show(&cli.address, user.as_deref(), json).await?
