@@ -1,0 +1,645 @@
+//! The SSH server: accepts connections from the systemd socket, applies
+//! the limits, authenticates public keys against vmctld's store, and
+//! serves each channel in command mode or proxy mode.
+//!
+//! Every channel gets a task of its own that reads the channel's messages
+//! (russh delivers data and requests both to the handler and to the
+//! channel; the handler only answers requests, the task acts on them).
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use russh::{
+    keys::PrivateKey,
+    server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey},
+    Channel, ChannelId, ChannelMsg, ChannelOpenFailure, Disconnect, MethodKind, MethodSet,
+};
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    commands,
+    keys::key_line,
+    limits::{Limit, LimitState, Slot},
+    proxy::{self, Guest},
+    routing::{self, Route},
+    vmctld::{Identity, Vmctld},
+};
+
+/// What the gateway needs at run time.
+#[derive(Debug)]
+pub struct Shared {
+    /// vmctld.
+    pub vmctld: Vmctld,
+    /// Limits and their state.
+    pub limits: LimitState,
+    /// The key the gateway logs into guests with.
+    pub client_key: Arc<PrivateKey>,
+    /// vmctld's published guest host keys.
+    pub known_hosts: PathBuf,
+}
+
+/// What an unregistered key is told.
+pub const UNKNOWN_KEY_MESSAGE: &str = "vmctl-ssh: this key is not registered; add it with \
+`vmctl ssh-key add` on the host (or `ssh -p 2222 HOST ssh-key add KEY` with a key that is)";
+
+/// Serves `listener` until the process is stopped.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    host_key: PrivateKey,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let limits = &shared.limits.limits;
+    let config = Arc::new(server::Config {
+        keys: vec![host_key],
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(limits.idle_timeout),
+        max_auth_attempts: 8,
+        nodelay: true,
+        ..server::Config::default()
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and the like: wait instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let config = config.clone();
+        tokio::spawn(async move { connection(stream, peer, shared, config).await });
+    }
+}
+
+/// Refuses a connection before SSH starts, with a line saying why (an SSH
+/// server may send lines before its version line; clients show them).
+async fn refuse(mut stream: tokio::net::TcpStream, message: String) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(format!("{message}\r\n").as_bytes()),
+    )
+    .await;
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    config: Arc<server::Config>,
+) {
+    let state = &shared.limits;
+    if !state.per_source.allow(&peer.ip()) {
+        tracing::info!("{peer}: over the connection rate per source");
+        return refuse(stream, state.limits.message(Limit::RatePerSource)).await;
+    }
+    let Some(unauthenticated) = state
+        .unauthenticated
+        .acquire((), state.limits.max_unauthenticated)
+    else {
+        return refuse(stream, state.limits.message(Limit::Unauthenticated)).await;
+    };
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = Connection {
+        shared: shared.clone(),
+        peer,
+        authenticated: authenticated.clone(),
+        unauthenticated: Some(unauthenticated),
+        user: None,
+        unknown_key_seen: false,
+        channels: 0,
+    };
+    let auth_timeout = state.limits.auth_timeout;
+    let session =
+        match tokio::time::timeout(auth_timeout, server::run_stream(config, stream, handler)).await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!("{peer}: handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("{peer}: no SSH version line within the authentication timeout");
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => return log_end(peer, result),
+        () = tokio::time::sleep(auth_timeout) => {}
+    }
+    if !authenticated.load(Ordering::SeqCst) {
+        tracing::info!("{peer}: authentication timeout");
+        let _ = handle
+            .disconnect(
+                Disconnect::ByApplication,
+                shared.limits.limits.message(Limit::AuthTimeout),
+                String::new(),
+            )
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+        return;
+    }
+    log_end(peer, session.await);
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), russh::Error>) {
+    match result {
+        Ok(()) => tracing::debug!("{peer}: closed"),
+        Err(e) => tracing::debug!("{peer}: ended: {e}"),
+    }
+}
+
+/// An authenticated user and where their connection goes.
+struct User {
+    identity: Identity,
+    key: String,
+    /// Why every channel is refused (a limit), if so.
+    refused: Option<String>,
+    /// The VM of proxy mode, `None` in command mode.
+    vm: Option<VmTarget>,
+    /// An SSH user name that was neither a command name nor a VM.
+    not_a_vm: Option<String>,
+    _slot: Option<Slot<u32>>,
+}
+
+/// The VM a connection is proxied to.
+struct VmTarget {
+    details: vmctl_api::VmDetails,
+    /// The guest connection, made at the first channel.
+    guest: Option<Result<Arc<Guest>, String>>,
+}
+
+/// One client connection.
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    authenticated: Arc<AtomicBool>,
+    unauthenticated: Option<Slot<()>>,
+    user: Option<User>,
+    unknown_key_seen: bool,
+    channels: usize,
+}
+
+impl Connection {
+    /// Decides where the connection goes once `identity` is known.
+    async fn authenticate(&mut self, ssh_user: &str, identity: Identity, key: String) -> Auth {
+        let state = &self.shared.limits;
+        let mut refused = None;
+        if !state.per_key.allow(&key) {
+            refused = Some(state.limits.message(Limit::RatePerKey));
+        }
+        let slot = state
+            .sessions
+            .acquire(identity.uid, state.limits.max_sessions_per_user);
+        if slot.is_none() && refused.is_none() {
+            refused = Some(state.limits.message(Limit::SessionsPerUser));
+        }
+        let mut vm = None;
+        let mut not_a_vm = None;
+        if refused.is_none() {
+            let (name, explicit) = match routing::route(ssh_user, &identity.user) {
+                Route::Command => (None, false),
+                Route::Vm(name) => (Some(name), true),
+                Route::VmOrCommand(name) => (Some(name), false),
+            };
+            if let Some(name) = name {
+                match self.shared.vmctld.describe(identity.uid, &name).await {
+                    Ok(details) => {
+                        vm = Some(VmTarget {
+                            details,
+                            guest: None,
+                        })
+                    }
+                    Err(e) if explicit => refused = Some(format!("vmctl-ssh: {e}")),
+                    Err(e) if e.error_name() == Some(vmctl_api::errors::NO_SUCH_VM) => {
+                        not_a_vm = Some(name)
+                    }
+                    Err(e) => refused = Some(format!("vmctl-ssh: {e}")),
+                }
+            }
+        }
+        tracing::info!(
+            "{}: {} (uid {}) as {ssh_user:?}: {}",
+            self.peer,
+            identity.user,
+            identity.uid,
+            match (&refused, &vm) {
+                (Some(why), _) => why.clone(),
+                (None, Some(vm)) => format!("proxy to VM {}", vm.details.name),
+                (None, None) => "command mode".to_string(),
+            }
+        );
+        self.user = Some(User {
+            identity,
+            key,
+            refused,
+            vm,
+            not_a_vm,
+            _slot: slot,
+        });
+        self.authenticated.store(true, Ordering::SeqCst);
+        self.unauthenticated = None;
+        Auth::Accept
+    }
+
+    /// The guest connection of proxy mode, made on first use.
+    async fn guest(&mut self) -> Option<Result<Arc<Guest>, String>> {
+        let shared = self.shared.clone();
+        let user = self.user.as_mut()?;
+        let uid = user.identity.uid;
+        let vm = user.vm.as_mut()?;
+        if vm.guest.is_none() {
+            let connected = proxy::connect(
+                &shared.vmctld,
+                uid,
+                &vm.details,
+                shared.client_key.clone(),
+                &shared.known_hosts,
+            )
+            .await
+            .map(Arc::new);
+            if let Err(e) = &connected {
+                tracing::info!("{}: VM {}: {e}", self.peer, vm.details.name);
+            }
+            vm.guest = Some(connected);
+        }
+        vm.guest.clone()
+    }
+
+    fn over_channel_limit(&mut self) -> bool {
+        self.channels += 1;
+        self.channels > self.shared.limits.limits.max_channels_per_connection
+    }
+
+    fn channel_limit_failure(&self) -> ChannelOpenFailure {
+        ChannelOpenFailure::Other {
+            code: 4,
+            reason: self
+                .shared
+                .limits
+                .limits
+                .message(Limit::ChannelsPerConnection),
+        }
+    }
+}
+
+impl server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Unknown keys are refused here, before the client signs, so that
+        // a client with several keys goes on to the next one.
+        match self
+            .shared
+            .vmctld
+            .lookup_key(&key_line(offer.public_key))
+            .await
+        {
+            Ok(Some(_)) => Ok(Auth::Accept),
+            Ok(None) => {
+                self.unknown_key_seen = true;
+                Ok(Auth::reject())
+            }
+            Err(e) => {
+                tracing::warn!("key lookup failed: {e}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let line = key_line(key.public_key);
+        match self.shared.vmctld.lookup_key(&line).await {
+            Ok(Some(identity)) => Ok(self.authenticate(user, identity, line).await),
+            Ok(None) => {
+                self.unknown_key_seen = true;
+                Ok(Auth::reject())
+            }
+            Err(e) => {
+                tracing::warn!("key lookup failed: {e}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    /// Offered last: no prompt, only the reason the keys were refused, so
+    /// that the client prints it before "Permission denied".
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        if response.is_some() {
+            return Ok(Auth::reject());
+        }
+        let message = if self.unknown_key_seen {
+            UNKNOWN_KEY_MESSAGE.to_string()
+        } else {
+            "vmctl-ssh: only public keys open this gateway, and no key was offered".to_string()
+        };
+        Ok(Auth::Partial {
+            name: "".into(),
+            instructions: message.into(),
+            prompts: Vec::new().into(),
+        })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.over_channel_limit() {
+            reply.reject(self.channel_limit_failure()).await;
+            return Ok(());
+        }
+        let handle = session.handle();
+        let Some(user) = self.user.as_ref() else {
+            return Ok(());
+        };
+        if let Some(why) = user.refused.clone() {
+            reply.accept().await;
+            tokio::spawn(refuse_channel(channel, why));
+            return Ok(());
+        }
+        if user.vm.is_some() {
+            let guest = self.guest().await;
+            reply.accept().await;
+            match guest {
+                Some(Ok(guest)) => {
+                    tokio::spawn(async move {
+                        match guest.channel_open_session().await {
+                            Ok(guest_channel) => {
+                                proxy::bridge(channel, guest_channel, handle).await
+                            }
+                            Err(e) => {
+                                refuse_channel(channel, format!("vmctl-ssh: guest session: {e}"))
+                                    .await
+                            }
+                        }
+                    });
+                }
+                Some(Err(why)) => {
+                    tokio::spawn(refuse_channel(channel, why));
+                }
+                None => {
+                    tokio::spawn(refuse_channel(channel, "vmctl-ssh: no VM".into()));
+                }
+            }
+            return Ok(());
+        }
+        reply.accept().await;
+        let ctx = commands::Context {
+            identity: user.identity.clone(),
+            key: user.key.clone(),
+            vmctld: self.shared.vmctld.clone(),
+        };
+        let not_a_vm = user.not_a_vm.clone();
+        tokio::spawn(command_channel(channel, ctx, not_a_vm));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.over_channel_limit() {
+            reply.reject(self.channel_limit_failure()).await;
+            return Ok(());
+        }
+        let refuse_with = |reason: String| ChannelOpenFailure::Other { code: 1, reason };
+        let guest = match self.user.as_ref() {
+            Some(User {
+                refused: Some(why), ..
+            }) => Err(why.clone()),
+            Some(User { vm: Some(_), .. }) => match self.guest().await {
+                Some(guest) => guest,
+                None => Err("vmctl-ssh: no VM".to_string()),
+            },
+            _ => Err("vmctl-ssh: port forwarding needs a VM: ssh -p 2222 -L ... NAME@HOST".into()),
+        };
+        let guest = match guest {
+            Ok(guest) => guest,
+            Err(why) => {
+                reply.reject(refuse_with(why)).await;
+                return Ok(());
+            }
+        };
+        match guest
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(guest_channel) => {
+                reply.accept().await;
+                let handle = session.handle();
+                tokio::spawn(proxy::bridge(_channel, guest_channel, handle));
+            }
+            Err(e) => {
+                reply
+                    .reject(ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: format!(
+                            "vmctl-ssh: the guest refused {host_to_connect}:{port_to_connect}: {e}"
+                        ),
+                    })
+                    .await
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels = self.channels.saturating_sub(1);
+        Ok(())
+    }
+
+    // Session requests are answered here at once; the channel's task acts
+    // on them (and, in proxy mode, a guest that refuses one closes the
+    // channel, which the client sees).
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}
+
+/// A channel that only says why it cannot be served, on stderr, with exit
+/// status 255 (as ssh itself uses for its own errors).
+async fn refuse_channel(channel: Channel<Msg>, why: String) {
+    let (mut rx, tx) = channel.split();
+    // Wait for the request (shell, exec, ...) so the client is listening.
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::RequestShell { .. }
+            | ChannelMsg::Exec { .. }
+            | ChannelMsg::RequestSubsystem { .. } => break,
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    }
+    let mut text = why;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = tx.extended_data_bytes(1, text.into_bytes()).await;
+    let _ = tx.exit_status(255).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
+
+/// A command-mode channel: runs the `exec` command, or for a shell prints
+/// the help.
+async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm: Option<String>) {
+    let (mut rx, tx) = channel.split();
+    let mut output = None;
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::Exec { command, .. } => {
+                let line = String::from_utf8_lossy(&command).into_owned();
+                output = Some(match commands::parse(&line) {
+                    Ok(cli) => commands::run(cli, &ctx).await,
+                    Err(out) => out,
+                });
+                break;
+            }
+            ChannelMsg::RequestShell { .. } => {
+                let mut text = String::new();
+                if let Some(name) = &not_a_vm {
+                    text.push_str(&format!(
+                        "vmctl-ssh: you have no VM named {name:?}; your VMs: ssh -p 2222 HOST ls\n\n"
+                    ));
+                }
+                text.push_str(&commands::help());
+                output = Some(commands::Output {
+                    stderr: text.replace('\n', "\r\n"),
+                    status: 2,
+                    ..Default::default()
+                });
+                break;
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                output = Some(commands::Output {
+                    stderr: format!(
+                        "vmctl-ssh: subsystem {name} needs a VM: sftp -P 2222 NAME@HOST\n"
+                    ),
+                    status: 1,
+                    ..Default::default()
+                });
+                break;
+            }
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    }
+    let Some(out) = output else { return };
+    if !out.stdout.is_empty() {
+        let _ = tx.data_bytes(out.stdout.into_bytes()).await;
+    }
+    if !out.stderr.is_empty() {
+        let _ = tx.extended_data_bytes(1, out.stderr.into_bytes()).await;
+    }
+    let _ = tx.exit_status(out.status).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+    // Drain what the client still sends until it closes.
+    while let Some(msg) = rx.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            break;
+        }
+    }
+}
