@@ -97,6 +97,8 @@ pub fn build(profile: Profile) -> Result<()> {
                 "-p",
                 "vmctl",
                 "-p",
+                "vmctl-ssh",
+                "-p",
                 "nss-vmctl",
                 "-p",
                 "vmctl-guest",
@@ -128,6 +130,8 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
         Entry::binary(out.join("vmctl"), p("bin/vmctl")),
         Entry::binary(out.join("vmctld"), p("libexec/vmctl/vmctld")),
         Entry::binary(out.join("vmctl-launch"), p("libexec/vmctl/vmctl-launch")),
+        // The SSH gateway (vmctl-ssh.socket starts it).
+        Entry::binary(out.join("vmctl-ssh"), p("libexec/vmctl/vmctl-ssh")),
         Entry::data(
             out.join("libnss_vmctl.so"),
             p(&format!("lib/{}/libnss_vmctl.so.2", multiarch())),
