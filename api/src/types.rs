@@ -323,6 +323,13 @@ pub struct VolumeEntry {
     /// The VM using it; absent for a kept data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
+    /// Its owner's uid (a root volume's: its VM's owner); absent for a
+    /// volume file the store has no record of yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+    /// The owner's user name (the uid in decimal when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The reply of `ListVolumes`.

@@ -7,8 +7,15 @@
 //! changes nothing.
 //!
 //! One VM is booted three times (TCG boots cost tens of seconds each).
+//!
+//! Without booting: a kept volume belongs to its owner (another user
+//! neither sees, attaches nor deletes it), data volumes and their growth
+//! count in the owner's disk quota, and a create killed with SIGKILL after
+//! it made its data volume leaves no volume behind once vmctld is back.
 
-use vmctl_e2e::{host, host_path_exists, vm_exec, Run};
+use std::time::{Duration, Instant};
+
+use vmctl_e2e::{ensure_test_users, host, host_as, host_path_exists, vm_exec, Run};
 
 const VM: &str = "stor1";
 const VM2: &str = "stor2";
@@ -142,10 +149,17 @@ fn data_volumes_outlive_rebuild_resize_and_rm() {
     vmctl(&["rm", VM]).ok();
     let list = volume_list();
     assert!(
-        list.lines().any(|l| l.starts_with(&format!("{VM} "))
-            && l.contains("data")
-            && l.trim_end().ends_with('-')),
-        "kept without a VM: {list}"
+        list.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    VM,
+                    "data",
+                    "512M",
+                    l.split_whitespace().nth(3).unwrap(),
+                    "-",
+                    "root"
+                ]),
+        "kept without a VM, still root's: {list}"
     );
     let r = vmctl(&["volume", "rm", "nosuchvolume"]);
     assert_ne!(r.code, Some(0));
@@ -165,4 +179,221 @@ fn data_volumes_outlive_rebuild_resize_and_rm() {
         "/var/lib/vmctl/volumes/{VM}.raw"
     )));
     assert!(!volume_list().contains(VM));
+}
+
+/// The image of the tests that do not boot: a 1 MiB sparse root disk.
+const TINY: &str = "stortiny";
+
+fn tiny_image() {
+    let dir = format!("/var/lib/vmctl/images/{TINY}");
+    host(&["mkdir", "-p", &dir]).ok();
+    host(&["truncate", "-s", "1M", &format!("{dir}/root.raw")]).ok();
+    host(&["sh", "-c", &format!("printf kernel > {dir}/vmlinuz")]).ok();
+}
+
+fn vmctl_as(user: &str, args: &[&str]) -> Run {
+    let mut argv = vec!["vmctl"];
+    argv.extend_from_slice(args);
+    host_as(Some(user), &argv)
+}
+
+/// `vmctl volume list --json` as `user`: (name, kind, vm, owner) of each.
+fn volumes_of(user: &str) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let out = vmctl_as(user, &["volume", "list", "--json"]).ok().stdout;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    list.iter()
+        .map(|v| {
+            let text = |key: &str| v[key].as_str().map(str::to_string);
+            (
+                text("name").unwrap(),
+                text("kind").unwrap(),
+                text("vm"),
+                text("owner"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn a_kept_volume_belongs_to_its_owner_and_counts_in_her_quota() {
+    tiny_image();
+    ensure_test_users();
+    for (user, vm) in [("alice", "stoa"), ("alice", "stob"), ("bob", "stoc")] {
+        let _ = vmctl_as(user, &["rm", "--delete-data", vm]);
+    }
+    let _ = vmctl_as("alice", &["volume", "rm", "stoa"]);
+    let _ = vmctl(&["quota", "set", "alice"]);
+
+    vmctl_as(
+        "alice",
+        &[
+            "create",
+            "stoa",
+            "--image",
+            TINY,
+            "--disk",
+            "16M",
+            "--memory",
+            "128M",
+            "--network",
+            "none",
+            "--data",
+            "64M",
+        ],
+    )
+    .ok();
+    vmctl_as("alice", &["rm", "stoa"]).ok();
+    let kept = (
+        "stoa".to_string(),
+        "data".to_string(),
+        None,
+        Some("alice".to_string()),
+    );
+    assert!(
+        volumes_of("alice").contains(&kept),
+        "{:?}",
+        volumes_of("alice")
+    );
+    assert!(volumes_of("root").contains(&kept));
+    assert!(!volumes_of("bob").iter().any(|v| v.0 == "stoa"));
+    assert!(volume_list()
+        .lines()
+        .any(|l| l.starts_with("stoa ") && l.ends_with(" alice")));
+
+    // Bob can neither attach nor delete it: to him it does not exist.
+    let r = vmctl_as(
+        "bob",
+        &[
+            "create",
+            "stoc",
+            "--image",
+            TINY,
+            "--disk",
+            "16M",
+            "--memory",
+            "128M",
+            "--network",
+            "none",
+            "--data-volume",
+            "stoa",
+        ],
+    );
+    assert_ne!(r.code, Some(0), "bob attached alice's volume");
+    assert!(
+        r.stderr.contains("no data volume \"stoa\" of yours"),
+        "{}",
+        r.stderr
+    );
+    let r = vmctl_as("bob", &["volume", "rm", "stoa"]);
+    assert_ne!(r.code, Some(0), "bob deleted alice's volume");
+    assert!(
+        r.stderr.contains("no data volume \"stoa\" of yours"),
+        "{}",
+        r.stderr
+    );
+    assert!(host_path_exists("/var/lib/vmctl/volumes/stoa.raw"));
+
+    // Alice attaches it again; its growth counts in her disk quota:
+    // 16M root + 64M data, limit 100M: growing the data to 128M is refused.
+    vmctl_as(
+        "alice",
+        &[
+            "create",
+            "stob",
+            "--image",
+            TINY,
+            "--disk",
+            "16M",
+            "--memory",
+            "128M",
+            "--network",
+            "none",
+            "--data-volume",
+            "stoa",
+        ],
+    )
+    .ok();
+    vmctl(&["quota", "set", "alice", "--disk", "100M"]).ok();
+    let r = vmctl_as("alice", &["resize-disk", "stob", "data", "128M"]);
+    println!("resize over quota: {}", r.stderr.trim());
+    assert_ne!(r.code, Some(0), "grew past the quota");
+    assert!(
+        r.stderr.contains("QuotaExceeded") || r.stderr.contains("disk_bytes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        host(&["stat", "-c", "%s", "/var/lib/vmctl/volumes/stoa.raw"])
+            .ok()
+            .stdout
+            .trim(),
+        (64u64 << 20).to_string()
+    );
+    vmctl_as("alice", &["resize-disk", "stob", "data", "80M"]).ok();
+    vmctl_as("alice", &["resize-disk", "stob", "root", "20M"]).ok();
+    assert_eq!(
+        host(&["stat", "-c", "%s", "/var/lib/vmctl/disks/stob/root.raw"])
+            .ok()
+            .stdout
+            .trim(),
+        (20u64 << 20).to_string()
+    );
+    vmctl(&["quota", "set", "alice"]).ok();
+    vmctl_as("alice", &["rm", "--delete-data", "stob"]).ok();
+    assert!(!host_path_exists("/var/lib/vmctl/volumes/stoa.raw"));
+    assert!(!volumes_of("root").iter().any(|v| v.0 == "stoa"));
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn sigkill_mid_create_leaves_no_data_volume() {
+    tiny_image();
+    let _ = vmctl(&["rm", "--delete-data", "stok"]);
+    let _ = vmctl(&["volume", "rm", "stok"]);
+    let since = host(&["date", "+@%s"]).ok().stdout.trim().to_owned();
+    // Kill vmctld as soon as the data volume's file exists: inside the
+    // create (the file system, root clone, host key and unit drop-ins
+    // come after it).
+    let script = format!(
+        "vmctl create stok --image {TINY} --disk 16M --memory 128M --network none --data 4G \
+           >/tmp/stok.out 2>&1 & \
+         while [ ! -e /var/lib/vmctl/volumes/stok.raw ]; do sleep 0.005; done; \
+         kill -9 $(systemctl show -p MainPID --value vmctld.service); \
+         wait; echo create exited $?"
+    );
+    let run = host(&["timeout", "60", "sh", "-c", &script]);
+    println!("{run:#?}");
+    assert!(run.stdout.contains("create exited"), "{run:#?}");
+    assert!(
+        !run.stdout.contains("create exited 0"),
+        "the create answered before the kill: {run:#?}"
+    );
+    host(&["systemctl", "reset-failed", "vmctld.service"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host(&["vmctl", "list", "--json"]).code != Some(0) {
+        assert!(Instant::now() < deadline, "vmctld did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Undone at vmctld's start: no VM, no volume file, no row, a journal
+    // line, and doctor finds nothing left.
+    assert!(!volumes_of("root").iter().any(|v| v.0 == "stok"));
+    assert!(!host_path_exists("/var/lib/vmctl/volumes/stok.raw"));
+    assert!(!host_path_exists("/var/lib/vmctl/vms/stok.json"));
+    let journal = host(&[
+        "sh",
+        "-c",
+        &format!("journalctl -q -u vmctld.service -o cat --since {since} | grep 'stok' || true"),
+    ])
+    .ok()
+    .stdout;
+    println!("{journal}");
+    assert!(
+        journal.contains("reconcile: interrupted-create vm=stok"),
+        "{journal}"
+    );
+    let doctor = vmctl(&["doctor", "--json"]).ok().stdout;
+    let findings: serde_json::Value = serde_json::from_str(&doctor).unwrap();
+    assert_eq!(findings["findings"], serde_json::json!([]), "{doctor}");
 }

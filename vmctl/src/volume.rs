@@ -85,7 +85,8 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The volumes as a table: NAME KIND SIZE ALLOCATED VM (`-` for a kept one).
+/// The volumes as a table: NAME KIND SIZE ALLOCATED VM (`-` for a kept
+/// one) OWNER (`-` when the store has no record of it yet).
 pub fn table(volumes: &[VolumeEntry]) -> String {
     let rows: Vec<Vec<String>> = volumes
         .iter()
@@ -96,10 +97,11 @@ pub fn table(volumes: &[VolumeEntry]) -> String {
                 format_size_short(v.size_bytes),
                 format_size_short(v.allocated_bytes),
                 v.vm.clone().unwrap_or_else(|| "-".into()),
+                v.owner.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    render(&["NAME", "KIND", "SIZE", "ALLOCATED", "VM"], &rows)
+    render(&["NAME", "KIND", "SIZE", "ALLOCATED", "VM", "OWNER"], &rows)
 }
 
 #[cfg(test)]
@@ -115,6 +117,8 @@ mod tests {
                 size_bytes: 4 << 30,
                 allocated_bytes: 600 << 20,
                 vm: Some("blog".into()),
+                owner_uid: Some(1000),
+                owner: Some("alice".into()),
             },
             VolumeEntry {
                 name: "old".into(),
@@ -122,13 +126,15 @@ mod tests {
                 size_bytes: 10 << 30,
                 allocated_bytes: 33 << 20,
                 vm: None,
+                owner_uid: Some(1000),
+                owner: Some("alice".into()),
             },
         ];
         assert_eq!(
             table(&volumes),
-            "NAME  KIND  SIZE  ALLOCATED  VM\n\
-             blog  root  4G    600M       blog\n\
-             old   data  10G   33M        -\n"
+            "NAME  KIND  SIZE  ALLOCATED  VM    OWNER\n\
+             blog  root  4G    600M       blog  alice\n\
+             old   data  10G   33M        -     alice\n"
         );
     }
 

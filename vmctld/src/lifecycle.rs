@@ -21,7 +21,7 @@ use crate::{
     cid, hostkeys,
     limits::{self, UnitLimits},
     quota,
-    storage::{self, vm::DataRequest},
+    storage::vm::DataRequest,
     store::VmState,
     units::Systemd,
     Caller, Manager, ManagerError,
@@ -97,8 +97,9 @@ impl Manager {
 
         let data = DataRequest::from_params(params.data_bytes, params.data_volume)?;
         if let Some(request) = &data {
-            self.check_data_request(caller, &name, request)?;
+            self.check_data_request(caller, &name, request).await?;
         }
+        let claim = data.as_ref().map(|d| d.claim(&name));
 
         let network_config = if networked {
             Some(
@@ -120,67 +121,63 @@ impl Manager {
         // Step 1, one store transaction: the name, the quota check, the
         // CID and the addresses, recorded as a 'creating' row. Concurrent
         // creates serialise here only, not during the disk copy.
-        let spec = self
-            .registry()
-            .store()
-            .insert_creating(&name, owner, |now| {
-                let limits = quota::effective(owner, &quota_defaults, now.quota.as_ref());
-                let request = quota::Usage {
-                    vms: 1,
-                    vcpus: vcpus.into(),
-                    memory,
-                    disk: disk_bytes + data.as_ref().map_or(0, DataRequest::new_bytes),
-                };
-                quota::check(&limits, &quota::Usage::of(owner, &now.vms), &request)?;
-                if let Some(DataRequest::Existing(volume)) = &data {
-                    storage::vm::check_unattached(volume, &now.vms)?;
-                }
-                let cid = cid::smallest_free(now.vms.iter().map(|s| s.cid));
-                let network = match &network_config {
-                    Some(config) => Some(addresses::allocate(
-                        config,
-                        self.config_path(),
-                        now.vms.iter().filter_map(|s| s.network.as_ref()),
+        let spec =
+            self.registry()
+                .store()
+                .insert_claiming(&name, owner, claim.as_ref(), |now| {
+                    let limits = quota::effective(owner, &quota_defaults, now.quota.as_ref());
+                    let data_bytes = data
+                        .as_ref()
+                        .map_or(0, |d| d.new_bytes(owner, &now.volumes));
+                    let request = quota::Usage {
+                        vms: 1,
+                        vcpus: vcpus.into(),
+                        memory,
+                        disk: disk_bytes.saturating_add(data_bytes),
+                    };
+                    let usage = quota::Usage::of(owner, &now.vms, &now.volumes);
+                    quota::check(&limits, &usage, &request)?;
+                    let cid = cid::smallest_free(now.vms.iter().map(|s| s.cid));
+                    let network = match &network_config {
+                        Some(config) => Some(addresses::allocate(
+                            config,
+                            self.config_path(),
+                            now.vms.iter().filter_map(|s| s.network.as_ref()),
+                            cid,
+                        )?),
+                        None => None,
+                    };
+                    Ok(VmSpec {
+                        name: name.clone(),
+                        id,
+                        owner_uid: owner,
+                        vcpus,
+                        memory_bytes: memory,
+                        disk_bytes,
+                        image,
+                        vmm,
                         cid,
-                    )?),
-                    None => None,
-                };
-                Ok(VmSpec {
-                    name: name.clone(),
-                    id,
-                    owner_uid: owner,
-                    vcpus,
-                    memory_bytes: memory,
-                    disk_bytes,
-                    image,
-                    vmm,
-                    cid,
-                    network,
-                    ssh_authorized_keys,
-                    guest_user: Some(guest_user),
-                    data_volume: data.as_ref().map(|d| d.volume_name(&name)),
-                })
-            })?;
-        // The remaining steps make files; a failure undoes all of them and
-        // the row (as reconciliation does after a crash in between).
-        let made_data = match &data {
-            Some(request) => match self.make_data_volume(&name, request).await {
-                Ok(made) => made,
-                Err(e) => {
-                    self.undo_create(&spec).await;
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
+                        network,
+                        ssh_authorized_keys,
+                        guest_user: Some(guest_user),
+                        data_volume: data.as_ref().map(|d| d.volume_name(&name)),
+                    })
+                })?;
+        // The remaining steps make files; a failure undoes all of them,
+        // the data volume this create made and the row (as reconciliation
+        // does after a crash in between).
+        if let Some(request) = &data {
+            if let Err(e) = self.make_data_volume(&name, request).await {
+                self.undo_create(&spec).await;
+                return Err(e);
+            }
+        }
         if let Err(e) = self.make_vm_files(&spec, image_root).await {
             self.undo_create(&spec).await;
-            self.discard_volume(made_data);
             return Err(e);
         }
         if let Err(e) = self.mark_ready(&name) {
             self.undo_create(&spec).await;
-            self.discard_volume(made_data);
             return Err(e);
         }
         // Names and known hosts are derived state: a failure is logged and
@@ -238,13 +235,10 @@ impl Manager {
         }
     }
 
-    /// The last step of create: the row becomes 'ready'.
+    /// The last step of create: the row (and the data volume it made)
+    /// becomes 'ready'.
     fn mark_ready(&self, name: &str) -> Result<(), ManagerError> {
-        if self
-            .registry()
-            .store()
-            .transition(name, VmState::Creating, VmState::Ready)?
-        {
+        if self.registry().store().mark_created(name)? {
             Ok(())
         } else {
             Err(ManagerError::internal(format!(

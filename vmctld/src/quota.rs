@@ -16,7 +16,7 @@ use vmctl_api::{sizes::parse_size, spec::VmSpec, types::Quota};
 use crate::{
     authz::Action,
     config_file::{self, ConfigError},
-    store::QuotaOverride,
+    store::{QuotaOverride, VolumeRow},
     Caller, Manager, ManagerError,
 };
 
@@ -37,11 +37,25 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// What VMs of `uid` among `vms` hold together.
-    pub fn of(uid: u32, vms: &[VmSpec]) -> Self {
+    /// What `uid` holds: its VMs among `vms` and its data volumes among
+    /// `volumes` (attached or kept: a kept volume still takes space).
+    pub fn of(uid: u32, vms: &[VmSpec], volumes: &[VolumeRow]) -> Self {
+        let volume_bytes = volumes
+            .iter()
+            .filter(|v| v.owner_uid == uid)
+            .fold(0u64, |sum, v| sum.saturating_add(v.size));
         vms.iter()
             .filter(|vm| vm.owner_uid == uid)
             .fold(Self::default(), |u, vm| u.plus(&Self::one(vm)))
+            .plus(&Self::disk(volume_bytes))
+    }
+
+    /// `bytes` of disk and nothing else (a data volume, or growth).
+    pub fn disk(bytes: u64) -> Self {
+        Self {
+            disk: bytes,
+            ..Self::default()
+        }
     }
 
     /// What one VM holds.
@@ -193,7 +207,8 @@ impl Manager {
             .into_iter()
             .map(|row| row.spec)
             .collect();
-        let usage = Usage::of(uid, &vms);
+        let volumes = self.registry().store().volumes()?;
+        let usage = Usage::of(uid, &vms, &volumes);
         Ok(Quota {
             uid,
             overridden: over.is_some(),
@@ -266,10 +281,23 @@ mod tests {
     #[test]
     fn usage_counts_only_the_owner() {
         let vms = [spec("a", 1000), spec("b", 1001), spec("c", 1000)];
-        let u = Usage::of(1000, &vms);
+        let volume = |name: &str, owner_uid, vm: Option<&str>| VolumeRow {
+            name: name.into(),
+            owner_uid,
+            size: GIB,
+            vm: vm.map(str::to_string),
+            created: 0,
+            state: crate::store::VolumeState::Ready,
+        };
+        let volumes = [
+            volume("a", 1000, Some("a")),
+            volume("kept", 1000, None),
+            volume("b", 1001, Some("b")),
+        ];
+        let u = Usage::of(1000, &vms, &volumes);
         assert_eq!(
             (u.vms, u.vcpus, u.memory, u.disk),
-            (2, 4, 2 * GIB, 20 * GIB)
+            (2, 4, 2 * GIB, 22 * GIB)
         );
     }
 

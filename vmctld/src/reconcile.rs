@@ -23,6 +23,8 @@
 //! Running VMs are never touched: only the units of VMs being removed are
 //! stopped.
 
+mod volumes;
+
 use std::{
     collections::HashSet,
     fmt, fs, io,
@@ -48,7 +50,9 @@ pub struct Finding {
     /// `missing-spec-file`, `stale-spec-file`, `missing-host-key`,
     /// `missing-disk`, `missing-drop-in`, `unknown-spec-file`,
     /// `orphan-disk`, `orphan-host-key`, `orphan-drop-in`, `orphan-name`,
-    /// `missing-owner-record`, `orphan-owner-record`.
+    /// `missing-owner-record`, `orphan-owner-record`,
+    /// `interrupted-volume-create`, `interrupted-volume-delete`,
+    /// `missing-volume`, `unknown-volume`.
     pub kind: &'static str,
     /// The VM it concerns, if any.
     pub vm: Option<String>,
@@ -203,6 +207,7 @@ impl Manager {
         self.orphan_drop_ins(&known, &mut report).await;
         self.orphan_names(&mut report)?;
         self.owner_records(&mut report)?;
+        self.reconcile_volumes(&mut report)?;
         Ok(report.findings)
     }
 
@@ -476,6 +481,11 @@ impl Manager {
         }
         let tmp = self.registry().vms_dir().join(format!(".{name}.json.tmp"));
         let _ = fs::remove_file(tmp);
+        // A new data volume left behind here (rows still 'creating') is
+        // deleted by the volume pass of the next reconciliation.
+        if let Err(e) = self.undo_data_volumes(name) {
+            tracing::warn!("{name}: undo create: {e}");
+        }
         if let Err(e) = self.registry().store().delete(name) {
             tracing::warn!("{name}: undo create: {e}");
         }

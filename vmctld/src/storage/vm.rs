@@ -10,7 +10,13 @@ use vmctl_api::{
 };
 
 use super::{Storage, StorageConfig, StorageError, Volume};
-use crate::{authz::Action, limits, Caller, Manager, ManagerError};
+use crate::{
+    accounts,
+    authz::Action,
+    limits, quota,
+    store::{VolumeClaim, VolumeRow, VolumeState},
+    Caller, Manager, ManagerError,
+};
 
 /// The smallest data volume: room for an ext4 journal and some files.
 pub const MIN_DATA: u64 = 64 * MIB;
@@ -58,11 +64,27 @@ impl DataRequest {
         }
     }
 
-    /// The bytes this request adds to the owner's disk use.
-    pub fn new_bytes(&self) -> u64 {
+    /// The bytes this request adds to the disk use of `owner`: a new
+    /// volume's size, or a kept volume's when it passes to `owner` from
+    /// someone else (an admin attaching it).
+    pub fn new_bytes(&self, owner: u32, volumes: &[VolumeRow]) -> u64 {
         match self {
             Self::New(bytes) => *bytes,
-            Self::Existing(_) => 0,
+            Self::Existing(name) => volumes
+                .iter()
+                .find(|v| v.name == *name && v.owner_uid != owner)
+                .map_or(0, |v| v.size),
+        }
+    }
+
+    /// What the create transaction records for VM `vm`.
+    pub fn claim(&self, vm: &str) -> VolumeClaim {
+        match self {
+            Self::New(size) => VolumeClaim::New {
+                name: vm.to_string(),
+                size: *size,
+            },
+            Self::Existing(name) => VolumeClaim::Attach { name: name.clone() },
         }
     }
 }
@@ -117,6 +139,12 @@ pub struct VolumeEntry {
     pub info: super::VolumeInfo,
     /// The VM using it, if any.
     pub vm: Option<String>,
+    /// Its owner's uid (a root volume's: its VM's owner); `None` for a
+    /// file in the pool the store has no row for (adopted by the next
+    /// reconciliation).
+    pub owner_uid: Option<u32>,
+    /// The owner's user name (the uid in decimal when it has none).
+    pub owner: Option<String>,
 }
 
 impl Manager {
@@ -129,35 +157,45 @@ impl Manager {
     }
 
     /// Checks, before anything is made, that `request` can be met for VM
-    /// `vm` of `caller`: a new volume's name is free; a kept volume exists
-    /// and (as only root may attach a kept volume: the pool does not record
-    /// owners yet) the caller is root. Whether another VM uses a kept
-    /// volume is checked in the store transaction with
-    /// [`check_unattached`].
-    pub fn check_data_request(
+    /// `vm` of `caller`: a new volume's name is free (no row, no file); a
+    /// kept volume exists and is the caller's (or the caller may manage
+    /// any VM). The create transaction checks again
+    /// ([`crate::store::Store::insert_claiming`]).
+    pub async fn check_data_request(
         &self,
         caller: &Caller,
         vm: &str,
         request: &DataRequest,
     ) -> Result<(), ManagerError> {
         let storage = self.storage()?;
-        let volume = Volume::Data(request.volume_name(vm));
-        let exists = storage.get(&volume)?.is_some();
+        let name = request.volume_name(vm);
+        let row = self.registry().store().volume(&name)?;
+        let file = storage.get(&Volume::Data(name.clone()))?.is_some();
         match request {
-            DataRequest::New(_) if exists => Err(ManagerError::InvalidArgument {
+            DataRequest::New(_) if row.is_some() || file => Err(ManagerError::InvalidArgument {
                 what: "data".into(),
                 reason: format!(
                     "a data volume {vm:?} is kept from an earlier VM: attach it with \
                      --data-volume {vm}, or delete it with `vmctl volume rm {vm}`"
                 ),
             }),
-            DataRequest::Existing(name) if !exists => Err(ManagerError::InvalidArgument {
-                what: "data_volume".into(),
-                reason: format!("there is no data volume {name:?} (see `vmctl volume list`)"),
-            }),
-            DataRequest::Existing(_) if !caller.is_root() => Err(ManagerError::PermissionDenied {
-                action: "attach a kept data volume (root only)".into(),
-            }),
+            DataRequest::Existing(_) => {
+                let visible = match &row {
+                    Some(row) if row.owner_uid == caller.uid => true,
+                    Some(_) => self.may_manage_any(caller).await?,
+                    None => false,
+                };
+                if visible && file {
+                    Ok(())
+                } else {
+                    Err(ManagerError::InvalidArgument {
+                        what: "data_volume".into(),
+                        reason: format!(
+                            "there is no data volume {name:?} of yours (see `vmctl volume list`)"
+                        ),
+                    })
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -189,15 +227,15 @@ impl Manager {
 
     /// Makes the new data volume `request` asks for (an empty ext4 file
     /// system made on the host, so the image needs no mkfs); a kept volume
-    /// is used as it is. Returns the volume when it was made here, for
-    /// the caller to undo.
+    /// is used as it is. Undone by [`Manager::undo_create`] through its
+    /// 'creating' row.
     pub async fn make_data_volume(
         &self,
         vm: &str,
         request: &DataRequest,
-    ) -> Result<Option<Volume>, ManagerError> {
+    ) -> Result<(), ManagerError> {
         let DataRequest::New(bytes) = request else {
-            return Ok(None);
+            return Ok(());
         };
         let storage = self.storage()?;
         let volume = Volume::Data(vm.to_string());
@@ -231,7 +269,7 @@ impl Manager {
             )));
         }
         tracing::info!("{vm}: data volume {} ({bytes} bytes)", path.display());
-        Ok(Some(volume))
+        Ok(())
     }
 
     /// Gives stopped VM `name` a fresh root volume cloned from its image
@@ -269,9 +307,10 @@ impl Manager {
     }
 
     /// Grows VM `name`'s `disk` (`root` or `data`) to `size` bytes
-    /// (`vmctl resize-disk`); the guest sees it after its next start.
-    /// Only the data volume can be grown for now: the root's size is part
-    /// of the stored spec, which has no update operation yet.
+    /// (`vmctl resize-disk`); the guest sees it after its next start. The
+    /// growth counts in the owner's disk quota: the stored size (the
+    /// volume's row, or the spec's `disk_bytes` for the root) is updated
+    /// in the transaction that checks the quota, then the file grows.
     pub async fn resize_disk(
         &self,
         caller: &Caller,
@@ -287,12 +326,7 @@ impl Manager {
                     reason: format!("VM {name:?} has no data volume"),
                 }
             })?),
-            "root" => {
-                return Err(ManagerError::InvalidArgument {
-                    what: "disk".into(),
-                    reason: "growing the root disk is not supported yet; only \"data\"".into(),
-                })
-            }
+            "root" => Volume::Root(name.to_string()),
             other => {
                 return Err(ManagerError::InvalidArgument {
                     what: "disk".into(),
@@ -302,7 +336,7 @@ impl Manager {
         };
         if size > limits::MAX_DISK {
             return Err(ManagerError::InvalidSize {
-                what: "data".into(),
+                what: disk.into(),
                 value: format_size(size),
                 reason: format!(
                     "{} exceeds the limit of {}",
@@ -311,7 +345,56 @@ impl Manager {
                 ),
             });
         }
-        self.storage()?.resize(&volume, size)?;
+        let storage = self.storage()?;
+        let current = storage
+            .get(&volume)?
+            .ok_or_else(|| StorageError::Missing(volume.clone()))?
+            .size_bytes;
+        if size < current {
+            return Err(StorageError::Shrink {
+                volume,
+                current,
+                requested: size,
+            }
+            .into());
+        }
+        let defaults = quota::load_defaults(self.config_path())
+            .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?;
+        let check_growth = |owner: u32, old: u64, now: &crate::store::Snapshot| {
+            let limits = quota::effective(owner, &defaults, now.quota.as_ref());
+            let usage = quota::Usage::of(owner, &now.vms, &now.volumes);
+            quota::check(
+                &limits,
+                &usage,
+                &quota::Usage::disk(size.saturating_sub(old)),
+            )
+        };
+        let store = self.registry().store();
+        match &volume {
+            Volume::Data(vol) => {
+                let old = store.resize_volume(vol, size, |row, now| {
+                    check_growth(row.owner_uid, row.size, now)
+                })?;
+                if let Err(e) = storage.resize(&volume, size) {
+                    store.set_volume_size(vol, old.size)?;
+                    return Err(e.into());
+                }
+            }
+            Volume::Root(_) => {
+                let grown = store.update_spec(name, |spec, now| {
+                    check_growth(spec.owner_uid, spec.disk_bytes, now)?;
+                    Ok(VmSpec {
+                        disk_bytes: size.max(spec.disk_bytes),
+                        ..spec.clone()
+                    })
+                })?;
+                if let Err(e) = storage.resize(&volume, size) {
+                    store.update_spec(name, |_, _| Ok(spec.clone()))?;
+                    return Err(e.into());
+                }
+                self.registry().write(&grown)?;
+            }
+        }
         tracing::info!("{name}: {volume} grown to {size} bytes");
         Ok(())
     }
@@ -331,18 +414,33 @@ impl Manager {
         Ok(spec)
     }
 
-    /// Deletes `volume` if a failed create made it (a kept volume it only
-    /// attached is never passed here).
-    pub fn discard_volume(&self, volume: Option<Volume>) {
-        if let Some(volume) = volume {
-            if let Err(e) = self.storage().and_then(|s| Ok(s.delete(&volume)?)) {
-                tracing::warn!("rollback: cannot delete {volume}: {e}");
-            }
+    /// Deletes the data volumes a create of VM `vm` made and did not
+    /// finish (rows still 'creating'): file first, row last, so a crash in
+    /// between is undone again. A kept volume the create only attached is
+    /// detached by the VM row's deletion (`ON DELETE SET NULL`).
+    pub(crate) fn undo_data_volumes(&self, vm: &str) -> Result<(), ManagerError> {
+        let store = self.registry().store();
+        let storage = self.storage()?;
+        for row in store
+            .volumes()?
+            .into_iter()
+            .filter(|row| row.state == VolumeState::Creating && row.vm.as_deref() == Some(vm))
+        {
+            storage.delete(&Volume::Data(row.name.clone()))?;
+            store.delete_volume(&row.name)?;
+            tracing::info!(
+                "{vm}: undo create: deleted its new data volume {}",
+                row.name
+            );
         }
+        Ok(())
     }
 
     /// Removes VM `name` like [`Manager::remove`]; its data volume stays
-    /// (listed by `vmctl volume list`) unless `delete_data`.
+    /// (kept, still its owner's, listed by `vmctl volume list`) unless
+    /// `delete_data`. The delete is journaled before the VM goes (row
+    /// 'deleting'), so a crash after the remove is finished by
+    /// reconciliation.
     pub async fn remove_with_data(
         &self,
         caller: &Caller,
@@ -350,29 +448,62 @@ impl Manager {
         delete_data: bool,
     ) -> Result<(), ManagerError> {
         let spec = self.visible_spec(caller, name).await?;
-        self.remove(caller, name).await?;
-        if let Some(volume) = spec.data_volume {
-            if delete_data {
-                self.storage()?.delete(&Volume::Data(volume.clone()))?;
+        let store = self.registry().store();
+        let doomed = match &spec.data_volume {
+            Some(volume) if delete_data => {
+                self.manageable_unit(caller, name).await?;
+                store.transition_volume(volume, VolumeState::Ready, VolumeState::Deleting)?;
+                Some(volume.clone())
+            }
+            _ => None,
+        };
+        if let Err(e) = self.remove(caller, name).await {
+            if let Some(volume) = &doomed {
+                store.transition_volume(volume, VolumeState::Deleting, VolumeState::Ready)?;
+            }
+            return Err(e);
+        }
+        match doomed {
+            Some(volume) => {
+                self.finish_volume_delete(&volume)?;
                 tracing::info!("{name}: deleted its data volume {volume}");
-            } else {
-                tracing::info!("{name}: kept its data volume {volume}");
+            }
+            None => {
+                if let Some(volume) = spec.data_volume {
+                    tracing::info!("{name}: kept its data volume {volume}");
+                }
             }
         }
         Ok(())
     }
 
-    /// The volumes `caller` may see, with the VM using each: those of the
-    /// caller's VMs; for root (or manage-any) every volume, kept ones too.
+    /// The last steps of deleting data volume `name` (its row says
+    /// 'deleting'): the file, then the row. Repeatable.
+    pub(crate) fn finish_volume_delete(&self, name: &str) -> Result<(), ManagerError> {
+        self.storage()?.delete(&Volume::Data(name.to_string()))?;
+        self.registry().store().delete_volume(name)
+    }
+
+    /// The volumes `caller` may see, with the VM using each and its owner:
+    /// the caller's own (root volumes of its VMs, data volumes it holds,
+    /// kept ones too); with manage-any, every volume.
     pub async fn list_volumes(&self, caller: &Caller) -> Result<Vec<VolumeEntry>, ManagerError> {
         self.authorize(caller, Action::Create).await?;
         let see_all = self.may_manage_any(caller).await?;
         let specs = self.registry().list()?;
-        let user_of = |volume: &Volume| -> Option<&VmSpec> {
-            specs.iter().find(|s| match volume {
-                Volume::Root(vm) => s.name == *vm,
-                Volume::Data(name) => s.data_volume.as_deref() == Some(name),
-            })
+        let rows = self.registry().store().volumes()?;
+        // (VM using it, owner) of each volume the store knows.
+        let known = |volume: &Volume| -> Option<(Option<String>, u32)> {
+            match volume {
+                Volume::Root(vm) => specs
+                    .iter()
+                    .find(|s| s.name == *vm)
+                    .map(|s| (Some(s.name.clone()), s.owner_uid)),
+                Volume::Data(name) => rows
+                    .iter()
+                    .find(|r| r.name == *name)
+                    .map(|r| (r.vm.clone(), r.owner_uid)),
+            }
         };
         let storage = self.storage()?;
         let volumes = tokio::task::spawn_blocking(move || storage.list())
@@ -381,73 +512,73 @@ impl Manager {
         Ok(volumes
             .into_iter()
             .filter_map(|info| {
-                let user = user_of(&info.volume);
-                let visible = see_all || user.is_some_and(|s| s.owner_uid == caller.uid);
+                let (vm, owner_uid) = match known(&info.volume) {
+                    Some((vm, owner)) => (vm, Some(owner)),
+                    None => (None, None),
+                };
+                let visible = see_all || owner_uid == Some(caller.uid);
                 visible.then(|| VolumeEntry {
-                    vm: user.map(|s| s.name.clone()),
+                    vm,
+                    owner: owner_uid.map(accounts::display_name),
+                    owner_uid,
                     info,
                 })
             })
             .collect())
     }
 
-    /// Deletes the kept data volume `name` (root only: kept volumes have no
-    /// recorded owner); one a VM uses is refused, naming the VM.
+    /// Deletes the kept data volume `name`: its owner may (with the create
+    /// action), others need manage-any and otherwise get "no such volume".
+    /// One a VM uses is refused, naming the VM.
     pub async fn delete_volume(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
-        self.authorize(caller, Action::Admin).await?;
+        self.authorize(caller, Action::Create).await?;
         super::validate_volume_name(name)?;
-        let volume = Volume::Data(name.to_string());
-        if let Some(vm) = self
-            .registry()
-            .list()?
-            .into_iter()
-            .find(|s| s.data_volume.as_deref() == Some(name))
-        {
+        let store = self.registry().store();
+        let missing = || ManagerError::InvalidArgument {
+            what: "volume".into(),
+            reason: format!("there is no data volume {name:?} of yours (see `vmctl volume list`)"),
+        };
+        let row = store.volume(name)?.ok_or_else(missing)?;
+        if row.owner_uid != caller.uid {
+            if !self.may_manage_any(caller).await? {
+                return Err(missing());
+            }
+            self.authorize(caller, Action::ManageAny).await?;
+        }
+        if let Some(vm) = &row.vm {
             return Err(ManagerError::InvalidArgument {
                 what: "volume".into(),
                 reason: format!(
-                    "data volume {name:?} is used by VM {:?}; remove the VM first",
-                    vm.name
+                    "data volume {name:?} is used by VM {vm:?}; remove the VM first \
+                     (vmctl rm --delete-data {vm} removes both)"
                 ),
             });
         }
-        let storage = self.storage()?;
-        if storage.get(&volume)?.is_none() {
+        // A 'deleting' row is an interrupted delete: finished here.
+        let busy = match row.state {
+            VolumeState::Creating => true,
+            VolumeState::Ready => !store.begin_volume_delete(name)?,
+            VolumeState::Deleting => false,
+        };
+        if busy {
             return Err(ManagerError::InvalidArgument {
                 what: "volume".into(),
-                reason: format!("there is no data volume {name:?}"),
+                reason: format!("data volume {name:?} is being attached; try again later"),
             });
         }
-        storage.delete(&volume)?;
-        tracing::info!("deleted data volume {name}");
+        self.finish_volume_delete(name)?;
+        tracing::info!("deleted data volume {name} (by uid {})", caller.uid);
         Ok(())
-    }
-}
-
-/// In the create transaction: a kept volume must not be in use by any of
-/// the stored VMs.
-pub fn check_unattached<'a>(
-    volume: &str,
-    vms: impl IntoIterator<Item = &'a VmSpec>,
-) -> Result<(), ManagerError> {
-    match vms
-        .into_iter()
-        .find(|s| s.data_volume.as_deref() == Some(volume))
-    {
-        Some(vm) => Err(ManagerError::InvalidArgument {
-            what: "data_volume".into(),
-            reason: format!("data volume {volume:?} is in use by VM {:?}", vm.name),
-        }),
-        None => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authz::Authority;
     use crate::lifecycle::testing::setup;
     use std::fs;
-    use vmctl_api::CreateParams;
+    use vmctl_api::{sizes::GIB, CreateParams};
 
     fn params(name: &str, data_bytes: Option<u64>, data_volume: Option<&str>) -> CreateParams {
         CreateParams {
@@ -562,11 +693,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fs::metadata(&data).unwrap().len(), 128 * MIB);
+        assert_eq!(
+            m.registry().store().volume("web").unwrap().unwrap().size,
+            128 * MIB
+        );
+        // The root grows too: file, stored spec and spec file alike.
+        let bigger = before.disk_bytes + GIB;
+        m.resize_disk(&Caller::ROOT, "web", "root", bigger)
+            .await
+            .unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().len(), bigger);
+        let grown = VmSpec {
+            disk_bytes: bigger,
+            ..before.clone()
+        };
+        assert_eq!(m.registry().get("web").unwrap().unwrap(), grown);
+        assert_eq!(
+            m.registry().spec_file_contents("web").unwrap().unwrap(),
+            grown
+        );
         for (disk, size, error) in [
             ("data", 100 * MIB, "InvalidSize"),
-            ("root", 8 << 30, "InvalidArgument"),
+            ("root", before.disk_bytes, "InvalidSize"),
             ("swap", 8 << 30, "InvalidArgument"),
             ("data", 1 << 60, "InvalidSize"),
+            ("root", 1 << 60, "InvalidSize"),
         ] {
             let e = m
                 .resize_disk(&Caller::ROOT, "web", disk, size)
@@ -575,6 +726,8 @@ mod tests {
             assert_eq!(e.short_name(), error, "{disk} {size}: {e}");
         }
         assert_eq!(fs::metadata(&data).unwrap().len(), 128 * MIB);
+        assert_eq!(fs::metadata(&root).unwrap().len(), bigger);
+        assert_eq!(m.registry().get("web").unwrap().unwrap(), grown);
         let e = m.rebuild(&Caller::ROOT, "nope").await.unwrap_err();
         assert_eq!(e.short_name(), "NoSuchVM", "{e}");
     }
@@ -598,5 +751,160 @@ mod tests {
         assert!(!dir.path().join("volumes").exists());
         let e = m.delete_volume(&Caller::ROOT, "nope").await.unwrap_err();
         assert_eq!(e.short_name(), "InvalidArgument", "{e}");
+    }
+
+    /// nobody (65534) and daemon (1) exist on every Debian system; the
+    /// guest account of a create needs a real user name.
+    const ALICE: u32 = 65534;
+    const BOB: u32 = 1;
+
+    fn users() -> (tempfile::TempDir, Manager) {
+        let (dir, m) = setup();
+        let grants = [ALICE, BOB]
+            .into_iter()
+            .flat_map(|uid| [(uid, Action::Create), (uid, Action::ManageOwn)]);
+        (dir, m.with_authority(Authority::fixed(grants)))
+    }
+
+    fn entries(list: &[VolumeEntry]) -> Vec<(String, &'static str, Option<String>, Option<u32>)> {
+        list.iter()
+            .map(|e| {
+                (
+                    e.info.volume.name().to_string(),
+                    e.info.volume.kind(),
+                    e.vm.clone(),
+                    e.owner_uid,
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_kept_volume_belongs_to_its_owner() {
+        let (_dir, m) = users();
+        let (alice, bob) = (Caller::without_subject(ALICE), Caller::without_subject(BOB));
+        m.create(&alice, params("db", Some(64 * MIB), None))
+            .await
+            .unwrap();
+        m.remove_with_data(&alice, "db", false).await.unwrap();
+        let kept = ("db".to_string(), "data", None, Some(ALICE));
+        assert_eq!(
+            entries(&m.list_volumes(&alice).await.unwrap()),
+            std::slice::from_ref(&kept)
+        );
+        assert_eq!(
+            entries(&m.list_volumes(&Caller::ROOT).await.unwrap()),
+            [kept]
+        );
+        // Bob neither sees, attaches nor deletes it: to him it is not there.
+        assert!(m.list_volumes(&bob).await.unwrap().is_empty());
+        let e = m
+            .create(&bob, params("bobs", None, Some("db")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "InvalidArgument", "{e}");
+        assert!(
+            e.to_string().contains("no data volume \"db\" of yours"),
+            "{e}"
+        );
+        assert!(m.registry().get("bobs").unwrap().is_none());
+        let e = m.delete_volume(&bob, "db").await.unwrap_err();
+        assert!(
+            e.to_string().contains("no data volume \"db\" of yours"),
+            "{e}"
+        );
+        // Alice attaches it to a new VM, then deletes it with that VM.
+        m.create(&alice, params("db2", None, Some("db")))
+            .await
+            .unwrap();
+        let row = m.registry().store().volume("db").unwrap().unwrap();
+        assert_eq!((row.vm.as_deref(), row.owner_uid), (Some("db2"), ALICE));
+        m.remove_with_data(&alice, "db2", true).await.unwrap();
+        assert!(m.registry().store().volume("db").unwrap().is_none());
+        assert!(!m.layout().volume_file("db").exists());
+    }
+
+    #[tokio::test]
+    async fn data_volumes_count_in_the_disk_quota() {
+        let (dir, m) = users();
+        let alice = Caller::without_subject(ALICE);
+        // Room for the root (the 64 MiB image, default size) and 256 MiB.
+        let root = m
+            .create(&alice, params("probe", None, None))
+            .await
+            .unwrap()
+            .disk_bytes;
+        m.remove(&alice, "probe").await.unwrap();
+        fs::write(
+            dir.path().join("vmctl.conf"),
+            format!("[Quota]\nMaxDisk={}\n", root + 256 * MIB),
+        )
+        .unwrap();
+        let e = m
+            .create(&alice, params("big", Some(512 * MIB), None))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ManagerError::QuotaExceeded {
+                resource: "disk_bytes".into(),
+                limit: (root + 256 * MIB) as i64,
+                requested: (root + 512 * MIB) as i64,
+            }
+        );
+        assert!(m.registry().store().volumes().unwrap().is_empty());
+        m.create(&alice, params("db", Some(128 * MIB), None))
+            .await
+            .unwrap();
+        // Growth counts: 256 MiB fits, 512 MiB does not, and nothing
+        // changes when refused.
+        m.resize_disk(&alice, "db", "data", 256 * MIB)
+            .await
+            .unwrap();
+        let e = m
+            .resize_disk(&alice, "db", "data", 512 * MIB)
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "QuotaExceeded", "{e}");
+        let e = m
+            .resize_disk(&alice, "db", "root", root + GIB)
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "QuotaExceeded", "{e}");
+        assert_eq!(
+            fs::metadata(m.layout().volume_file("db")).unwrap().len(),
+            256 * MIB
+        );
+        assert_eq!(
+            m.registry().store().volume("db").unwrap().unwrap().size,
+            256 * MIB
+        );
+        // A kept volume still counts: no new VM fits beside it.
+        m.remove_with_data(&alice, "db", false).await.unwrap();
+        let quota = m.get_quota(&alice, None).await.unwrap();
+        assert_eq!(quota.disk_bytes, 256 * MIB);
+        let e = m
+            .create(&alice, params("again", Some(64 * MIB), None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "QuotaExceeded", "{e}");
+        m.delete_volume(&alice, "db").await.unwrap();
+        assert_eq!(m.get_quota(&alice, None).await.unwrap().disk_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_deletes_the_data_volume_it_made() {
+        let (_dir, m) = setup();
+        // The host key directory in the way: create fails after the data
+        // volume was made.
+        fs::create_dir_all(m.layout().key_dir("db")).unwrap();
+        let e = m
+            .create(&Caller::ROOT, params("db", Some(64 * MIB), None))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exists although no VM"), "{e}");
+        assert!(m.registry().store().volumes().unwrap().is_empty());
+        assert!(!m.layout().volume_file("db").exists());
+        assert!(volumes(&m).await.is_empty());
     }
 }

@@ -14,6 +14,7 @@
 mod quotas;
 mod ssh_keys;
 mod vms;
+mod volumes;
 
 use std::{
     fs,
@@ -28,6 +29,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use quotas::QuotaOverride;
 pub use ssh_keys::KeyAdded;
 pub use vms::{Snapshot, VmRow, VmState};
+pub use volumes::{VolumeClaim, VolumeRow, VolumeState};
 
 use crate::ManagerError;
 
@@ -42,6 +44,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "ssh_keys", include_str!("migrations/0002_ssh_keys.sql")),
+    (4, "volumes", include_str!("migrations/0004_volumes.sql")),
 ];
 
 /// The schema version this vmctld writes.
@@ -165,7 +168,7 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
 }
 
 /// Seconds since the epoch.
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -4,7 +4,11 @@
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use vmctl_api::spec::VmSpec;
 
-use super::{now, QuotaOverride, Store};
+use super::{
+    now,
+    volumes::{self, ClaimError, VolumeClaim, VolumeRow},
+    QuotaOverride, Store,
+};
 use crate::ManagerError;
 
 /// Where a VM is in its life, as far as the store knows.
@@ -50,12 +54,14 @@ pub struct VmRow {
 }
 
 /// What a create decides from, read inside its write transaction: every
-/// stored VM (whatever its state: all hold their allocations) and the
-/// owner's quota override.
+/// stored VM (whatever its state: all hold their allocations), every data
+/// volume and the owner's quota override.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Every VM in the store.
     pub vms: Vec<VmSpec>,
+    /// Every data volume in the store.
+    pub volumes: Vec<VolumeRow>,
     /// The override of the new VM's owner, if one is set.
     pub quota: Option<QuotaOverride>,
 }
@@ -138,6 +144,19 @@ impl Store {
         owner_uid: u32,
         make: impl FnOnce(&Snapshot) -> Result<VmSpec, ManagerError>,
     ) -> Result<VmSpec, ManagerError> {
+        self.insert_claiming(name, owner_uid, None, make)
+    }
+
+    /// [`Store::insert_creating`] that also records the data volume
+    /// `claim` in the same transaction: a new one as 'creating' (undone
+    /// with the VM), or a kept one attached to the new VM.
+    pub fn insert_claiming(
+        &self,
+        name: &str,
+        owner_uid: u32,
+        claim: Option<&VolumeClaim>,
+        make: impl FnOnce(&Snapshot) -> Result<VmSpec, ManagerError>,
+    ) -> Result<VmSpec, ManagerError> {
         self.write(|tx| {
             let exists: Option<i64> = tx
                 .query_row("SELECT 1 FROM vms WHERE name = ?1", [name], |r| r.get(0))
@@ -146,17 +165,82 @@ impl Store {
             if exists.is_some() {
                 return Err(ManagerError::VmExists { name: name.into() });
             }
-            let snapshot = Snapshot {
-                vms: all(tx)
-                    .map_err(|e| self.error(e))?
-                    .into_iter()
-                    .map(|row| row.spec)
-                    .collect(),
-                quota: Self::quota_in(tx, owner_uid).map_err(|e| self.error(e))?,
-            };
+            let snapshot = self.snapshot_in(tx, owner_uid)?;
             let spec = make(&snapshot)?;
             insert(tx, &spec, VmState::Creating).map_err(|e| insert_error(self, &spec, e))?;
+            if let Some(claim) = claim {
+                volumes::claim(tx, claim, &spec.name, spec.owner_uid)
+                    .map_err(|e| self.claim_error(&snapshot, e))?;
+            }
             Ok(spec)
+        })
+    }
+
+    /// Everything a quota check of `owner_uid` reads, inside `tx`.
+    pub(super) fn snapshot_in(
+        &self,
+        tx: &Transaction<'_>,
+        owner_uid: u32,
+    ) -> Result<Snapshot, ManagerError> {
+        Ok(Snapshot {
+            vms: all(tx)
+                .map_err(|e| self.error(e))?
+                .into_iter()
+                .map(|row| row.spec)
+                .collect(),
+            volumes: volumes::all(tx).map_err(|e| self.error(e))?,
+            quota: Self::quota_in(tx, owner_uid).map_err(|e| self.error(e))?,
+        })
+    }
+
+    fn claim_error(&self, snapshot: &Snapshot, e: ClaimError) -> ManagerError {
+        let invalid = |reason: String| ManagerError::InvalidArgument {
+            what: "data_volume".into(),
+            reason,
+        };
+        match e {
+            ClaimError::Exists(name) => invalid(format!(
+                "a data volume {name:?} exists already (kept from an earlier VM?): attach it \
+                 with --data-volume {name}, or delete it with `vmctl volume rm {name}`"
+            )),
+            ClaimError::Unavailable(name) => {
+                match snapshot.volumes.iter().find(|v| v.name == name) {
+                    Some(VolumeRow { vm: Some(vm), .. }) => {
+                        invalid(format!("data volume {name:?} is in use by VM {vm:?}"))
+                    }
+                    Some(row) => invalid(format!(
+                        "data volume {name:?} is being {}; try again later",
+                        if row.state == volumes::VolumeState::Creating {
+                            "created"
+                        } else {
+                            "deleted"
+                        }
+                    )),
+                    None => invalid(format!(
+                        "there is no data volume {name:?} (see `vmctl volume list`)"
+                    )),
+                }
+            }
+            ClaimError::Sql(e) => self.error(e),
+        }
+    }
+
+    /// The last step of a create: VM `name` and the data volume it made
+    /// become 'ready' together. False when its row was not 'creating'.
+    pub fn mark_created(&self, name: &str) -> Result<bool, ManagerError> {
+        self.write(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE vms SET state = 'ready' WHERE name = ?1 AND state = 'creating'",
+                    [name],
+                )
+                .map_err(|e| self.error(e))?;
+            tx.execute(
+                "UPDATE volumes SET state = 'ready' WHERE vm = ?1 AND state = 'creating'",
+                [name],
+            )
+            .map_err(|e| self.error(e))?;
+            Ok(n == 1)
         })
     }
 
@@ -207,6 +291,43 @@ impl Store {
             )
             .map_err(|e| self.error(e))?;
         Ok(n == 1)
+    }
+
+    /// Replaces the spec of the ready VM `name` by what `change` makes of
+    /// it, given a [`Snapshot`] for a quota check of its owner, in one
+    /// write transaction (the `disk` column follows the spec). Returns the
+    /// new spec; the caller rewrites the spec file from it.
+    pub fn update_spec(
+        &self,
+        name: &str,
+        change: impl FnOnce(&VmSpec, &Snapshot) -> Result<VmSpec, ManagerError>,
+    ) -> Result<VmSpec, ManagerError> {
+        self.write(|tx| {
+            let row = tx
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"),
+                    [name],
+                    row_to_vm,
+                )
+                .optional()
+                .map_err(|e| self.error(e))?
+                .filter(|row| row.state == VmState::Ready)
+                .ok_or_else(|| ManagerError::NoSuchVm { name: name.into() })?;
+            let snapshot = self.snapshot_in(tx, row.spec.owner_uid)?;
+            let spec = change(&row.spec, &snapshot)?;
+            if spec.name != row.spec.name || spec.owner_uid != row.spec.owner_uid {
+                return Err(ManagerError::internal(format!(
+                    "{name}: an update may not change the name or owner"
+                )));
+            }
+            let json = serde_json::to_string(&spec).map_err(ManagerError::internal)?;
+            tx.execute(
+                "UPDATE vms SET spec = ?2, disk = ?3, image = ?4 WHERE name = ?1",
+                params![name, json, spec.disk_bytes as i64, spec.image],
+            )
+            .map_err(|e| self.error(e))?;
+            Ok(spec)
+        })
     }
 
     /// Deletes VM `name`'s row, freeing its name, CID and addresses.
