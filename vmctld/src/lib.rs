@@ -32,6 +32,7 @@ pub mod limits;
 pub mod list_watch;
 pub mod logging;
 pub mod manager;
+pub mod publish;
 pub mod quota;
 pub mod reconcile;
 pub mod registry;

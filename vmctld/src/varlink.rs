@@ -350,6 +350,25 @@ impl VarlinkService {
                     Err(e) => Err(e.to_varlink()),
                 },
             }),
+            "Publish" => Answer::Now(match publish_parameters(call) {
+                Err(e) => Err(e),
+                Ok((name, port, public)) => {
+                    match self.manager.publish(&caller, &name, port, public).await {
+                        Ok(p) => Ok(json!({ "port": p.port, "public": p.public })),
+                        Err(e) => Err(e.to_varlink()),
+                    }
+                }
+            }),
+            "IssueLoginToken" => Answer::Now(match name_parameter(call) {
+                Err(e) => Err(e),
+                Ok(name) => match self.manager.issue_login_token(&caller, &name).await {
+                    Ok(token) => Ok(json!({
+                        "token": token,
+                        "expires_in_sec": crate::publish::LOGIN_TOKEN_LIFETIME.as_secs(),
+                    })),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
             "RemoveVolume" => Answer::Now(match name_parameter(call) {
                 Err(e) => Err(e),
                 Ok(name) => match self.manager.delete_volume(&caller, &name).await {
@@ -512,6 +531,19 @@ fn name_parameter(call: &RawCall) -> Result<String, ErrorReply> {
     check_parameters(call, &["name"])?;
     let input: NameParams = parameters(call, "name")?;
     Ok(input.name)
+}
+
+/// `Publish`'s name, port and public flag (HTTPS proxy).
+fn publish_parameters(call: &RawCall) -> Result<(String, Option<u16>, Option<bool>), ErrorReply> {
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        port: Option<u16>,
+        public: Option<bool>,
+    }
+    check_parameters(call, &["name", "port", "public"])?;
+    let input: In = parameters(call, "port")?;
+    Ok((input.name, input.port, input.public))
 }
 
 /// `List`'s `all`.
@@ -759,7 +791,9 @@ mod tests {
                 "RemoveImage",
                 "AddSSHKey",
                 "ListSSHKeys",
-                "RemoveSSHKey"
+                "RemoveSSHKey",
+                "Publish",
+                "IssueLoginToken"
             ]
         );
         let errors: Vec<String> = ours.errors().map(|e| e.name().to_string()).collect();

@@ -21,7 +21,71 @@ pub async fn call(manager: &Manager, caller: &Caller, member: &str, call: &RawCa
     match member {
         "Hello" => Answer::Now(check_parameters(call, &[]).and_then(|()| hello(manager, caller))),
         "LookupSSHKey" => Answer::Now(lookup_ssh_key(manager, call)),
+        "ResolveRoute" => Answer::Now(match check_parameters(call, &["name"]) {
+            Err(e) => Err(e),
+            Ok(()) => match call
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.as_str())
+            {
+                None => Err(invalid_parameter("name")),
+                Some(name) => resolve_route(manager, caller, name).await,
+            },
+        }),
+        "RedeemLoginToken" => Answer::Now(match check_parameters(call, &["token"]) {
+            Err(e) => Err(e),
+            Ok(()) => match call
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get("token"))
+                .and_then(|n| n.as_str())
+            {
+                None => Err(invalid_parameter("token")),
+                Some(token) => redeem_login_token(manager, caller, token),
+            },
+        }),
         _ => Answer::Now(Err(method_not_found(call))),
+    }
+}
+
+/// The error of a login token that is unknown, used or expired.
+pub const INVALID_LOGIN_TOKEN: &str = "io.vmctl.Gateway.InvalidLoginToken";
+
+fn invalid_parameter(name: &str) -> ErrorReply {
+    ErrorReply::new(
+        vmctl_api::errors::INVALID_PARAMETER,
+        json!({ "parameter": name }),
+    )
+}
+
+async fn resolve_route(
+    manager: &Manager,
+    caller: &Caller,
+    name: &str,
+) -> Result<serde_json::Value, ErrorReply> {
+    let route = manager
+        .resolve_route(caller, name)
+        .await
+        .map_err(|e| e.to_varlink())?;
+    Ok(json!({
+        "ipv4": route.ipv4.map(|a| a.to_string()),
+        "port": route.publication.port,
+        "owner_uid": route.owner_uid,
+        "public": route.publication.public,
+        "state": route.state,
+    }))
+}
+
+fn redeem_login_token(
+    manager: &Manager,
+    caller: &Caller,
+    token: &str,
+) -> Result<serde_json::Value, ErrorReply> {
+    match manager.redeem_login_token(caller, token) {
+        Ok(Some((uid, user))) => Ok(json!({ "uid": uid, "user": user })),
+        Ok(None) => Err(ErrorReply::new(INVALID_LOGIN_TOKEN, json!({}))),
+        Err(e) => Err(e.to_varlink()),
     }
 }
 
@@ -106,7 +170,8 @@ mod tests {
     #[tokio::test]
     async fn lookup_ssh_key_answers_gateways_only() {
         let (_dir, service, gateway, stranger) = service();
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ1Fo4s6ZcVAqGOD3iKhvVv8Ns3N5XMK0c9uVY2Rl8e";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ1Fo4s6ZcVAqGOD3iKhvVv8Ns3N5XMK0c9uVY2Rl8e";
         let lookup = call("io.vmctl.Gateway.LookupSSHKey", json!({ "key": key }));
         let e = service.dispatch(&gateway, &lookup).await.unwrap_err();
         assert_eq!(e.error, super::NO_SUCH_KEY);

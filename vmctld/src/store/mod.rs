@@ -11,6 +11,7 @@
 //! The schema is versioned by `PRAGMA user_version`; each file under
 //! `migrations/` is applied once, in order, in its own transaction.
 
+mod publications;
 mod quotas;
 mod ssh_keys;
 mod vms;
@@ -26,6 +27,7 @@ use std::{
 
 use rusqlite::{Connection, TransactionBehavior};
 
+pub use publications::Publication;
 pub use quotas::QuotaOverride;
 pub use ssh_keys::KeyAdded;
 pub use vms::{Snapshot, VmRow, VmState};
@@ -44,6 +46,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "ssh_keys", include_str!("migrations/0002_ssh_keys.sql")),
+    (
+        3,
+        "publications",
+        include_str!("migrations/0003_publications.sql"),
+    ),
     (4, "volumes", include_str!("migrations/0004_volumes.sql")),
 ];
 
