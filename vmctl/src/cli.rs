@@ -201,6 +201,28 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
+    /// How the HTTPS proxy serves a VM at https://NAME.<domain>/: the
+    /// VM's port (80 until set) and who may visit (private: only you,
+    /// after `vmctl login`; public: anyone).
+    Publish {
+        /// The VM's name.
+        name: String,
+        /// The VM's port the proxy forwards to.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Open the site to anyone.
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        /// Only the owner, after a login (the default).
+        #[arg(long)]
+        private: bool,
+    },
+    /// Print a one-time link that logs you in to your VM's private site on
+    /// the HTTPS proxy (valid for 5 minutes).
+    Login {
+        /// The VM's name.
+        name: String,
+    },
     /// Your SSH public keys for the SSH gateway (`ssh -p 2222 HOST`):
     /// a registered key opens your account there.
     SshKey {

@@ -12,6 +12,7 @@ mod polkit_agent;
 mod users;
 mod volume;
 mod watch;
+mod web;
 
 use std::process::ExitCode;
 
@@ -187,6 +188,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Cp { from, to, max_size } => {
             exec::copy(&cli.address, &from, &to, max_size).await?
         }
+        Command::Publish {
+            name,
+            port,
+            public,
+            private,
+        } => web::publish(&cli.address, &name, port, web::visibility(public, private)?).await?,
+        Command::Login { name } => web::login(&cli.address, &name).await?,
         Command::SshKey { action } => keys::ssh_key(&cli.address, action).await?,
         Command::Quota { action } => match action {
             cli::QuotaCommand::Show { user, json } => {

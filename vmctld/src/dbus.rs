@@ -226,6 +226,35 @@ impl ManagerObject {
         Ok(self.manager.remove(&caller, &name).await?)
     }
 
+    /// How the HTTPS proxy publishes the VM: `port` (0 keeps it) and
+    /// `visibility` ("public", "private", or "" to keep it); returns the
+    /// port and whether it is public. The twin of varlink `Publish`.
+    async fn publish(
+        &self,
+        name: String,
+        port: u16,
+        visibility: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(u16, bool), DbusError> {
+        let caller = caller(conn, &header).await?;
+        let public = match visibility.as_str() {
+            "" => None,
+            "public" => Some(true),
+            "private" => Some(false),
+            other => {
+                return Err(ManagerError::InvalidArgument {
+                    what: "visibility".into(),
+                    reason: format!("{other:?}: expected \"public\", \"private\" or \"\""),
+                }
+                .into())
+            }
+        };
+        let port = (port != 0).then_some(port);
+        let p = self.manager.publish(&caller, &name, port, public).await?;
+        Ok((p.port, p.public))
+    }
+
     /// Everything known about the VM, as a dictionary.
     async fn describe(
         &self,

@@ -99,6 +99,8 @@ pub fn build(profile: Profile) -> Result<()> {
                 "-p",
                 "vmctl-ssh",
                 "-p",
+                "vmctl-https",
+                "-p",
                 "nss-vmctl",
                 "-p",
                 "vmctl-guest",
@@ -132,6 +134,8 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
         Entry::binary(out.join("vmctl-launch"), p("libexec/vmctl/vmctl-launch")),
         // The SSH gateway (vmctl-ssh.socket starts it).
         Entry::binary(out.join("vmctl-ssh"), p("libexec/vmctl/vmctl-ssh")),
+        // The HTTPS proxy (vmctl-https.socket starts it).
+        Entry::binary(out.join("vmctl-https"), p("libexec/vmctl/vmctl-https")),
         Entry::data(
             out.join("libnss_vmctl.so"),
             p(&format!("lib/{}/libnss_vmctl.so.2", multiarch())),
