@@ -140,8 +140,9 @@ pub fn is_plain_user_name(name: &str) -> bool {
 }
 
 /// The credentials of `spec` with its host key read from `layout` (as
-/// root: the private key is 0600). A VM without a host key (made before
-/// vmctld made them) gets the others.
+/// root: the private key is 0600), and the gateways' client keys of the
+/// VM's key directory added to its authorized keys. A VM without a host
+/// key (made before vmctld made them) gets the others.
 pub fn for_vm(layout: &Layout, spec: &VmSpec) -> io::Result<Vec<GuestCredential>> {
     let private_path = layout.host_key(&spec.name);
     let mut public_path = private_path.clone().into_os_string();
@@ -156,7 +157,20 @@ pub fn for_vm(layout: &Layout, spec: &VmSpec) -> io::Result<Vec<GuestCredential>
     };
     let private = read(&private_path)?;
     let public = read(std::path::Path::new(&public_path))?;
-    Ok(for_spec(spec, &private, &public))
+    let gateways = read(&layout.vm_gateway_keys(&spec.name))?;
+    if gateways.trim().is_empty() {
+        return Ok(for_spec(spec, &private, &public));
+    }
+    // The gateways' client keys open the same account as the owner's keys
+    // (the SSH gateway logs in as the VM's SSH user).
+    let mut spec = spec.clone();
+    spec.ssh_authorized_keys.extend(
+        gateways
+            .lines()
+            .filter(|l| crate::ssh_keys::validate_public_key(l).is_ok())
+            .map(str::to_string),
+    );
+    Ok(for_spec(&spec, &private, &public))
 }
 
 /// Standard base64 with padding (RFC 4648 §4).
@@ -201,6 +215,7 @@ mod tests {
             ssh_authorized_keys: keys.iter().map(|k| k.to_string()).collect(),
             guest_user: user.map(str::to_string),
             data_volume: None,
+            ephemeral: false,
         }
     }
 
@@ -299,6 +314,19 @@ mod tests {
         assert!(
             tmpfiles.contains(&base64(b"ssh-ed25519 P c\n")),
             "{tmpfiles}"
+        );
+        assert!(creds.iter().all(|c| c.name != "ssh.authorized_keys.root"));
+        // A gateway's client key opens the VM's account (root here).
+        let gateway = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ1Fo4s6ZcVAqGOD3iKhvVv8Ns3N5XMK0c9uVY2Rl8e vmctl-gateway:vmctl-ssh";
+        fs::write(
+            layout.vm_gateway_keys("blog"),
+            format!("{gateway}\nnot a key\n"),
+        )
+        .unwrap();
+        let creds = for_vm(&layout, &s).unwrap();
+        assert_eq!(
+            value(&creds, "ssh.authorized_keys.root"),
+            format!("{gateway}\n")
         );
         fs::remove_dir_all(&dir).unwrap();
     }

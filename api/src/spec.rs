@@ -208,6 +208,20 @@ impl Layout {
         self.key_dir(name).join("ssh_host_ed25519_key")
     }
 
+    /// The public keys of the gateways (`vmctl-ssh` logs into guests with
+    /// its own client key), one `authorized_keys` line per gateway; vmctld
+    /// keeps it (`io.vmctl.Gateway.SetGuestClientKey`).
+    pub fn gateway_keys(&self) -> PathBuf {
+        self.state_dir.join("gateway_authorized_keys")
+    }
+
+    /// VM `name`'s copy of [`Self::gateway_keys`], next to its host key,
+    /// where the launcher (which sees only the VM's own key directory)
+    /// reads it for the guest's authorized keys.
+    pub fn vm_gateway_keys(&self, name: &str) -> PathBuf {
+        self.key_dir(name).join("gateway_authorized_keys")
+    }
+
     /// The known-hosts file vmctld publishes for `Host *.vm`.
     pub fn known_hosts(&self) -> PathBuf {
         self.runtime_dir.join("ssh_known_hosts")

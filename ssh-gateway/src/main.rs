@@ -88,6 +88,10 @@ async fn run(args: Args, listener: std::net::TcpListener) -> anyhow::Result<()> 
         // Not fatal: vmctld may come later; each call reports its error.
         Err(e) => tracing::warn!("vmctld does not accept this gateway (yet): {e}"),
     }
+    let client_public = keys::key_line(client_key.public_key());
+    if let Err(e) = vmctld.set_guest_client_key(&client_public).await {
+        tracing::warn!("cannot hand vmctld the key for guests (proxy mode will fail): {e}");
+    }
     let limits = Limits {
         auth_timeout: Duration::from_secs(args.auth_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),

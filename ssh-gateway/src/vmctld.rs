@@ -56,6 +56,19 @@ impl Vmctld {
         Ok(reply.gateway)
     }
 
+    /// Hands vmctld the gateway's public key for guests
+    /// (`SetGuestClientKey`): VMs started from now on trust it.
+    pub async fn set_guest_client_key(&self, key: &str) -> Result<(), ClientError> {
+        let mut client = self.connect().await?;
+        client
+            .call::<Value>(
+                &format!("{GATEWAY_INTERFACE}.SetGuestClientKey"),
+                Some(json!({ "key": key })),
+            )
+            .await
+            .map(drop)
+    }
+
     /// The owner of public key `key` (`TYPE BASE64`), `None` if nobody
     /// registered it.
     pub async fn lookup_key(&self, key: &str) -> Result<Option<Identity>, ClientError> {

@@ -29,6 +29,9 @@ use crate::{manager::STATE_UNKNOWN, Caller, Manager, ManagerError};
 /// connections without end on one varlink connection.
 pub const MAX_FDS_PER_CONNECTION: usize = 16;
 
+/// The guest's sshd on vsock (`systemd-ssh-generator`'s `sshd-vsock.socket`).
+pub const GUEST_SSH_PORT: u32 = 22;
+
 /// How long vmctld waits for the VMM to answer `CONNECT`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,6 +42,9 @@ pub enum Channel {
     Agent,
     /// The serial console, as the launcher serves it.
     Console,
+    /// The guest's sshd on vsock port 22 (systemd's ssh generator makes it
+    /// listen there in a VM): the SSH gateway's way into a guest.
+    Ssh,
 }
 
 impl Channel {
@@ -47,6 +53,7 @@ impl Channel {
         match self {
             Self::Agent => "agent",
             Self::Console => "console",
+            Self::Ssh => "ssh",
         }
     }
 }
@@ -64,9 +71,10 @@ impl FromStr for Channel {
         match s {
             "agent" => Ok(Self::Agent),
             "console" => Ok(Self::Console),
+            "ssh" => Ok(Self::Ssh),
             other => Err(ManagerError::InvalidArgument {
                 what: "channel".into(),
-                reason: format!("{other:?} is neither \"agent\" nor \"console\""),
+                reason: format!("{other:?} is not one of \"agent\", \"console\", \"ssh\""),
             }),
         }
     }
@@ -91,6 +99,12 @@ impl Manager {
             Channel::Agent => {
                 let socket = self.layout().vsock_socket(name);
                 connect_agent(&socket).await
+            }
+            Channel::Ssh => {
+                let socket = self.layout().vsock_socket(name);
+                connect_hybrid_vsock(&socket, GUEST_SSH_PORT, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Channel::Console => {
                 let socket = self.layout().console_socket(name);
@@ -364,6 +378,7 @@ mod tests {
     fn channels() {
         assert_eq!("agent".parse::<Channel>().unwrap(), Channel::Agent);
         assert_eq!("console".parse::<Channel>().unwrap(), Channel::Console);
+        assert_eq!("ssh".parse::<Channel>().unwrap(), Channel::Ssh);
         assert!(matches!(
             "vsock".parse::<Channel>(),
             Err(ManagerError::InvalidArgument { .. })

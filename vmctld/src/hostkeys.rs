@@ -50,7 +50,8 @@ pub fn generate(layout: &Layout, name: &str) -> io::Result<()> {
         )));
     }
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
-    Ok(())
+    // The gateways' client keys, for the launcher to hand to the guest.
+    crate::gateway_keys::copy_to_vm(layout, name)
 }
 
 /// VM `name`'s public host key line (`ssh-ed25519 KEY COMMENT`), `None`

@@ -24,6 +24,7 @@ pub mod disk;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod gateway_keys;
 pub mod guest_access;
 pub mod hostkeys;
 pub mod images;
