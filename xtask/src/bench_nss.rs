@@ -8,10 +8,19 @@
 //!   `*.macs` file mapping each domain to its MAC and a `*.status` file of
 //!   dnsmasq leases for those MACs (the JSON both files hold in libvirt).
 //!
-//! A last row measures glibc's own floor: `localhost` (IPv4 and IPv6) from
-//! a two-line `/etc/hosts`. With two addresses `getaddrinfo` sorts them by
-//! RFC 6724, which costs a `socket` + `connect` per address: that, not the
-//! module, is most of every dual-stack figure.
+//! Two last rows measure glibc's own floor with no module but nss-files:
+//! `localhost` (IPv4 and IPv6) from a two-line `/etc/hosts`, and a name
+//! with one IPv4 address. With two addresses `getaddrinfo` sorts them by
+//! RFC 6724, which costs a netlink dump of the host's addresses and a
+//! `socket` + `connect` + `getsockname` per address: that, not the module,
+//! is most of every dual-stack figure, and the difference of the two rows
+//! shows it.
+//!
+//! The cases are interleaved: [`ROUNDS`] rounds each run every case once
+//! with its share of the lookups, so load from other work on the machine
+//! falls on all of them alike. A row reports the median over the rounds of
+//! each round's p50 and p99, and the spread (lowest to highest) of the
+//! rounds' p50.
 //!
 //! Each case runs in a child process (this xtask again, `bench-nss-child`)
 //! inside a private mount namespace (`unshare --mount`, needs root) whose
@@ -32,6 +41,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lookups timed per case by default.
 pub const DEFAULT_LOOKUPS: usize = 100_000;
+
+/// Rounds the lookups of each case are split into (interleaved).
+pub const ROUNDS: usize = 5;
 
 /// The VM counts measured.
 pub const VM_COUNTS: [usize; 2] = [50, 1000];
@@ -67,6 +79,8 @@ enum Backend {
     Vmctl,
     Libvirt,
     Floor,
+    /// One IPv4 address: no RFC 6724 sort.
+    Floor4,
 }
 
 impl Backend {
@@ -76,12 +90,13 @@ impl Backend {
             Backend::Vmctl => "nss-vmctl",
             Backend::Libvirt => "libnss_libvirt_guest",
             Backend::Floor => "floor: localhost, files",
+            Backend::Floor4 => "floor: one IPv4, files",
         }
     }
 
     fn nsswitch(self) -> &'static str {
         match self {
-            Backend::Files | Backend::Floor => "hosts: files\n",
+            Backend::Files | Backend::Floor | Backend::Floor4 => "hosts: files\n",
             Backend::Vmctl => "hosts: files vmctl\n",
             Backend::Libvirt => "hosts: files libvirt_guest\n",
         }
@@ -117,11 +132,37 @@ fn vms(count: usize) -> Vec<Vm> {
         .collect()
 }
 
-/// p50 and p99 of one case.
+/// p50 and p99 of one case's run in one round.
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     p50: Duration,
     p99: Duration,
+}
+
+/// One case over all rounds: medians of the rounds' p50 and p99, and the
+/// lowest and highest p50.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    p50: Duration,
+    p99: Duration,
+    low: Duration,
+    high: Duration,
+}
+
+impl Summary {
+    fn of(rounds: &[Figures]) -> Summary {
+        let median = |mut v: Vec<Duration>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let p50s: Vec<Duration> = rounds.iter().map(|f| f.p50).collect();
+        Summary {
+            p50: median(p50s.clone()),
+            p99: median(rounds.iter().map(|f| f.p99).collect()),
+            low: *p50s.iter().min().expect("at least one round"),
+            high: *p50s.iter().max().expect("at least one round"),
+        }
+    }
 }
 
 /// Runs the benchmark and prints the table. Needs root (mount namespaces).
@@ -143,26 +184,43 @@ pub fn run(lookups: usize) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let stage_root = target_dir().join("bench-nss");
-    let mut rows = Vec::new();
+    // Every case, staged once: (VM count, backend, its tree).
+    let mut cases = Vec::new();
     for count in VM_COUNTS {
         let vms = vms(count);
         for &backend in &backends {
             let stage = stage_root.join(format!("{count}-{backend:?}").to_lowercase());
             stage_case(&stage, backend, &vms, &module)?;
-            eprintln!(
-                "xtask: == {} at {count} VMs, {lookups} lookups ==",
-                backend.label()
-            );
-            let figures = run_case(&exe, &stage, lookups)?;
-            rows.push((count, backend, figures));
+            cases.push((count, backend, stage));
         }
     }
-    let stage = stage_root.join("floor");
-    stage_case(&stage, Backend::Floor, &[], &module)?;
-    eprintln!("xtask: == glibc floor (localhost), {lookups} lookups ==");
-    rows.push((0, Backend::Floor, run_case(&exe, &stage, lookups)?));
+    for backend in [Backend::Floor, Backend::Floor4] {
+        let stage = stage_root.join(format!("{backend:?}").to_lowercase());
+        stage_case(&stage, backend, &[], &module)?;
+        cases.push((0, backend, stage));
+    }
+    let per_round = lookups.div_ceil(ROUNDS);
+    let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
+    for round in 1..=ROUNDS {
+        eprintln!("xtask: == round {round}/{ROUNDS}, {per_round} lookups per case ==");
+        for ((count, backend, stage), results) in cases.iter().zip(&mut figures) {
+            let f = run_case(&exe, stage, per_round)?;
+            eprintln!(
+                "xtask:   {:>4} VMs {:<24} p50 {:>8} µs",
+                count,
+                backend.label(),
+                micros(f.p50)
+            );
+            results.push(f);
+        }
+    }
+    let rows: Vec<(usize, Backend, Summary)> = cases
+        .iter()
+        .zip(&figures)
+        .map(|((count, backend, _), f)| (*count, *backend, Summary::of(f)))
+        .collect();
     let _ = std::fs::remove_dir_all(&stage_root);
-    print!("{}", table(&rows, lookups));
+    print!("{}", table(&rows, per_round * ROUNDS));
     Ok(())
 }
 
@@ -198,8 +256,13 @@ fn stage_case(stage: &Path, backend: Backend, vms: &[Vm], module: &Path) -> Resu
     for vm in vms {
         writeln!(names, "{}.vm {}", vm.name, vm.ipv4)?;
     }
-    if backend == Backend::Floor {
-        names.push_str("localhost 127.0.0.1\n");
+    match backend {
+        Backend::Floor => names.push_str("localhost 127.0.0.1\n"),
+        Backend::Floor4 => {
+            names.push_str("floor4 127.0.0.1\n");
+            hosts.push_str("127.0.0.1\tfloor4\n");
+        }
+        _ => {}
     }
     write(&stage.join("names"), &names)?;
     match backend {
@@ -229,7 +292,7 @@ fn stage_case(stage: &Path, backend: Backend, vms: &[Vm], module: &Path) -> Resu
             write(&dnsmasq.join("vmbench.macs"), &macs)?;
             write(&dnsmasq.join("vmbench.status"), &status)?;
         }
-        Backend::Floor => {}
+        Backend::Floor | Backend::Floor4 => {}
     }
     write(&etc.join("hosts"), &hosts)
 }
@@ -345,22 +408,24 @@ fn micros(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
-/// The results as a table: per VM count, each backend's p50 and p99, and
-/// its p50 as a multiple of nss-files' and of nss-vmctl's; then each
-/// backend's growth from the smallest to the largest count.
-fn table(rows: &[(usize, Backend, Figures)], lookups: usize) -> String {
+/// The results as a table: per VM count, each backend's p50 (median of
+/// the rounds), the rounds' p50 spread, p99, and its p50 as a multiple of
+/// nss-files' and of nss-vmctl's; then each backend's growth from the
+/// smallest to the largest count.
+fn table(rows: &[(usize, Backend, Summary)], lookups: usize) -> String {
     let find = |count: usize, backend: Backend| {
         rows.iter()
             .find(|(c, b, _)| *c == count && *b == backend)
             .map(|(_, _, f)| *f)
     };
     let mut out = format!(
-        "\nNSS getaddrinfo latency through glibc, {lookups} lookups per row (µs)\n\
-         {:>5}  {:<24} {:>9} {:>9} {:>11} {:>11}\n",
-        "VMs", "module", "p50", "p99", "p50/files", "p50/vmctl"
+        "\nNSS getaddrinfo latency through glibc, {lookups} lookups per row in {ROUNDS} \
+         interleaved rounds (µs; p50 and p99 are medians over the rounds)\n\
+         {:>5}  {:<24} {:>9} {:>15} {:>9} {:>11} {:>11}\n",
+        "VMs", "module", "p50", "p50 spread", "p99", "p50/files", "p50/vmctl"
     );
     for &(count, backend, figures) in rows {
-        let ratio = |other: Option<Figures>| {
+        let ratio = |other: Option<Summary>| {
             other.map_or("-".to_owned(), |o| {
                 format!("{:.2}", figures.p50.as_secs_f64() / o.p50.as_secs_f64())
             })
@@ -372,9 +437,10 @@ fn table(rows: &[(usize, Backend, Figures)], lookups: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{vms:>5}  {:<24} {:>9} {:>9} {:>11} {:>11}",
+            "{vms:>5}  {:<24} {:>9} {:>15} {:>9} {:>11} {:>11}",
             backend.label(),
             micros(figures.p50),
+            format!("{}-{}", micros(figures.low), micros(figures.high)),
             micros(figures.p99),
             ratio(find(count, Backend::Files)),
             ratio(find(count, Backend::Vmctl)),
@@ -397,6 +463,23 @@ fn table(rows: &[(usize, Backend, Figures)], lookups: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_is_the_median_of_rounds() {
+        let us = Duration::from_micros;
+        let rounds: Vec<Figures> = [(40, 90), (30, 70), (50, 500)]
+            .into_iter()
+            .map(|(p50, p99)| Figures {
+                p50: us(p50),
+                p99: us(p99),
+            })
+            .collect();
+        let s = Summary::of(&rounds);
+        assert_eq!(
+            (s.p50, s.p99, s.low, s.high),
+            (us(40), us(90), us(30), us(50))
+        );
+    }
 
     #[test]
     fn synthetic_vms_are_distinct() {
