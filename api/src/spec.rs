@@ -107,6 +107,11 @@ pub struct VmSpec {
     /// `--data-volume NAME`); it outlives the VM unless removed with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<String>,
+    /// The root disk is discarded at every stop: the launcher clones a
+    /// fresh one from the image at each start (`vmctl create
+    /// --ephemeral`). The data volume, if any, persists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 /// Where the guest mounts the VM's data volume (the second virtio disk,
@@ -278,6 +283,7 @@ mod tests {
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA x@y".into()],
             guest_user: Some("root".into()),
             data_volume: Some("blog".into()),
+            ephemeral: false,
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert!(json.contains(r#""vmm":"cloud-hypervisor""#), "{json}");

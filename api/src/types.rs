@@ -111,6 +111,10 @@ pub struct CreateParams {
     /// A kept data volume to attach instead of a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<String>,
+    /// Discard the root disk at every stop (a fresh clone of the image at
+    /// each start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral: Option<bool>,
 }
 
 /// The reply parameters of `Create` and `Describe`.

@@ -397,3 +397,61 @@ fn sigkill_mid_create_leaves_no_data_volume() {
     let findings: serde_json::Value = serde_json::from_str(&doctor).unwrap();
     assert_eq!(findings["findings"], serde_json::json!([]), "{doctor}");
 }
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn an_ephemeral_vm_boots_a_fresh_root_every_time() {
+    const EPH: &str = "stoeph";
+    let _ = vmctl(&["rm", "--delete-data", EPH]);
+    vmctl(&["create", EPH, "--ephemeral", "--data", "64M"]).ok();
+    let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{EPH}.json")])
+        .ok()
+        .stdout;
+    assert!(spec.contains("\"ephemeral\":true"), "{spec}");
+    vmctl(&["start", EPH]).ok();
+    vm_exec(
+        EPH,
+        &[
+            "sh",
+            "-c",
+            "echo gone > /root/note && echo kept > /var/lib/vmctl-data/note && sync",
+        ],
+    )
+    .ok();
+    vmctl(&["stop", EPH]).ok();
+    // Discarded at the stop: the disk keeps its size, not a block of data.
+    let blocks = host(&[
+        "stat",
+        "-c",
+        "%b %s",
+        &format!("/var/lib/vmctl/disks/{EPH}/root.raw"),
+    ])
+    .ok()
+    .stdout;
+    println!("root.raw after stop (blocks, size): {blocks}");
+    assert!(blocks.starts_with("0 "), "{blocks}");
+    vmctl(&["start", EPH]).ok();
+    let note = vm_exec(EPH, &["cat", "/root/note"]);
+    assert_ne!(note.code, Some(0), "the root kept a file: {note:?}");
+    assert_eq!(
+        vm_exec(EPH, &["cat", "/var/lib/vmctl-data/note"])
+            .ok()
+            .stdout,
+        "kept\n"
+    );
+    let journal = host(&[
+        "journalctl",
+        "-q",
+        "-o",
+        "cat",
+        "-u",
+        &format!("vm@{EPH}.service"),
+    ])
+    .ok()
+    .stdout;
+    assert!(
+        journal.contains("ephemeral root disk discarded"),
+        "{journal}"
+    );
+    vmctl(&["rm", "--delete-data", EPH]).ok();
+}

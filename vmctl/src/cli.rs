@@ -97,9 +97,13 @@ pub enum Command {
         /// unless --delete-data.
         #[arg(long, value_name = "SIZE", value_parser = data_size, conflicts_with = "data_volume")]
         data: Option<u64>,
-        /// Attach a kept data volume (see `vmctl volume list`; root only).
+        /// Attach a kept data volume of yours (see `vmctl volume list`).
         #[arg(long, value_name = "VOLUME")]
         data_volume: Option<String>,
+        /// Discard the root disk at every stop: each start boots a fresh
+        /// clone of the image (the data volume persists).
+        #[arg(long)]
+        ephemeral: bool,
         /// Print the new VM as JSON.
         #[arg(long)]
         json: bool,
@@ -136,8 +140,8 @@ pub enum Command {
         /// The VM's name.
         name: String,
     },
-    /// Grow a stopped VM's data disk (`data`; `root` is not supported
-    /// yet); the guest grows its file system at the next start.
+    /// Grow a stopped VM's root or data disk; the guest grows its file
+    /// system at the next start. The growth counts in your disk quota.
     ResizeDisk {
         /// The VM's name.
         name: String,

@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             network,
             data,
             data_volume,
+            ephemeral,
             json,
         } => {
             let keys = if ssh_keys.is_empty() {
@@ -125,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 ssh_authorized_keys: Some(keys),
                 data_bytes: data,
                 data_volume,
+                ephemeral: ephemeral.then_some(true),
             };
             let mut client = Client::connect(&cli.address).await?;
             let reply: DetailsReply = client

@@ -161,6 +161,7 @@ impl Manager {
                         ssh_authorized_keys,
                         guest_user: Some(guest_user),
                         data_volume: data.as_ref().map(|d| d.volume_name(&name)),
+                        ephemeral: params.ephemeral.unwrap_or(false),
                     })
                 })?;
         // The remaining steps make files; a failure undoes all of them,

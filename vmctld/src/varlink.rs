@@ -555,7 +555,7 @@ fn list_parameters(call: &RawCall) -> Result<bool, ErrorReply> {
 
 /// `Create`'s parameters, each checked so that a bad one is named.
 fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 11] = [
         "name",
         "image",
         "vcpus",
@@ -566,6 +566,7 @@ fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
         "ssh_authorized_keys",
         "data_bytes",
         "data_volume",
+        "ephemeral",
     ];
     check_parameters(call, &NAMES)?;
     let map = match &call.parameters {
@@ -601,6 +602,7 @@ fn create_parameters(call: &RawCall) -> Result<CreateParams, ErrorReply> {
         ssh_authorized_keys: field(&map, "ssh_authorized_keys")?,
         data_bytes: field(&map, "data_bytes")?,
         data_volume: field(&map, "data_volume")?,
+        ephemeral: field(&map, "ephemeral")?,
     })
 }
 

@@ -69,6 +69,7 @@
 
 mod boot_check;
 mod console;
+mod ephemeral;
 mod guest_notify;
 mod guest_port;
 mod hello;
@@ -173,12 +174,29 @@ fn main() -> ExitCode {
         };
     }
     let outcome = runtime.block_on(run(&args));
+    discard_if_ephemeral(&args);
     if outcome == Outcome::PoweredOff {
         info!("VM {}: {}", args.name, outcome.describe());
     } else {
         error!("VM {}: {}", args.name, outcome.describe());
     }
     ExitCode::from(outcome.exit_code())
+}
+
+/// After the VMM is gone: an ephemeral VM's root disk is emptied, so what
+/// the guest wrote does not outlive the stop.
+fn discard_if_ephemeral(args: &Args) {
+    let layout = Layout::under(&args.state_dir, &args.runtime_dir);
+    let spec: Option<vmctl_api::spec::VmSpec> =
+        std::fs::read_to_string(layout.spec_file(&args.name))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+    if spec.is_some_and(|s| s.ephemeral) {
+        match ephemeral::discard_root(&layout.root_disk(&args.name)) {
+            Ok(()) => info!("VM {}: ephemeral root disk discarded", args.name),
+            Err(e) => warn!("VM {}: {e}", args.name),
+        }
+    }
 }
 
 fn init_logging() {
@@ -211,6 +229,15 @@ async fn run(args: &Args) -> Outcome {
         Ok(i) => i,
         Err(e) => return Outcome::Error(e),
     };
+    if inputs.spec.ephemeral {
+        status("Cloning a fresh root disk from the image");
+        let image_root = layout.image_dir(&inputs.spec.image).join("root.raw");
+        if let Err(e) =
+            ephemeral::fresh_root(&image_root, &inputs.root_disk, inputs.spec.disk_bytes)
+        {
+            return Outcome::Error(e);
+        }
+    }
     let driver = plan::select_driver(inputs.spec.vmm);
     let mut config = plan::vm_config(&inputs, &layout);
     // As root (always under systemd), the VMM runs as the VM's own

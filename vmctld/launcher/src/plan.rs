@@ -106,6 +106,7 @@ mod tests {
                 ssh_authorized_keys: Vec::new(),
                 guest_user: None,
                 data_volume: None,
+                ephemeral: false,
             },
             kernel: "/s/images/default/vmlinuz".into(),
             initrd: Some("/s/images/default/initrd.img".into()),

@@ -893,6 +893,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ephemeral_vm_says_so_in_its_spec() {
+        let (_dir, m) = setup();
+        let p = CreateParams {
+            ephemeral: Some(true),
+            ..params("eph", None, None)
+        };
+        m.create(&Caller::ROOT, p).await.unwrap();
+        let spec = m.registry().get("eph").unwrap().unwrap();
+        assert!(spec.ephemeral);
+        assert_eq!(m.registry().spec_file_contents("eph").unwrap(), Some(spec));
+        m.create(&Caller::ROOT, params("plain", None, None))
+            .await
+            .unwrap();
+        assert!(!m.registry().get("plain").unwrap().unwrap().ephemeral);
+    }
+
+    #[tokio::test]
     async fn a_failed_create_deletes_the_data_volume_it_made() {
         let (_dir, m) = setup();
         // The host key directory in the way: create fails after the data
