@@ -733,9 +733,27 @@ mod tests {
     use super::*;
     use crate::Registry;
 
-    fn service() -> VarlinkService {
-        let dir = std::env::temp_dir().join("vmctld-unit-no-such-dir");
-        VarlinkService::new(Arc::new(Manager::new(Registry::new(dir))))
+    /// A service over a store of its own, removed when it is dropped.
+    struct TestService {
+        _dir: tempfile::TempDir,
+        service: VarlinkService,
+    }
+
+    impl std::ops::Deref for TestService {
+        type Target = VarlinkService;
+
+        fn deref(&self) -> &VarlinkService {
+            &self.service
+        }
+    }
+
+    fn service() -> TestService {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager::new(Registry::new(dir.path()));
+        TestService {
+            _dir: dir,
+            service: VarlinkService::new(Arc::new(manager)),
+        }
     }
 
     fn call(method: &str, parameters: Value) -> RawCall {
@@ -895,7 +913,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             reply["interfaces"],
-            json!(["org.varlink.service", "io.vmctl.Manager"])
+            json!(["org.varlink.service", "io.vmctl.Manager", "io.vmctl.Gateway"])
         );
     }
 
