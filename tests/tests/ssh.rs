@@ -4,28 +4,42 @@
 //! and the installed `ssh_config.d` drop-in makes plain `ssh NAME.vm` (no
 //! `-o` options) work without a prompt, while a changed host key is
 //! refused. Needs the bridge and TAP (networking) and the NSS module.
+//!
+//! A second test does the same as a user who is not root (alice, group
+//! vmctl): her own `vmctl create` (her `~/.ssh/*.pub` sent by the CLI) and
+//! `systemctl start`, then her plain `ssh NAME.vm` lands in an account of
+//! her own name in the guest.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{copy_into_vm, host, host_as, Run};
+use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, Run};
 
 const VM: &str = "sshvm";
 
-/// `ssh NAME.vm CMD` as a user types it: no options, stdin closed, bounded.
-fn ssh(cmd: &str) -> Run {
-    host(&[
-        "sh",
-        "-c",
-        &format!("timeout 60 ssh {VM}.vm {cmd} < /dev/null"),
-    ])
+/// `ssh VM.vm CMD` as `user` (root when `None`) types it: no options,
+/// stdin closed, bounded.
+fn ssh_as(user: Option<&str>, vm: &str, cmd: &str) -> Run {
+    host_as(
+        user,
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 60 ssh {vm}.vm {cmd} < /dev/null"),
+        ],
+    )
 }
 
 /// Retries while sshd in the guest is not accepting yet (connection
 /// refused or reset), for at most `within`; any other answer is returned.
 fn ssh_when_up(cmd: &str, within: Duration) -> Run {
+    ssh_as_when_up(None, VM, cmd, within)
+}
+
+/// [`ssh_when_up`] as `user` to `vm`.
+fn ssh_as_when_up(user: Option<&str>, vm: &str, cmd: &str, within: Duration) -> Run {
     let deadline = Instant::now() + within;
     loop {
-        let run = ssh(cmd);
+        let run = ssh_as(user, vm, cmd);
         // READY comes when the agent is up, which can be before the
         // guest's networkd has configured its address: until then ARP
         // fails ("No route to host") or sshd is not listening yet.
@@ -211,4 +225,71 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     host(&["vmctl", "rm", VM]).ok();
     let known = host(&["cat", "/run/vmctl/ssh_known_hosts"]).ok().stdout;
     assert!(!known.contains(&format!("{VM}.vm")), "{known}");
+}
+
+/// alice, not root: her own create (her default key sent by the CLI) and
+/// start, then plain `ssh NAME.vm` as herself lands in the guest account
+/// of her own name; bob, another user of the host, is not let in with his
+/// key.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn owner_ssh_lands_in_her_own_account() {
+    const OWNED: &str = "sshalice";
+    ensure_test_users();
+    let remove = || {
+        host(&[
+            "sh",
+            "-c",
+            &format!("systemctl stop vm@{OWNED}; vmctl rm {OWNED} 2>/dev/null; true"),
+        ])
+    };
+    remove();
+    for user in ["alice", "bob"] {
+        host_as(
+            Some(user),
+            &[
+                "sh",
+                "-c",
+                "mkdir -p -m 700 ~/.ssh && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
+                 && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519",
+            ],
+        )
+        .ok();
+    }
+    let result = std::panic::catch_unwind(|| {
+        host_as(Some("alice"), &["vmctl", "create", OWNED, "--memory", "1G"]).ok();
+        host_as(
+            Some("alice"),
+            &["systemctl", "start", &format!("vm@{OWNED}.service")],
+        )
+        .ok();
+        let run = ssh_as_when_up(
+            Some("alice"),
+            OWNED,
+            "'id -un; hostname'",
+            Duration::from_secs(180),
+        );
+        eprintln!("alice: ssh {OWNED}.vm -> {run:?}");
+        assert_eq!(run.code, Some(0), "{run:#?}");
+        assert_eq!(run.stdout, format!("alice\n{OWNED}\n"));
+        assert!(!run.stderr.contains("authenticity"), "prompted: {run:#?}");
+        // bob trusts the same host key (the known-hosts file is the
+        // host's) but his key opens no account there.
+        // (BatchMode: no password prompt to wait on.)
+        let bob = host_as(
+            Some("bob"),
+            &[
+                "sh",
+                "-c",
+                &format!("timeout 60 ssh -o BatchMode=yes {OWNED}.vm true < /dev/null"),
+            ],
+        );
+        eprintln!("bob: ssh {OWNED}.vm -> {bob:?}");
+        assert_eq!(bob.code, Some(255), "{bob:#?}");
+        assert!(bob.stderr.contains("Permission denied"), "{bob:#?}");
+    });
+    remove();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
