@@ -1,0 +1,338 @@
+//! The HTTPS proxy (`vmctl-https`) end to end in the dev host: the real
+//! socket units and service as installed, vmctld's gateway interface, a
+//! VM serving HTTP (`http-echo`, which echoes the headers it got), and
+//! curl as the client with `--resolve` (names under the test domain
+//! `vm.test` all mean 127.0.0.1) and the test CA.
+//!
+//! Checked on one VM of alice's:
+//! - socket activation: the service is inactive until the first request;
+//! - TLS with a user-provided certificate (CertificateFile=/KeyFile=);
+//! - unknown name 404; HTTP on port 80 redirects to HTTPS (308);
+//! - private by default: no session 401 with how to log in; alice's
+//!   one-time link (`vmctl login`) gives a session cookie (HttpOnly,
+//!   Secure, for the domain); with it 200 and the VM sees
+//!   `X-VmCtl-User: alice` and her uid, never a client-sent one, plus
+//!   `X-Forwarded-For/-Proto/-Host`; the link works once; root's session
+//!   (another user) gets the same 404 as an unknown name;
+//! - `vmctl publish --public`: 200 without a session;
+//! - a VM not answering 502, a stopped VM 503 naming `vmctl start`;
+//! - 100 MB up and down through the proxy, sha256 intact;
+//! - the unit's `systemd-analyze security` exposure is at most 2.0.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, host_uid, vm_exec, Run};
+use xtask::host::DevHost;
+
+const VM: &str = "web";
+const DOMAIN: &str = "vm.test";
+const TLS_DIR: &str = "/etc/vmctl/https-e2e";
+
+/// A CA and a `*.vm.test` certificate it signed, made with openssl on this
+/// machine in `dir`.
+fn make_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=vmctl e2e CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "key.pem", "-out", "req.csr", "-subj", "/CN=*.vm.test"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:*.vm.test\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+    ]);
+}
+
+/// curl in the host with the test CA and every test name on 127.0.0.1;
+/// `-D -` puts the response head before the body on stdout.
+fn curl_as(user: Option<&str>, args: &[&str]) -> Run {
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "30",
+        "-D",
+        "-",
+        "--cacert",
+        "/etc/vmctl/https-e2e/ca.pem",
+    ];
+    let resolves: Vec<String> = [VM, "nope"]
+        .iter()
+        .flat_map(|n| {
+            [443, 80].map(|port| format!("{n}.{DOMAIN}:{port}:127.0.0.1"))
+        })
+        .collect();
+    for r in &resolves {
+        argv.push("--resolve");
+        argv.push(r);
+    }
+    argv.extend_from_slice(args);
+    host_as(user, &argv)
+}
+
+fn curl(args: &[&str]) -> Run {
+    curl_as(None, args)
+}
+
+/// The status code of a `curl -D -` run.
+fn status(run: &Run) -> u16 {
+    run.stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status: {run:#?}"))
+}
+
+fn url(path: &str) -> String {
+    format!("https://{VM}.{DOMAIN}{path}")
+}
+
+/// Waits until `url` answers `want` (the guest's server and the proxy's
+/// 3 s route cache take a moment), at most `within`.
+fn wait_for_status(args: &[&str], want: u16, within: Duration) -> Run {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let run = curl(args);
+        if run.code == Some(0) && status(&run) == want || std::time::Instant::now() > deadline {
+            return run;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        host(&[
+            "sh",
+            "-c",
+            &format!(
+                "systemctl stop vmctl-https.service vmctl-https.socket vmctl-https-http.socket; \
+                 vmctl rm {VM} >/dev/null 2>&1; rm -rf /etc/vmctl/https.conf {TLS_DIR} \
+                 /var/lib/vmctl-https /var/tmp/https-e2e-*; true"
+            ),
+        ]);
+    }
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
+    ensure_test_users();
+    host(&["sh", "-c", &format!("vmctl rm {VM} >/dev/null 2>&1; true")]);
+    let _cleanup = Cleanup;
+    let dev = DevHost::current().unwrap();
+
+    // The certificate, readable by the proxy's user only (and root).
+    let local: PathBuf = std::env::temp_dir().join(format!("https-e2e-{}", std::process::id()));
+    make_certificates(&local);
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}")).unwrap();
+    }
+    std::fs::remove_dir_all(&local).ok();
+    host(&["chgrp", "vmctl-https", &format!("{TLS_DIR}/key.pem")]).ok();
+    host(&["chmod", "0640", &format!("{TLS_DIR}/key.pem")]).ok();
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf '[HTTPS]\\nDomain={DOMAIN}\\nCertificateFile={TLS_DIR}/cert.pem\\n\
+             KeyFile={TLS_DIR}/key.pem\\n' > /etc/vmctl/https.conf"
+        ),
+    ])
+    .ok();
+
+    // alice's VM with the echo server on port 80.
+    host_as(
+        Some("alice"),
+        &["vmctl", "create", VM, "--cpus", "1", "--memory", "1G", "--disk", "4G"],
+    )
+    .ok();
+    host_as(Some("alice"), &["vmctl", "start", VM]).ok();
+    copy_into_vm(
+        VM,
+        Path::new(env!("CARGO_BIN_EXE_http-echo")),
+        "/usr/local/bin/http-echo",
+    );
+    vm_exec(VM, &["chmod", "0755", "/usr/local/bin/http-echo"]).ok();
+    vm_exec(
+        VM,
+        &["systemd-run", "--unit=http-echo", "/usr/local/bin/http-echo", "0.0.0.0:80"],
+    )
+    .ok();
+
+    // Socket activation: nothing runs until the first connection.
+    host(&["systemctl", "start", "vmctl-https.socket", "vmctl-https-http.socket"]).ok();
+    let active = host(&["systemctl", "is-active", "vmctl-https.service"]);
+    assert_eq!(active.stdout.trim(), "inactive", "{active:#?}");
+
+    // Unknown name: 404, and the TLS handshake verified with the test CA.
+    let run = curl(&["https://nope.vm.test/"]);
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(status(&run), 404, "{run:#?}");
+    assert!(run.stdout.contains("There is no VM published at nope.vm.test"), "{run:#?}");
+    let active = host(&["systemctl", "is-active", "vmctl-https.service"]);
+    assert_eq!(active.stdout.trim(), "active", "{active:#?}");
+    assert_eq!(
+        host(&["systemctl", "show", "-p", "User", "--value", "vmctl-https.service"])
+            .stdout
+            .trim(),
+        "vmctl-https"
+    );
+
+    // Port 80 redirects to HTTPS, path and query kept.
+    let run = curl(&["http://web.vm.test/a/b?c=d"]);
+    assert_eq!(status(&run), 308, "{run:#?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("location: https://web.vm.test/a/b?c=d\r")),
+        "{run:#?}"
+    );
+
+    // Private by default: no session, no entry, and the page says how.
+    let run = curl(&[&url("/")]);
+    assert_eq!(status(&run), 401, "{run:#?}");
+    assert!(run.stdout.contains("vmctl login web"), "{run:#?}");
+
+    // alice's one-time link gives her a session cookie.
+    let link = host_as(Some("alice"), &["vmctl", "login", VM]).ok().stdout;
+    let link = link.trim();
+    assert!(
+        link.starts_with("https://web.vm.test/.vmctl/login?token="),
+        "{link}"
+    );
+    let jar = "/var/tmp/https-e2e-alice.jar";
+    let run = curl(&["-c", jar, link]);
+    assert_eq!(status(&run), 303, "{run:#?}");
+    let set_cookie = run
+        .stdout
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: vmctl_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {run:#?}"));
+    for attribute in ["Domain=vm.test", "HttpOnly", "Secure", "SameSite=Lax"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    // The link works once.
+    let run = curl(&[link]);
+    assert_eq!(status(&run), 403, "{run:#?}");
+
+    // With the session: the VM answers, told who it is, and a client's
+    // own X-VmCtl-* and X-Forwarded-* never arrive.
+    let alice_uid = host_uid("alice");
+    let run = wait_for_status(
+        &["-b", jar, "-H", "X-VmCtl-User: root", "-H", "X-VmCtl-Uid: 0",
+          "-H", "X-Forwarded-For: 6.6.6.6", &url("/hello?x=1")],
+        200,
+        Duration::from_secs(60),
+    );
+    assert_eq!(status(&run), 200, "{run:#?}");
+    let body = run.stdout.split("\r\n\r\n").nth(1).unwrap_or("");
+    let seen: Vec<&str> = body.lines().collect();
+    assert_eq!(seen[0], "GET /hello?x=1", "{body}");
+    assert!(seen.contains(&"x-vmctl-user: alice"), "{body}");
+    assert!(seen.contains(&format!("x-vmctl-uid: {alice_uid}").as_str()), "{body}");
+    assert!(seen.contains(&"x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(seen.contains(&"x-forwarded-proto: https"), "{body}");
+    assert!(seen.contains(&"x-forwarded-host: web.vm.test"), "{body}");
+    assert!(seen.contains(&"host: web.vm.test"), "{body}");
+    assert_eq!(body.matches("x-vmctl-user").count(), 1, "{body}");
+    assert_eq!(body.matches("x-vmctl-uid").count(), 1, "{body}");
+    assert_eq!(body.matches("x-forwarded-for").count(), 1, "{body}");
+    assert!(!body.contains("vmctl_session"), "the VM saw the session: {body}");
+    assert!(!body.contains("6.6.6.6") && !body.contains(": root"), "{body}");
+
+    // Another user's session (root's own link): the same 404 as for a
+    // name that does not exist.
+    let root_link = host(&["vmctl", "login", VM]).ok().stdout;
+    let root_jar = "/var/tmp/https-e2e-root.jar";
+    assert_eq!(status(&curl(&["-c", root_jar, root_link.trim()])), 303);
+    let run = curl(&["-b", root_jar, &url("/")]);
+    assert_eq!(status(&run), 404, "{run:#?}");
+    assert!(run.stdout.contains("There is no VM published at web.vm.test"), "{run:#?}");
+
+    // 100 MB down and up through the proxy, intact.
+    let run = host(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --max-time 600 --cacert {TLS_DIR}/ca.pem --resolve web.vm.test:443:127.0.0.1 \
+             -b {jar} {down} -o /var/tmp/https-e2e-down && stat -c %s /var/tmp/https-e2e-down && \
+             curl -sS --max-time 600 --cacert {TLS_DIR}/ca.pem --resolve web.vm.test:443:127.0.0.1 \
+             -b {jar} --data-binary @/var/tmp/https-e2e-down -H 'Content-Type: application/octet-stream' \
+             {echo} | sha256sum && sha256sum < /var/tmp/https-e2e-down",
+            down = url("/bytes/104857600"),
+            echo = url("/echo"),
+        ),
+    ])
+    .ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "104857600", "{run:#?}");
+    assert_eq!(lines[1], lines[2], "the echoed 100 MB differ: {run:#?}");
+
+    // Public: anyone, without a session, and no identity headers.
+    let published = host_as(Some("alice"), &["vmctl", "publish", VM, "--public"]).ok();
+    assert!(published.stdout.contains("open to anyone"), "{published:#?}");
+    let run = wait_for_status(&[&url("/")], 200, Duration::from_secs(10));
+    assert_eq!(status(&run), 200, "{run:#?}");
+    assert!(!run.stdout.contains("x-vmctl-user"), "{run:#?}");
+    // bob may not change alice's publication.
+    let run = host_as(Some("bob"), &["vmctl", "publish", VM, "--private"]);
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    assert!(run.stderr.contains("no VM named \"web\""), "{run:#?}");
+
+    // Nothing listening in the VM: 502.
+    vm_exec(VM, &["systemctl", "stop", "http-echo"]).ok();
+    let run = wait_for_status(&[&url("/")], 502, Duration::from_secs(10));
+    assert_eq!(status(&run), 502, "{run:#?}");
+    assert!(run.stdout.contains("nothing answered on its port 80"), "{run:#?}");
+
+    // Stopped: 503 saying how to start it.
+    host_as(Some("alice"), &["vmctl", "stop", VM]).ok();
+    let run = wait_for_status(&[&url("/")], 503, Duration::from_secs(10));
+    assert_eq!(status(&run), 503, "{run:#?}");
+    assert!(run.stdout.contains("vmctl start web"), "{run:#?}");
+
+    // The unit's sandbox.
+    let run = host(&["systemd-analyze", "security", "--no-pager", "vmctl-https.service"]);
+    let exposure: f64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for vmctl-https.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure: {run:#?}"));
+    println!("systemd-analyze security vmctl-https.service: {exposure}");
+    assert!(exposure <= 2.0, "exposure {exposure}: {run:#?}");
+
+    host_as(Some("alice"), &["vmctl", "rm", VM]).ok();
+}
