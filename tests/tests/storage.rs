@@ -455,3 +455,56 @@ fn an_ephemeral_vm_boots_a_fresh_root_every_time() {
     );
     vmctl(&["rm", "--delete-data", EPH]).ok();
 }
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn rebuild_onto_another_image() {
+    tiny_image();
+    let other = "stortiny2";
+    let dir = format!("/var/lib/vmctl/images/{other}");
+    host(&["mkdir", "-p", &dir]).ok();
+    host(&["truncate", "-s", "32M", &format!("{dir}/root.raw")]).ok();
+    host(&["sh", "-c", &format!("printf kernel > {dir}/vmlinuz")]).ok();
+    let _ = vmctl(&["rm", "stoi"]);
+    vmctl(&[
+        "create",
+        "stoi",
+        "--image",
+        TINY,
+        "--disk",
+        "16M",
+        "--memory",
+        "128M",
+        "--network",
+        "none",
+    ])
+    .ok();
+    let r = vmctl(&["rebuild", "stoi", "--image", "nosuchimage"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("nosuchimage"), "{}", r.stderr);
+    vmctl(&["rebuild", "stoi", "--image", other]).ok();
+    let spec = host(&["cat", "/var/lib/vmctl/vms/stoi.json"]).ok().stdout;
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["image"], other, "{spec}");
+    assert_eq!(
+        spec["disk_bytes"],
+        32u64 << 20,
+        "grown to the image: {spec}"
+    );
+    assert_eq!(
+        host(&["stat", "-c", "%s", "/var/lib/vmctl/disks/stoi/root.raw"])
+            .ok()
+            .stdout
+            .trim(),
+        (32u64 << 20).to_string()
+    );
+    let images = vmctl(&["image", "list"]).ok().stdout;
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with(other) && l.contains("stoi")),
+        "{images}"
+    );
+    vmctl(&["rm", "stoi"]).ok();
+    host(&["rm", "-r", &dir]).ok();
+}

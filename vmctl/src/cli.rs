@@ -139,6 +139,9 @@ pub enum Command {
     Rebuild {
         /// The VM's name.
         name: String,
+        /// Rebuild from this image instead (the VM uses it from then on).
+        #[arg(long)]
+        image: Option<String>,
     },
     /// Grow a stopped VM's root or data disk; the guest grows its file
     /// system at the next start. The growth counts in your disk quota.

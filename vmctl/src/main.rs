@@ -151,7 +151,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .call(&method("Remove"), Some(serde_json::to_value(&params)?))
                 .await?;
         }
-        Command::Rebuild { name } => name_call(&cli.address, "Rebuild", name).await?,
+        Command::Rebuild { name, image } => {
+            let mut client = Client::connect(&cli.address).await?;
+            let _: Value = client
+                .call(
+                    &method("Rebuild"),
+                    Some(serde_json::json!({ "name": name, "image": image })),
+                )
+                .await?;
+        }
         Command::ResizeDisk { name, disk, size } => {
             let mut client = Client::connect(&cli.address).await?;
             let params = vmctl_api::types::ResizeDiskParams {

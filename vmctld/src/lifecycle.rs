@@ -249,7 +249,7 @@ impl Manager {
     }
 
     /// The root disk of `image`, checking that the image is complete.
-    fn image_root(&self, image: &str) -> Result<PathBuf, ManagerError> {
+    pub(crate) fn image_root(&self, image: &str) -> Result<PathBuf, ManagerError> {
         let no_such = || ManagerError::NoSuchImage {
             image: image.to_string(),
         };

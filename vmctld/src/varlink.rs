@@ -302,11 +302,11 @@ impl VarlinkService {
                 Err(e) => Err(e),
                 Ok(()) => list_volumes(&self.manager, &caller).await,
             }),
-            "Rebuild" => match name_parameter(call) {
+            "Rebuild" => match rebuild_parameters(call) {
                 Err(e) => Answer::Now(Err(e)),
-                Ok(name) => Answer::Later(
+                Ok((name, image)) => Answer::Later(
                     async move {
-                        match manager.rebuild(&caller, &name).await {
+                        match manager.rebuild(&caller, &name, image.as_deref()).await {
                             Ok(()) => Ok(json!({})),
                             Err(e) => Err(e.to_varlink()),
                         }
@@ -527,6 +527,18 @@ fn doctor_parameters(call: &RawCall) -> Result<bool, ErrorReply> {
 }
 
 /// The `name` parameter of the methods that take only a name.
+/// `Rebuild`'s name and optional new image.
+fn rebuild_parameters(call: &RawCall) -> Result<(String, Option<String>), ErrorReply> {
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        image: Option<String>,
+    }
+    check_parameters(call, &["name", "image"])?;
+    let input: In = parameters(call, "name")?;
+    Ok((input.name, input.image))
+}
+
 fn name_parameter(call: &RawCall) -> Result<String, ErrorReply> {
     check_parameters(call, &["name"])?;
     let input: NameParams = parameters(call, "name")?;

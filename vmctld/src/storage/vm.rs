@@ -272,16 +272,21 @@ impl Manager {
         Ok(())
     }
 
-    /// Gives stopped VM `name` a fresh root volume cloned from its image
-    /// (`vmctl rebuild`): same spec, so the same name, addresses, SSH host
-    /// key and data volume. Refused while the VM runs.
-    pub async fn rebuild(&self, caller: &Caller, name: &str) -> Result<(), ManagerError> {
+    /// Gives stopped VM `name` a fresh root volume cloned from its image,
+    /// or from `new_image` (`vmctl rebuild [--image X]`): the same name,
+    /// addresses, SSH host key and data volume. Refused while the VM runs.
+    /// A new image is recorded in the spec first (with the root's size, at
+    /// least the new image's, checked against the disk quota), then the
+    /// root is replaced atomically; a failed clone puts the spec back.
+    pub async fn rebuild(
+        &self,
+        caller: &Caller,
+        name: &str,
+        new_image: Option<&str>,
+    ) -> Result<(), ManagerError> {
         let spec = self.stopped_own_vm(caller, name).await?;
-        let image_dir = self.layout().image_dir(&spec.image);
-        let image_root = image_dir.join("root.raw");
-        if !image_root.is_file() || !image_dir.join("vmlinuz").is_file() {
-            return Err(ManagerError::NoSuchImage { image: spec.image });
-        }
+        let image = new_image.unwrap_or(&spec.image).to_string();
+        let image_root = self.image_root(&image)?;
         let image_size = std::fs::metadata(&image_root)
             .map_err(|e| ManagerError::internal(format!("{}: {e}", image_root.display())))?
             .len();
@@ -292,15 +297,43 @@ impl Manager {
             .get(&Volume::Root(name.to_string()))?
             .map_or(spec.disk_bytes, |v| v.size_bytes);
         let size = current.max(image_size);
-        let method = tokio::task::spawn_blocking({
+        let changed = image != spec.image || size != spec.disk_bytes;
+        if changed {
+            let defaults = quota::load_defaults(self.config_path())
+                .map_err(|e| ManagerError::internal(format!("bad configuration: {e}")))?;
+            let updated = self.registry().store().update_spec(name, |old, now| {
+                let limits = quota::effective(old.owner_uid, &defaults, now.quota.as_ref());
+                let usage = quota::Usage::of(old.owner_uid, &now.vms, &now.volumes);
+                let growth = quota::Usage::disk(size.saturating_sub(old.disk_bytes));
+                quota::check(&limits, &usage, &growth)?;
+                Ok(VmSpec {
+                    image: image.clone(),
+                    disk_bytes: size,
+                    ..old.clone()
+                })
+            })?;
+            self.registry().write(&updated)?;
+        }
+        let result = tokio::task::spawn_blocking({
             let (storage, name) = (storage.clone(), name.to_string());
             move || storage.replace_root(&image_root, &name, size)
         })
         .await
-        .map_err(ManagerError::internal)??;
+        .map_err(ManagerError::internal)?;
+        let method = match result {
+            Ok(method) => method,
+            Err(e) => {
+                if changed {
+                    self.registry()
+                        .store()
+                        .update_spec(name, |_, _| Ok(spec.clone()))?;
+                    self.registry().write(&spec)?;
+                }
+                return Err(e.into());
+            }
+        };
         tracing::info!(
-            "{name}: rebuilt its root from image {} ({})",
-            spec.image,
+            "{name}: rebuilt its root from image {image} ({})",
             method.as_str()
         );
         Ok(())
@@ -679,7 +712,7 @@ mod tests {
             .write_all_at(b"guest wrote this", 0)
             .unwrap();
         let data_before = fs::read(&data).unwrap();
-        m.rebuild(&Caller::ROOT, "web").await.unwrap();
+        m.rebuild(&Caller::ROOT, "web", None).await.unwrap();
         let mut head = [1u8; 16];
         fs::File::open(&root)
             .unwrap()
@@ -728,8 +761,42 @@ mod tests {
         assert_eq!(fs::metadata(&data).unwrap().len(), 128 * MIB);
         assert_eq!(fs::metadata(&root).unwrap().len(), bigger);
         assert_eq!(m.registry().get("web").unwrap().unwrap(), grown);
-        let e = m.rebuild(&Caller::ROOT, "nope").await.unwrap_err();
+        let e = m.rebuild(&Caller::ROOT, "nope", None).await.unwrap_err();
         assert_eq!(e.short_name(), "NoSuchVM", "{e}");
+
+        // --image: a bigger image; the root grows to it, the spec says so.
+        let other = m.layout().image_dir("other");
+        fs::create_dir_all(&other).unwrap();
+        let img = fs::File::create(other.join("root.raw")).unwrap();
+        img.set_len(bigger + GIB).unwrap();
+        img.write_all_at(b"other image", 0).unwrap();
+        fs::write(other.join("vmlinuz"), b"k").unwrap();
+        let e = m
+            .rebuild(&Caller::ROOT, "web", Some("nosuch"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "NoSuchImage", "{e}");
+        assert_eq!(m.registry().get("web").unwrap().unwrap(), grown);
+        m.rebuild(&Caller::ROOT, "web", Some("other"))
+            .await
+            .unwrap();
+        let rebuilt = VmSpec {
+            image: "other".into(),
+            disk_bytes: bigger + GIB,
+            ..grown.clone()
+        };
+        assert_eq!(m.registry().get("web").unwrap().unwrap(), rebuilt);
+        assert_eq!(
+            m.registry().spec_file_contents("web").unwrap(),
+            Some(rebuilt)
+        );
+        let mut head = [0u8; 11];
+        fs::File::open(&root)
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert_eq!(&head, b"other image");
+        assert_eq!(fs::read(&data).unwrap().len() as u64, 128 * MIB);
     }
 
     #[tokio::test]
