@@ -195,26 +195,31 @@ impl Events {
     }
 
     /// Replaces every known state by `now` (a fresh list from systemd's
-    /// reply `serial`), sending `Changed` for each VM whose state differs
-    /// from before, and marks the states live.
+    /// reply `serial`), except those read from a newer message (a signal
+    /// taken while the list was on its way), sending `Changed` for each VM
+    /// whose state differs from before, and marks the states live.
     fn reset(&self, now: HashMap<String, String>, serial: u32) {
         let mut states = self.lock();
         let was_live = states.live;
+        let mut map: HashMap<String, Observed> = now
+            .into_iter()
+            .map(|(name, state)| (name, Observed { state, serial }))
+            .collect();
         let old: HashMap<String, String> = states
             .map
             .drain()
-            .map(|(name, o)| (name, o.state))
-            .collect();
-        states.map = now
-            .iter()
-            .map(|(name, state)| {
-                let observed = Observed {
-                    state: state.clone(),
-                    serial,
-                };
-                (name.clone(), observed)
+            .map(|(name, o)| {
+                if o.serial > serial {
+                    map.insert(name.clone(), o.clone());
+                }
+                (name, o.state)
             })
             .collect();
+        let now: HashMap<String, String> = map
+            .iter()
+            .map(|(name, o)| (name.clone(), o.state.clone()))
+            .collect();
+        states.map = map;
         states.live = true;
         drop(states);
         if !was_live {
@@ -235,6 +240,14 @@ impl Events {
                     },
                 );
             }
+        }
+    }
+
+    /// Makes every known state older than any message to come: systemd
+    /// has a new bus connection, whose serials start again.
+    fn forget_serials(&self) {
+        for observed in self.lock().map.values_mut() {
+            observed.serial = 0;
         }
     }
 
@@ -312,61 +325,51 @@ pub async fn watch(conn: Connection, events: Events) {
     events.stop();
 }
 
+/// The signal loop. It never waits for a reply from the bus while its
+/// streams are not being read: a full zbus stream queue stops the
+/// connection's socket reader for every message, the awaited reply
+/// included, and then nothing on vmctld's bus connection moves again
+/// (50 concurrent `vmctl rm`, each making systemd reload and announce every
+/// unit anew, did exactly that when this loop read VM states itself). The
+/// calls go to a [`Refresher`] task instead, or are awaited with
+/// [`while_draining`].
 async fn watch_inner(conn: &Connection, events: &Events) -> zbus::Result<()> {
-    let owners = owner_changes(conn).await?;
-    let mut owners = owners.fuse();
+    let mut owners = owner_changes(conn).await?.fuse();
     loop {
-        let Some(owner) = systemd_owner(conn).await? else {
+        let (owner, seen) = while_draining(systemd_owner(conn), &mut owners).await;
+        let owner = owner?;
+        if owner_moved(seen.iter().flatten(), owner.as_ref()) {
+            continue;
+        }
+        let Some(owner) = owner else {
             events.stop();
             tracing::info!("events: systemd is not on the bus; waiting for it");
             wait_for_owner(&mut owners).await?;
             continue;
         };
-        let mut units = unit_signals(conn, &owner).await?.fuse();
-        let mut manager = manager_signals(conn, &owner).await?.fuse();
-        // daemon.rs subscribed this connection already: systemd then says
-        // AlreadySubscribed, which is what we want.
-        match conn
-            .call_method(
-                Some(SYSTEMD),
-                SYSTEMD_PATH,
-                Some(SYSTEMD_MANAGER),
-                "Subscribe",
-                &(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
-            Err(e) => return Err(e),
+        let (signals, seen) = while_draining(systemd_signals(conn, &owner), &mut owners).await;
+        let mut signals = signals?.fuse();
+        if owner_moved(seen.iter().flatten(), Some(&owner)) {
+            continue;
         }
-        let (now, serial) = list_vm_units(conn).await?;
-        tracing::info!(
-            "events: following systemd ({owner}), {} VM units loaded",
-            now.len()
-        );
-        events.reset(now, serial);
+        // Messages of an earlier systemd carry serials of its connection,
+        // which say nothing about the order of this one's.
+        events.forget_serials();
+        let refresher = Refresher::spawn(conn.clone(), events.clone(), owner.clone());
+        refresher.relist();
         loop {
             tokio::select! {
-                msg = units.next() => {
+                msg = signals.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     let Ok(msg) = msg else { continue };
-                    on_unit_signal(conn, events, &owner, &msg).await;
-                }
-                msg = manager.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    let Ok(msg) = msg else { continue };
-                    on_manager_signal(conn, events, &owner, &msg).await;
+                    on_signal(events, &refresher, &owner, &msg);
                 }
                 msg = owners.next() => {
                     let Some(msg) = msg else { return Ok(()) };
                     let Ok(msg) = msg else { continue };
-                    if let Some(new) = new_systemd_owner(&msg) {
-                        if new != owner.as_str() {
-                            tracing::info!("events: systemd's bus name moved to {new:?}");
-                            break;
-                        }
+                    if owner_moved([&msg], Some(&owner)) {
+                        tracing::info!("events: systemd's bus name moved");
+                        break;
                     }
                 }
             }
@@ -374,51 +377,189 @@ async fn watch_inner(conn: &Connection, events: &Events) -> zbus::Result<()> {
     }
 }
 
-/// `PropertiesChanged` of a unit object.
-async fn on_unit_signal(
-    conn: &Connection,
-    events: &Events,
-    owner: &OwnedUniqueName,
-    msg: &Message,
-) {
+/// Whether one of `msgs` says systemd's name now has another owner than
+/// `owner`.
+fn owner_moved<'a>(
+    msgs: impl IntoIterator<Item = &'a Message>,
+    owner: Option<&OwnedUniqueName>,
+) -> bool {
+    let owner = owner.map_or("", |o| o.as_str());
+    msgs.into_iter()
+        .filter_map(new_systemd_owner)
+        .any(|new| new != owner)
+}
+
+/// Awaits `call` while reading `stream`, so that the stream's queue cannot
+/// fill (and stop the bus connection, the reply to `call` included) while
+/// nobody reads it; returns the call's output and what the stream
+/// delivered meanwhile, in order.
+pub async fn while_draining<F, S>(call: F, stream: &mut S) -> (F::Output, Vec<S::Item>)
+where
+    F: std::future::Future,
+    S: futures_util::stream::FusedStream + Unpin,
+{
+    let mut call = std::pin::pin!(call);
+    let mut seen = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut call => return (output, seen),
+            Some(item) = stream.next() => seen.push(item),
+        }
+    }
+}
+
+/// One of systemd's signals: a unit's `PropertiesChanged`, or the
+/// manager's `UnitNew` and `UnitRemoved`. Takes what the signal says, and
+/// leaves anything that needs a call to systemd to the `refresher`.
+fn on_signal(events: &Events, refresher: &Refresher, owner: &OwnedUniqueName, msg: &Message) {
     if !from_systemd(msg, owner) {
         return;
     }
     let header = msg.header();
-    let Some(name) = header.path().and_then(|p| vm_of_unit_path(p.as_str())) else {
+    let Some(path) = header.path() else { return };
+    if path.as_str() == SYSTEMD_PATH {
+        if header.interface().map(|i| i.as_str()) != Some(SYSTEMD_MANAGER) {
+            return;
+        }
+        let Ok((unit, _path)) = msg.body().deserialize::<(String, OwnedObjectPath)>() else {
+            return;
+        };
+        let Some(name) = vm_of_unit(&unit) else {
+            return;
+        };
+        match header.member().map(|m| m.as_str()) {
+            Some("UnitNew") => refresher.refresh(name),
+            // Unloaded: nothing of it runs.
+            Some("UnitRemoved") => events.observe(name, vm_state(None), serial(msg)),
+            _ => {}
+        }
+        return;
+    }
+    if header.interface().map(|i| i.as_str()) != Some(PROPERTIES)
+        || header.member().map(|m| m.as_str()) != Some("PropertiesChanged")
+    {
+        return;
+    }
+    let Some(name) = vm_of_unit_path(path.as_str()) else {
         return;
     };
     match changed_state(msg) {
         Some(Some(state)) => events.observe(&name, &state, serial(msg)),
-        Some(None) => refresh(conn, events, &name).await,
+        Some(None) => refresher.refresh(&name),
         None => {}
     }
 }
 
-/// `UnitNew` and `UnitRemoved` of systemd's manager.
-async fn on_manager_signal(
-    conn: &Connection,
-    events: &Events,
-    owner: &OwnedUniqueName,
-    msg: &Message,
+/// The task that makes the watch's calls to systemd (`Subscribe`, the list
+/// of VM units, a VM's state), away from the signal loop. Requests are
+/// merged: a VM asked for twice before its turn is read once, so the
+/// queue holds at most every VM name once. The task ends when this is
+/// dropped.
+struct Refresher {
+    work: Arc<RefreshWork>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct RefreshWork {
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    relist: bool,
+    names: std::collections::BTreeSet<String>,
+}
+
+impl Refresher {
+    fn spawn(conn: Connection, events: Events, owner: OwnedUniqueName) -> Self {
+        let work = Arc::new(RefreshWork::default());
+        let task = tokio::spawn(refresh_loop(conn, events, owner, work.clone()));
+        Self { work, task }
+    }
+
+    /// Subscribe to systemd and read every VM unit's state.
+    fn relist(&self) {
+        self.request(|pending| pending.relist = true);
+    }
+
+    /// Read the state of VM `name`.
+    fn refresh(&self, name: &str) {
+        self.request(|pending| {
+            pending.names.insert(name.to_string());
+        });
+    }
+
+    fn request(&self, add: impl FnOnce(&mut Pending)) {
+        add(&mut lock(&self.work.pending));
+        self.work.wake.notify_one();
+    }
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn refresh_loop(
+    conn: Connection,
+    events: Events,
+    owner: OwnedUniqueName,
+    work: Arc<RefreshWork>,
 ) {
-    if !from_systemd(msg, owner) {
-        return;
+    loop {
+        work.wake.notified().await;
+        let pending = std::mem::take(&mut *lock(&work.pending));
+        if pending.relist {
+            match relist(&conn, &events).await {
+                Ok(loaded) => {
+                    tracing::info!("events: following systemd ({owner}), {loaded} VM units loaded")
+                }
+                Err(e) => tracing::warn!(
+                    "events: cannot list systemd's VM units: {e}; states are read on demand"
+                ),
+            }
+        }
+        for name in &pending.names {
+            refresh(&conn, &events, name).await;
+        }
     }
-    let header = msg.header();
-    let member = header.member().map(|m| m.as_str().to_string());
-    let Ok((unit, _path)) = msg.body().deserialize::<(String, OwnedObjectPath)>() else {
-        return;
-    };
-    let Some(name) = vm_of_unit(&unit) else {
-        return;
-    };
-    match member.as_deref() {
-        Some("UnitNew") => refresh(conn, events, name).await,
-        // Unloaded: nothing of it runs.
-        Some("UnitRemoved") => events.observe(name, vm_state(None), serial(msg)),
-        _ => {}
+}
+
+/// Subscribes to systemd's signals and takes the state of every loaded VM
+/// unit; returns how many there are.
+async fn relist(conn: &Connection, events: &Events) -> zbus::Result<usize> {
+    // daemon.rs subscribed this connection already: systemd then says
+    // AlreadySubscribed, which is what we want.
+    match conn
+        .call_method(
+            Some(SYSTEMD),
+            SYSTEMD_PATH,
+            Some(SYSTEMD_MANAGER),
+            "Subscribe",
+            &(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+        Err(e) => return Err(e),
     }
+    let (now, serial) = list_vm_units(conn).await?;
+    let loaded = now.len();
+    events.reset(now, serial);
+    Ok(loaded)
 }
 
 /// Reads the state of VM `name` from systemd now and takes it (with the
@@ -523,30 +664,17 @@ async fn systemd_owner(conn: &Connection) -> zbus::Result<Option<OwnedUniqueName
     }
 }
 
-/// `PropertiesChanged` of systemd's unit objects, from `owner` only.
-async fn unit_signals(conn: &Connection, owner: &OwnedUniqueName) -> zbus::Result<MessageStream> {
-    let rule = MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(owner.as_str())?
-        .path_namespace(UNIT_PATH_NAMESPACE)?
-        .interface(PROPERTIES)?
-        .member("PropertiesChanged")?
-        .arg(0, SYSTEMD_UNIT)?
-        .build();
-    MessageStream::for_match_rule(rule, conn, Some(SIGNAL_QUEUE)).await
-}
-
-/// The signals of systemd's manager object (`UnitNew`, `UnitRemoved`, ...)
-/// from `owner` only.
-async fn manager_signals(
+/// systemd's signals from `owner` only: `PropertiesChanged` of its unit
+/// objects and those of its manager object (`UnitNew`, `UnitRemoved`,
+/// ...). One match rule, so one stream and one queue to keep empty.
+async fn systemd_signals(
     conn: &Connection,
     owner: &OwnedUniqueName,
 ) -> zbus::Result<MessageStream> {
     let rule = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(owner.as_str())?
-        .path(SYSTEMD_PATH)?
-        .interface(SYSTEMD_MANAGER)?
+        .path_namespace(SYSTEMD_PATH)?
         .build();
     MessageStream::for_match_rule(rule, conn, Some(SIGNAL_QUEUE)).await
 }
@@ -703,6 +831,21 @@ mod tests {
             ]
         );
         assert_eq!(events.state("a").as_deref(), Some("stopped"));
+    }
+
+    #[test]
+    fn a_list_keeps_states_from_newer_signals() {
+        let events = Events::new();
+        events.reset(HashMap::new(), 1);
+        // Taken while the list below was on its way.
+        events.observe("a", "running", 20);
+        let listed = HashMap::from([("a".to_string(), "starting".to_string())]);
+        events.reset(listed.clone(), 15);
+        assert_eq!(events.state("a").as_deref(), Some("running"));
+        // A new systemd connection starts its serials again.
+        events.forget_serials();
+        events.reset(listed, 3);
+        assert_eq!(events.state("a").as_deref(), Some("starting"));
     }
 
     #[tokio::test]

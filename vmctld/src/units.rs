@@ -30,6 +30,8 @@
 //! deleted the unit's state is read again ([`Systemd::ensure_stopped`]).
 
 use futures_util::StreamExt;
+
+use crate::events::while_draining;
 use vmctl_api::spec::unit_name;
 use zbus::{
     names::{OwnedUniqueName, UniqueName},
@@ -167,8 +169,12 @@ impl Systemd {
 
     async fn run_job_inner(&self, method: &str, unit: &str) -> Result<(), ManagerError> {
         let mut owner = self.systemd_owner().await?;
-        let mut jobs = self.job_signals(owner.as_ref()).await?;
-        let job: OwnedObjectPath = match self.manager_call(method, &(unit, "replace")).await {
+        let mut jobs = self.job_signals(owner.as_ref()).await?.fuse();
+        // The stream is read while every call below waits for its reply:
+        // a full queue would stop the bus connection, that reply included.
+        let args = (unit, "replace");
+        let (reply, early) = while_draining(self.manager_call(method, &args), &mut jobs).await;
+        let job: OwnedObjectPath = match reply {
             Ok(reply) => reply
                 .body()
                 .deserialize()
@@ -179,35 +185,49 @@ impl Systemd {
         tracing::debug!("{method} {unit}: waiting for job {}", job.as_str());
         let mut recheck = tokio::time::interval(OWNER_RECHECK);
         recheck.tick().await;
-        let result = loop {
-            tokio::select! {
-                msg = jobs.next() => {
-                    let Some(msg) = msg else { break None };
-                    let Ok(msg) = msg else { continue };
-                    match job_removed_result(&msg, owner.as_deref(), &job, unit) {
-                        Ok(result) => break Some(result),
-                        Err(Ignored::Forged) => tracing::warn!(
-                            "{method} {unit}: ignoring a JobRemoved for job {} from {:?}, \
-                             which is not systemd ({:?})",
-                            job.as_str(),
-                            msg.header().sender().map(|s| s.as_str()),
-                            owner.as_deref().map(|s| s.as_str()),
-                        ),
-                        Err(Ignored::OtherJob) => {}
+        let check = |msg: &zbus::Message, owner: Option<&UniqueName<'_>>| {
+            self.job_result(msg, owner, &job, unit, method)
+        };
+        // The job may have ended before its path was known.
+        let ended_early = early
+            .iter()
+            .flatten()
+            .find_map(|msg| check(msg, owner.as_deref()));
+        let result = if ended_early.is_some() {
+            ended_early
+        } else {
+            loop {
+                tokio::select! {
+                    msg = jobs.next() => {
+                        let Some(msg) = msg else { break None };
+                        let Ok(msg) = msg else { continue };
+                        if let Some(result) = check(&msg, owner.as_deref()) {
+                            break Some(result);
+                        }
                     }
-                }
-                _ = recheck.tick() => {
-                    let now = self.systemd_owner().await?;
-                    if now == owner {
-                        continue;
-                    }
-                    tracing::info!("{method} {unit}: systemd's bus name moved to {now:?}");
-                    owner = now;
-                    jobs = self.job_signals(owner.as_ref()).await?;
-                    // If the job ended while systemd was away, no signal
-                    // will tell: its state will.
-                    if !self.job_exists(&job).await {
-                        break Some(String::from("gone"));
+                    _ = recheck.tick() => {
+                        let (now, _) = while_draining(self.systemd_owner(), &mut jobs).await;
+                        let now = now?;
+                        if now == owner {
+                            continue;
+                        }
+                        tracing::info!("{method} {unit}: systemd's bus name moved to {now:?}");
+                        owner = now;
+                        // The old stream's signals are from the old systemd:
+                        // whether the job ended meanwhile is read below.
+                        let new_jobs = self.job_signals(owner.as_ref());
+                        let (new_jobs, _) = while_draining(new_jobs, &mut jobs).await;
+                        jobs = new_jobs?.fuse();
+                        // If the job ended while systemd was away, no signal
+                        // will tell: its state will.
+                        let (exists, seen) = while_draining(self.job_exists(&job), &mut jobs).await;
+                        let mut seen = seen.iter().flatten();
+                        if let Some(result) = seen.find_map(|msg| check(msg, owner.as_deref())) {
+                            break Some(result);
+                        }
+                        if !exists {
+                            break Some(String::from("gone"));
+                        }
                     }
                 }
             }
@@ -231,6 +251,32 @@ impl Systemd {
                 unit: unit.to_string(),
                 result: self.unit_result(unit).await.unwrap_or(result),
             }),
+        }
+    }
+
+    /// The result `msg` carries if it is systemd's `JobRemoved` for `job`
+    /// (see [`job_removed_result`]); a forged one is logged.
+    fn job_result(
+        &self,
+        msg: &zbus::Message,
+        owner: Option<&UniqueName<'_>>,
+        job: &ObjectPath<'_>,
+        unit: &str,
+        method: &str,
+    ) -> Option<String> {
+        match job_removed_result(msg, owner, job, unit) {
+            Ok(result) => Some(result),
+            Err(Ignored::Forged) => {
+                tracing::warn!(
+                    "{method} {unit}: ignoring a JobRemoved for job {} from {:?}, \
+                     which is not systemd ({:?})",
+                    job.as_str(),
+                    msg.header().sender().map(|s| s.as_str()),
+                    owner.map(|s| s.as_str()),
+                );
+                None
+            }
+            Err(Ignored::OtherJob) => None,
         }
     }
 

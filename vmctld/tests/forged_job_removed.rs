@@ -14,12 +14,11 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{call, start_bus, Daemon};
+use common::{call, is_root, start_bus, unit_path, wait_for_name, write_vm, Daemon};
 use serde_json::json;
 use tokio::sync::mpsc;
 use zbus::{
@@ -49,17 +48,6 @@ enum FakeError {
     #[zbus(error)]
     ZBus(zbus::Error),
     NoSuchUnit(String),
-}
-
-fn unit_path(unit: &str) -> OwnedObjectPath {
-    let escaped: String = unit
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("_{b:02x}"),
-        })
-        .collect();
-    OwnedObjectPath::try_from(format!("{SYSTEMD_PATH}/unit/{escaped}")).unwrap()
 }
 
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
@@ -133,34 +121,6 @@ async fn emit_job_removed(
     )
     .await
     .unwrap();
-}
-
-fn write_vm(state: &Path, name: &str, cid: u32) -> (PathBuf, PathBuf) {
-    let spec = state.join("vms").join(format!("{name}.json"));
-    let disk = state.join("disks").join(name).join("root.raw");
-    std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
-    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
-    std::fs::write(
-        &spec,
-        json!({"name":name,"id":"0123456789abcdef0123456789abcdef","owner_uid":0,"vcpus":1,
-               "memory_bytes":536870912u64,"disk_bytes":1048576u64,"image":"default",
-               "vmm":"qemu","cid":cid})
-        .to_string(),
-    )
-    .unwrap();
-    std::fs::write(&disk, b"disk").unwrap();
-    (spec, disk)
-}
-
-async fn wait_for_name(conn: &zbus::Connection, name: &str, daemon: &mut Daemon) {
-    let dbus = DBusProxy::new(conn).await.unwrap();
-    let name = BusName::try_from(name).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dbus.name_has_owner(name.clone()).await.unwrap() {
-        assert!(daemon.is_running(), "vmctld exited");
-        assert!(Instant::now() < deadline, "vmctld did not take {name}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,10 +286,4 @@ async fn forged_job_removed_deletes_nothing() {
         "files of a running VM deleted"
     );
     assert!(daemon.is_running());
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let f = tempfile::NamedTempFile::new().unwrap();
-    f.as_file().metadata().unwrap().uid() == 0
 }

@@ -180,3 +180,54 @@ pub fn start_bus() -> Option<Bus> {
     assert!(!address.is_empty(), "dbus-daemon printed no address");
     Some(Bus { child, address })
 }
+
+/// The object path systemd gives `unit` (its name escaped as a bus label).
+pub fn unit_path(unit: &str) -> zbus::zvariant::OwnedObjectPath {
+    let escaped: String = unit
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("_{b:02x}"),
+        })
+        .collect();
+    zbus::zvariant::OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/unit/{escaped}"))
+        .unwrap()
+}
+
+/// Writes the spec file and a dummy root disk of a VM `name` owned by root
+/// under `state`; returns their paths.
+pub fn write_vm(state: &Path, name: &str, cid: u32) -> (PathBuf, PathBuf) {
+    let spec = state.join("vms").join(format!("{name}.json"));
+    let disk = state.join("disks").join(name).join("root.raw");
+    std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    std::fs::write(
+        &spec,
+        serde_json::json!({"name":name,"id":"0123456789abcdef0123456789abcdef","owner_uid":0,"vcpus":1,
+               "memory_bytes":536870912u64,"disk_bytes":1048576u64,"image":"default",
+               "vmm":"qemu","cid":cid})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(&disk, b"disk").unwrap();
+    (spec, disk)
+}
+
+/// Waits until `name` has an owner on the bus of `conn` (20 s at most).
+pub async fn wait_for_name(conn: &zbus::Connection, name: &str, daemon: &mut Daemon) {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
+    let name = zbus::names::BusName::try_from(name).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dbus.name_has_owner(name.clone()).await.unwrap() {
+        assert!(daemon.is_running(), "vmctld exited");
+        assert!(Instant::now() < deadline, "vmctld did not take {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the tests run as root (a file made now is owned by uid 0).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().metadata().unwrap().uid() == 0
+}
