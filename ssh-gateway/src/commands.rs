@@ -150,7 +150,11 @@ pub fn parse(line: &str) -> Result<GatewayCli, Output> {
         });
     }
     GatewayCli::try_parse_from(&words).map_err(|e| {
-        let text = e.render().to_string();
+        let mut text = e.render().to_string();
+        if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+            text.push('\n');
+            text.push_str(&help());
+        }
         let status = if e.use_stderr() { 2 } else { 0 };
         if status == 0 {
             Output::ok(text)
@@ -396,6 +400,7 @@ mod tests {
         let out = parse("frobnicate").unwrap_err();
         assert_eq!(out.status, 2);
         assert!(out.stderr.contains("frobnicate"), "{}", out.stderr);
+        assert!(out.stderr.contains("whoami"), "the help: {}", out.stderr);
         let out = parse("").unwrap_err();
         assert_eq!(out.status, 2);
         assert!(out.stdout.contains("ssh-key"), "{}", out.stdout);

@@ -21,7 +21,7 @@ use russh::{
     server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey},
     Channel, ChannelId, ChannelMsg, ChannelOpenFailure, Disconnect, MethodKind, MethodSet,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     commands,
@@ -84,13 +84,47 @@ pub async fn serve(
     }
 }
 
-/// Refuses a connection before SSH starts, with a line saying why (an SSH
-/// server may send lines before its version line; clients show them).
+/// SSH's reason code "too many connections" (RFC 4250 4.2.2).
+const TOO_MANY_CONNECTIONS: u32 = 12;
+
+/// The version line and a cleartext `SSH_MSG_DISCONNECT` packet (RFC 4253
+/// 6 and 11.1): how a connection is refused before any key exchange, so
+/// that a refusal costs no cryptography and OpenSSH still prints the
+/// message ("Received disconnect from ...: 12: MESSAGE").
+pub fn disconnect_bytes(reason: u32, message: &str) -> Vec<u8> {
+    let mut payload = vec![1u8]; // SSH_MSG_DISCONNECT
+    payload.extend_from_slice(&reason.to_be_bytes());
+    payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    payload.extend_from_slice(&0u32.to_be_bytes()); // language tag
+                                                    // packet_length + padding_length + payload + padding: a multiple of 8,
+                                                    // with at least 4 bytes of padding.
+    let mut padding = 8 - (4 + 1 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut out = b"SSH-2.0-vmctl_ssh\r\n".to_vec();
+    out.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    out.push(padding as u8);
+    out.extend_from_slice(&payload);
+    out.extend(std::iter::repeat_n(0u8, padding));
+    out
+}
+
+/// Refuses a connection before SSH starts, saying why.
 async fn refuse(mut stream: tokio::net::TcpStream, message: String) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream.write_all(format!("{message}\r\n").as_bytes()),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream
+            .write_all(&disconnect_bytes(TOO_MANY_CONNECTIONS, &message))
+            .await?;
+        stream.shutdown().await?;
+        // Read what the client sends until it closes: closing with unread
+        // data would reset the connection, and the client might lose the
+        // line before reading it.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
     .await;
 }
 
@@ -119,6 +153,7 @@ async fn connection(
         unauthenticated: Some(unauthenticated),
         user: None,
         unknown_key_seen: false,
+        reason_shown: false,
         channels: 0,
     };
     let auth_timeout = state.limits.auth_timeout;
@@ -191,6 +226,8 @@ struct Connection {
     unauthenticated: Option<Slot<()>>,
     user: Option<User>,
     unknown_key_seen: bool,
+    /// Whether keyboard-interactive told the client why it was refused.
+    reason_shown: bool,
     channels: usize,
 }
 
@@ -352,9 +389,11 @@ impl server::Handler for Connection {
         _submethods: &str,
         response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        if response.is_some() {
+        // Once: OpenSSH asks again up to NumberOfPasswordPrompts times.
+        if response.is_some() || self.reason_shown {
             return Ok(Auth::reject());
         }
+        self.reason_shown = true;
         let message = if self.unknown_key_seen {
             UNKNOWN_KEY_MESSAGE.to_string()
         } else {
@@ -601,7 +640,8 @@ async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm
                 let mut text = String::new();
                 if let Some(name) = &not_a_vm {
                     text.push_str(&format!(
-                        "vmctl-ssh: you have no VM named {name:?}; your VMs: ssh -p 2222 HOST ls\n\n"
+                        "vmctl-ssh: no VM of yours is named {name:?}, so this is command mode \
+                         (your VMs: ssh -p 2222 HOST ls)\n\n"
                     ));
                 }
                 text.push_str(&commands::help());
@@ -640,6 +680,34 @@ async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm
     while let Some(msg) = rx.wait().await {
         if matches!(msg, ChannelMsg::Close) {
             break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disconnect_packet_is_well_formed() {
+        for message in [
+            "",
+            "x",
+            "vmctl-ssh: connection rate limit per source address",
+        ] {
+            let bytes = disconnect_bytes(TOO_MANY_CONNECTIONS, message);
+            let packet = bytes
+                .strip_prefix(b"SSH-2.0-vmctl_ssh\r\n".as_slice())
+                .unwrap();
+            let length = u32::from_be_bytes(packet[..4].try_into().unwrap()) as usize;
+            assert_eq!(packet.len(), 4 + length);
+            assert_eq!(packet.len() % 8, 0);
+            let padding = packet[4] as usize;
+            assert!(padding >= 4);
+            assert_eq!(packet[5], 1, "SSH_MSG_DISCONNECT");
+            assert_eq!(packet[6..10], 12u32.to_be_bytes());
+            let text_len = u32::from_be_bytes(packet[10..14].try_into().unwrap()) as usize;
+            assert_eq!(&packet[14..14 + text_len], message.as_bytes());
         }
     }
 }
