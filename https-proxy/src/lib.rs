@@ -34,8 +34,19 @@ use anyhow::Context;
 /// How often stored ACME certificates are checked for renewal.
 pub const DEFAULT_RENEW_CHECK: Duration = Duration::from_secs(3600);
 
-/// Builds the server from `config` with its state under `state_dir`.
+/// Builds the server from `config` with its state under `state_dir`,
+/// asking vmctld at the configured socket.
 pub fn build(config: config::Config, state_dir: &Path) -> anyhow::Result<Arc<server::Server>> {
+    let vmctld = Arc::new(gateway::GatewayClient::new(config.varlink_socket.clone()));
+    build_with(config, state_dir, vmctld)
+}
+
+/// Builds the server asking `vmctld` (tests give a table).
+pub fn build_with(
+    config: config::Config,
+    state_dir: &Path,
+    vmctld: Arc<dyn proxy::Vmctld>,
+) -> anyhow::Result<Arc<server::Server>> {
     let challenges = Arc::new(acme::Challenges::default());
     let (store, issuer) = match &config.tls {
         config::TlsSource::Files { certificate, key } => {
@@ -64,7 +75,6 @@ pub fn build(config: config::Config, state_dir: &Path) -> anyhow::Result<Arc<ser
     };
     let sessions = session::Sessions::open(state_dir, &config.domain, config.session_lifetime)
         .context("session key")?;
-    let vmctld = Arc::new(gateway::GatewayClient::new(config.varlink_socket.clone()));
     let proxy = proxy::Proxy::new(&config.domain, vmctld, sessions, challenges);
     Ok(Arc::new(server::Server {
         proxy: Arc::new(proxy),
