@@ -522,18 +522,23 @@ fn taps_die_with_the_vmm() {
         [(tap_of(VM2), group_of(OWNER))],
         "only the running VM has an element"
     );
-    // bob's VM again, with a new TAP: still kept from alice's.
+    // bob's VM again, with a new TAP: still kept from alice's. Both must
+    // have their addresses first, or "unreachable" would prove nothing.
     host_as(
         Some(OTHER_OWNER),
         &["systemctl", "start", &format!("vm@{VM3}")],
     )
     .ok();
-    assert!(
-        wait_for(Duration::from_secs(60), || guest(VM2, &["true"]).code
-            == Some(0)),
-        "{VM2} did not come back"
-    );
+    addresses_and_tap(VM2);
+    addresses_and_tap_of_owner(VM3, &group_of(OTHER_OWNER).to_string());
+    nat_to_the_outside(VM3);
     assert_isolated();
+    let mut expected = vec![
+        (tap_of(VM2), group_of(OWNER)),
+        (tap_of(VM3), group_of(OTHER_OWNER)),
+    ];
+    expected.sort();
+    assert_eq!(port_owner_elements(), expected);
 }
 
 /// Without networkd's bridge a VM with a network does not start, and says
