@@ -38,6 +38,8 @@ const VM2: &str = "net2";
 const OWNER: &str = "alice";
 /// Owned by another user, bob.
 const VM3: &str = "net3";
+/// alice's, made after VM1 is removed: it gets VM1's addresses.
+const VM4: &str = "net4";
 const OTHER_OWNER: &str = "bob";
 /// The "outside" namespace and its addresses (TEST-NET-1, inside the dev host).
 const OUTSIDE: &str = "vmctl-outside";
@@ -276,8 +278,9 @@ fn vms_get_addresses_nat_and_each_other_and_taps_die_with_the_vmm() {
         vms_reach_each_other();
         other_owner_is_isolated();
         taps_die_with_the_vmm();
+        addresses_are_reused_after_rm();
     });
-    for vm in [VM1, VM2, VM3] {
+    for vm in [VM1, VM2, VM3, VM4] {
         let _ = host(&["systemctl", "stop", &format!("vm@{vm}")]);
         let _ = host(&["vmctl", "rm", vm]);
     }
@@ -666,4 +669,30 @@ fn configured_subnets_reach_the_bridge_and_the_vms() {
         Some(1),
         "the drop-in is gone"
     );
+}
+
+/// After `vmctl rm` a VM's addresses are free: the next VM gets them (the
+/// lowest free ones), and its name, not the old one, resolves to them.
+fn addresses_are_reused_after_rm() {
+    let (ipv4, ipv6) = (spec_field(VM1, "ipv4"), spec_field(VM1, "ipv6"));
+    host_as(Some(OWNER), &["vmctl", "rm", VM1]).ok();
+    let gone = host(&["getent", "hosts", &format!("{VM1}.vm")]);
+    assert_eq!(gone.code, Some(2), "{VM1}.vm still resolves: {gone:?}");
+    host_as(
+        Some(OWNER),
+        &["vmctl", "create", VM4, "--memory", "1G", "--disk", "4G"],
+    )
+    .ok();
+    assert_eq!(
+        (spec_field(VM4, "ipv4"), spec_field(VM4, "ipv6")),
+        (ipv4.clone(), ipv6.clone()),
+        "{VM4} did not get the addresses {VM1} freed"
+    );
+    let named = host(&["getent", "hosts", &ipv4]).ok();
+    assert_eq!(
+        named.stdout.split_whitespace().nth(1),
+        Some(format!("{VM4}.vm").as_str()),
+        "{named:?}"
+    );
+    eprintln!("after rm of {VM1}: {VM4} has {ipv4} {ipv6}");
 }
