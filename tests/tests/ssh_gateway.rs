@@ -1,0 +1,424 @@
+//! The SSH gateway (`vmctl-ssh.socket`, port 2222) end to end in the dev
+//! host, with the real OpenSSH client (`ssh`, `scp`, `sftp`) run by the
+//! test users: socket activation, keys registered with `vmctl ssh-key
+//! add`, command mode on behalf of the key's owner, an unknown key refused
+//! with a message, another user's VM indistinguishable from a missing one,
+//! garbage and a flood of connections (the gateway stays up and a good
+//! client still gets in), and proxy mode into a booted VM (hostname, exit
+//! status, PTY size, scp and sftp of 50 MB, `ssh -L`, a stopped VM's
+//! message, `systemctl restart vmctl-ssh` leaving the VM alone).
+
+use std::time::{Duration, Instant};
+use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, Run};
+
+/// The gateway's port (units/vmctl-ssh.socket).
+const PORT: &str = "2222";
+
+/// OpenSSH options every call uses: the test does not check the gateway's
+/// host key (a fresh host each run), and stdin is closed by the callers.
+const OPTS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                    -o LogLevel=ERROR -o IdentitiesOnly=yes -i ~/.ssh/id_ed25519";
+
+/// `ssh -p 2222 SSH_USER@127.0.0.1 CMD` as `user`, in batch mode.
+fn gw(user: &str, ssh_user: &str, cmd: &str) -> Run {
+    gw_from(user, "127.0.0.1", ssh_user, cmd)
+}
+
+/// [`gw`] from source address `source` (`ssh -b`).
+fn gw_from(user: &str, source: &str, ssh_user: &str, cmd: &str) -> Run {
+    host_as(
+        Some(user),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "timeout 600 ssh -b {source} -p {PORT} -o BatchMode=yes {OPTS} \
+                 {ssh_user}@127.0.0.1 {cmd} < /dev/null"
+            ),
+        ],
+    )
+}
+
+/// Makes `user`'s `~/.ssh/id_ed25519` (afresh).
+fn make_key(user: &str) {
+    host_as(
+        Some(user),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p -m 700 ~/.ssh && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
+             && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519",
+        ],
+    )
+    .ok();
+}
+
+/// Registers `user`'s key with vmctl, as the user.
+fn register_key(user: &str) {
+    host_as(
+        Some(user),
+        &["sh", "-c", "vmctl ssh-key add ~/.ssh/id_ed25519.pub"],
+    )
+    .ok();
+}
+
+/// The gateway's socket is enabled and listening, its service stopped.
+fn fresh_gateway() {
+    host(&["systemctl", "enable", "--now", "vmctl-ssh.socket"]).ok();
+    host(&["systemctl", "stop", "vmctl-ssh.service"]).ok();
+}
+
+/// Removes the test's VMs even when an assertion fails.
+struct Cleanup(&'static [&'static str]);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for vm in self.0 {
+            host(&["sh", "-c", &format!("vmctl rm {vm} 2>/dev/null; true")]);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn command_mode_keys_denials_and_floods() {
+    ensure_test_users();
+    let _cleanup = Cleanup(&["gwdefined"]);
+    fresh_gateway();
+    // Socket activation: nothing runs until the first connection.
+    assert_eq!(
+        host(&["systemctl", "is-active", "vmctl-ssh.service"])
+            .stdout
+            .trim(),
+        "inactive"
+    );
+    assert_eq!(
+        host(&["systemctl", "is-active", "vmctl-ssh.socket"])
+            .stdout
+            .trim(),
+        "active"
+    );
+    for user in ["alice", "bob", "mallory"] {
+        make_key(user);
+    }
+    register_key("alice");
+    register_key("bob");
+    let listed = host_as(Some("alice"), &["vmctl", "ssh-key", "list"])
+        .ok()
+        .stdout;
+    let alice_key = host_as(Some("alice"), &["sh", "-c", "cat ~/.ssh/id_ed25519.pub"])
+        .ok()
+        .stdout;
+    assert_eq!(listed.trim(), alice_key.trim());
+    // A key opens one account: bob cannot register alice's.
+    host(&["cp", "/home/alice/.ssh/id_ed25519.pub", "/tmp/alice.pub"]).ok();
+    host(&["chmod", "644", "/tmp/alice.pub"]).ok();
+    let taken = host_as(Some("bob"), &["vmctl", "ssh-key", "add", "/tmp/alice.pub"]);
+    assert_eq!(taken.code, Some(1), "{taken:#?}");
+    assert!(
+        taken.stderr.contains("registered to another user"),
+        "{taken:#?}"
+    );
+
+    // whoami: the gateway acts for the key's owner.
+    let alice_uid = host(&["id", "-u", "alice"]).ok().stdout;
+    let who = gw("alice", "alice", "whoami").ok();
+    assert!(
+        who.stdout
+            .starts_with(&format!("alice (uid {})", alice_uid.trim())),
+        "{who:#?}"
+    );
+    assert_eq!(
+        host(&["systemctl", "is-active", "vmctl-ssh.service"])
+            .stdout
+            .trim(),
+        "active",
+        "started by the first connection"
+    );
+    // Whatever the local name: `ssh -p 2222 HOST ls` is command mode.
+    let listed = gw("alice", "vmctl", "ls --json").ok();
+    assert!(listed.stdout.trim_start().starts_with('['), "{listed:#?}");
+
+    // A VM defined through the gateway belongs to alice.
+    let made = gw("alice", "alice", "new --name gwdefined --no-start").ok();
+    assert!(made.stdout.contains("Created VM gwdefined"), "{made:#?}");
+    let listed = gw("alice", "alice", "ls --json").ok();
+    assert!(
+        listed.stdout.contains("\"name\": \"gwdefined\""),
+        "{listed:#?}"
+    );
+    assert!(
+        listed.stdout.contains("\"owner\": \"alice\""),
+        "{listed:#?}"
+    );
+
+    // bob: alice's VM answers exactly like a VM that does not exist.
+    for (cmd, missing) in [
+        ("rm gwdefined", "rm nosuchvm"),
+        ("start gwdefined", "start nosuchvm"),
+    ] {
+        let theirs = gw("bob", "bob", cmd);
+        let none = gw("bob", "bob", missing);
+        assert_eq!(theirs.code, Some(1), "{theirs:#?}");
+        assert!(
+            theirs.stderr.contains("no VM named \"gwdefined\""),
+            "{theirs:#?}"
+        );
+        assert_eq!(theirs.stderr.replace("gwdefined", "nosuchvm"), none.stderr);
+    }
+    let theirs = gw("bob", "gwdefined.vm", "hostname");
+    let none = gw("bob", "nosuchvm.vm", "hostname");
+    assert_eq!(theirs.code, Some(255), "{theirs:#?}");
+    assert!(theirs.stderr.contains("no VM named"), "{theirs:#?}");
+    assert_eq!(theirs.stderr.replace("gwdefined", "nosuchvm"), none.stderr);
+    assert!(
+        gw("bob", "bob", "ls --json").ok().stdout.trim() == "[]",
+        "bob sees none of alice's VMs"
+    );
+
+    // Unknown commands: the help and a failure status.
+    let unknown = gw("alice", "alice", "frobnicate");
+    assert_eq!(unknown.code, Some(2), "{unknown:#?}");
+    assert!(unknown.stderr.contains("frobnicate"), "{unknown:#?}");
+    assert!(unknown.stderr.contains("ssh-key"), "{unknown:#?}");
+
+    // An unregistered key is refused with the reason (shown through
+    // keyboard-interactive, so not in batch mode).
+    let refused = host_as(
+        Some("mallory"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "timeout 60 ssh -p {PORT} {OPTS} -o NumberOfPasswordPrompts=1 \
+                 mallory@127.0.0.1 whoami < /dev/null"
+            ),
+        ],
+    );
+    assert_eq!(refused.code, Some(255), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("this key is not registered"),
+        "{refused:#?}"
+    );
+    assert!(refused.stderr.contains("vmctl ssh-key add"), "{refused:#?}");
+
+    // Garbage, truncated handshakes and 1,000 connections from one source:
+    // the gateway stays up (same process), refuses over the rate with the
+    // limit's name, and a client from another source gets in. No VM is
+    // touched.
+    let pid = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-ssh"])
+        .ok()
+        .stdout;
+    host(&[
+        "bash",
+        "-c",
+        "for i in $(seq 1000); do \
+           exec 3<>/dev/tcp/127.0.0.1/2222 || continue; \
+           case $((i % 3)) in \
+             0) printf 'garbage\\r\\n\\0\\0\\0' >&3 ;; \
+             1) printf 'SSH-2.0-e2e\\r\\n\\0\\0\\0\\x20\\x14truncated' >&3 ;; \
+           esac; \
+           exec 3>&-; \
+         done; true",
+    ])
+    .ok();
+    let limited = host_as(
+        Some("alice"),
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 60 ssh -p {PORT} {OPTS} alice@127.0.0.1 whoami < /dev/null"),
+        ],
+    );
+    assert_eq!(limited.code, Some(255), "{limited:#?}");
+    assert!(
+        limited
+            .stderr
+            .contains("connection rate limit per source address"),
+        "{limited:#?}"
+    );
+    gw_from("alice", "127.0.0.2", "alice", "whoami").ok();
+    let pid_after = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-ssh"])
+        .ok()
+        .stdout;
+    assert_eq!(pid, pid_after, "the gateway was not restarted");
+    let state = gw_from("alice", "127.0.0.2", "alice", "ls --json").ok();
+    assert!(
+        state.stdout.contains("\"state\": \"stopped\""),
+        "{state:#?}"
+    );
+    gw_from("alice", "127.0.0.2", "alice", "rm gwdefined").ok();
+}
+
+/// Retries `cmd` through the gateway to `vm` while the guest's sshd is
+/// not up yet (the gateway says it cannot reach it), for at most `within`.
+fn proxy_when_up(user: &str, vm: &str, cmd: &str, within: Duration) -> Run {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = gw(user, vm, cmd);
+        let not_yet =
+            run.stderr.contains("cannot reach the sshd") || run.stderr.contains("SSH to VM");
+        if !not_yet || Instant::now() > deadline {
+            return run;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn proxy_mode_into_a_vm() {
+    const VM: &str = "gwt1";
+    ensure_test_users();
+    host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
+    let _cleanup = Cleanup(&[VM]);
+    fresh_gateway();
+    make_key("alice");
+    register_key("alice");
+
+    // `new` creates and starts (a TCG boot takes a while).
+    let made = gw("alice", "alice", &format!("new --name {VM}")).ok();
+    assert!(made.stdout.contains("Started"), "{made:#?}");
+    let listed = gw("alice", "alice", "ls --json").ok();
+    assert!(listed.stdout.contains(&format!("\"name\": \"{VM}\"")));
+
+    let run = proxy_when_up("alice", VM, "hostname", Duration::from_secs(180));
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.stdout.trim(), VM);
+    // The guest account is alice's.
+    assert_eq!(gw("alice", VM, "id -un").ok().stdout.trim(), "alice");
+
+    // Exit status passes through.
+    let exit = gw("alice", VM, "\"sh -c 'exit 7'\"");
+    assert_eq!(exit.code, Some(7), "{exit:#?}");
+
+    // The client's window size reaches the guest's PTY: ssh gets a
+    // terminal from script(1) whose size is set first.
+    let size = host_as(
+        Some("alice"),
+        &[
+            "script",
+            "-qec",
+            &format!(
+                "stty rows 41 cols 137; timeout 60 ssh -tt -p {PORT} {OPTS} {VM}@127.0.0.1 stty size"
+            ),
+            "/dev/null",
+        ],
+    );
+    assert!(size.stdout.contains("41 137"), "{size:#?}");
+
+    // scp and sftp move 50 MB intact.
+    host_as(
+        Some("alice"),
+        &[
+            "sh",
+            "-c",
+            "head -c 50M /dev/urandom > ~/blob && sha256sum < ~/blob > ~/blob.sum",
+        ],
+    )
+    .ok();
+    let sum = host_as(Some("alice"), &["sh", "-c", "cut -d' ' -f1 ~/blob.sum"])
+        .ok()
+        .stdout;
+    host_as(
+        Some("alice"),
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 600 scp -P {PORT} {OPTS} ~/blob {VM}@127.0.0.1:blob.scp"),
+        ],
+    )
+    .ok();
+    let remote = gw("alice", VM, "sha256sum blob.scp").ok();
+    assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
+    host_as(
+        Some("alice"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "printf 'put %s/blob blob.sftp\\nget blob.sftp %s/blob.back\\n' \"$HOME\" \"$HOME\" | \
+                 timeout 600 sftp -b - -P {PORT} {OPTS} {VM}@127.0.0.1"
+            ),
+        ],
+    )
+    .ok();
+    let remote = gw("alice", VM, "sha256sum blob.sftp").ok();
+    assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
+    let back = host_as(Some("alice"), &["sh", "-c", "sha256sum < ~/blob.back"])
+        .ok()
+        .stdout;
+    assert!(back.starts_with(sum.trim()), "{back}");
+
+    // ssh -L reaches a port in the VM.
+    copy_into_vm(
+        VM,
+        std::path::Path::new(env!("CARGO_BIN_EXE_http-peer")),
+        "/root/http-peer",
+    );
+    host(&[
+        "vmctl",
+        "exec",
+        VM,
+        "--",
+        "systemd-run",
+        "--unit=e2e-web",
+        "/root/http-peer",
+        "127.0.0.1:8080",
+    ])
+    .ok();
+    let forwarded = host_as(
+        Some("alice"),
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "timeout 120 ssh -p {PORT} {OPTS} -o ExitOnForwardFailure=yes \
+                 -L 127.0.0.1:18080:127.0.0.1:8080 {VM}@127.0.0.1 sleep 20 < /dev/null & \
+                 tunnel=$!; \
+                 for i in $(seq 30); do \
+                   curl -sS -m 5 http://127.0.0.1:18080/ && break; sleep 0.5; \
+                 done; kill $tunnel"
+            ),
+        ],
+    );
+    assert!(
+        forwarded.stdout.contains("peer 127.0.0.1"),
+        "{forwarded:#?}"
+    );
+
+    // Restarting the gateway drops no VM.
+    let vm_pid = host(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        &format!("vm@{VM}"),
+    ])
+    .ok()
+    .stdout;
+    host(&["systemctl", "restart", "vmctl-ssh.service"]).ok();
+    let vm_pid_after = host(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        &format!("vm@{VM}"),
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(vm_pid, vm_pid_after);
+    assert_eq!(gw("alice", VM, "hostname").ok().stdout.trim(), VM);
+
+    // A stopped VM: a clear message naming the way to start it.
+    gw("alice", "alice", &format!("stop {VM}")).ok();
+    let stopped = gw("alice", VM, "hostname");
+    assert_eq!(stopped.code, Some(255), "{stopped:#?}");
+    assert!(stopped.stderr.contains("is stopped"), "{stopped:#?}");
+    assert!(
+        stopped.stderr.contains(&format!("start {VM}")),
+        "{stopped:#?}"
+    );
+}
