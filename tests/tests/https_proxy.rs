@@ -18,6 +18,13 @@
 //! - a VM not answering 502, a stopped VM 503 naming `vmctl start`;
 //! - 100 MB up and down through the proxy, sha256 intact;
 //! - the unit's `systemd-analyze security` exposure is at most 2.0.
+//!
+//! And with ACME against Debian's Pebble on loopback (its binaries copied
+//! from this machine; `pebble-challtestsrv` answers every name with
+//! 127.0.0.1, so Pebble's HTTP-01 check reaches the proxy's port 80): the
+//! first HTTPS request to a VM's name gets a certificate Pebble issued,
+//! and Pebble's 60-second certificates are renewed in the background and
+//! served without a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +74,24 @@ fn make_certificates(dir: &Path) {
     openssl(&[
         "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+    ]);
+    // Pebble's own HTTPS certificate (its directory at 127.0.0.1:14000).
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "pebble-key.pem", "-out", "pebble.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("pebble.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509", "-req", "-in", "pebble.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "pebble-cert.pem", "-days", "2", "-extfile", "pebble.cnf",
     ]);
 }
 
@@ -335,4 +360,166 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     assert!(exposure <= 2.0, "exposure {exposure}: {run:#?}");
 
     host_as(Some("alice"), &["vmctl", "rm", VM]).ok();
+}
+
+const ACME_VM: &str = "acmesite";
+
+struct AcmeCleanup;
+
+impl Drop for AcmeCleanup {
+    fn drop(&mut self) {
+        host(&[
+            "sh",
+            "-c",
+            &format!(
+                "systemctl stop vmctl-https.service vmctl-https.socket vmctl-https-http.socket \
+                 pebble.service pebble-dns.service; systemctl reset-failed pebble.service \
+                 pebble-dns.service; vmctl rm {ACME_VM} >/dev/null 2>&1; \
+                 rm -rf /etc/vmctl/https.conf {TLS_DIR} /var/lib/vmctl-https; true"
+            ),
+        ]);
+    }
+}
+
+/// The certificate the proxy serves for `name`: curl's `%{certs}` (the
+/// chain as curl saw it, verified against `ca`).
+fn served_certificate(name: &str, ca: &str) -> Run {
+    host(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{certs}",
+        "--cacert",
+        ca,
+        "--resolve",
+        &format!("{name}.{DOMAIN}:443:127.0.0.1"),
+        &format!("https://{name}.{DOMAIN}/"),
+    ])
+}
+
+/// The first certificate's `Start date:` line in curl's `%{certs}`.
+fn start_date(certs: &Run) -> String {
+    certs
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Start date:"))
+        .unwrap_or_else(|| panic!("no certificate details: {certs:#?}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn https_proxy_gets_and_renews_certificates_from_pebble() {
+    host(&["sh", "-c", &format!("vmctl rm {ACME_VM} >/dev/null 2>&1; true")]);
+    let _cleanup = AcmeCleanup;
+    let dev = DevHost::current().unwrap();
+    let local: PathBuf = std::env::temp_dir().join(format!("https-e2e-acme-{}", std::process::id()));
+    make_certificates(&local);
+    for f in ["ca.pem", "pebble-cert.pem", "pebble-key.pem"] {
+        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}")).unwrap();
+    }
+    std::fs::remove_dir_all(&local).ok();
+    for bin in ["pebble", "pebble-challtestsrv"] {
+        dev.copy_in(&Path::new("/usr/bin").join(bin), &format!("/usr/local/bin/{bin}"))
+            .unwrap_or_else(|e| panic!("{bin} (Debian package pebble, `cargo xtask deps`): {e}"));
+        host(&["chmod", "0755", &format!("/usr/local/bin/{bin}")]).ok();
+    }
+    // Pebble: its directory on 127.0.0.1:14000, HTTP-01 checks on port 80,
+    // names resolved by the DNS stub (everything is 127.0.0.1), leaf
+    // certificates valid for 60 s.
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "cat > {TLS_DIR}/pebble.json <<'EOF'\n\
+             {{\"pebble\": {{\"listenAddress\": \"127.0.0.1:14000\", \
+             \"managementListenAddress\": \"127.0.0.1:15000\", \
+             \"certificate\": \"{TLS_DIR}/pebble-cert.pem\", \
+             \"privateKey\": \"{TLS_DIR}/pebble-key.pem\", \
+             \"httpPort\": 80, \"tlsPort\": 443, \"ocspResponderURL\": \"\", \
+             \"externalAccountBindingRequired\": false, \
+             \"certificateValidityPeriod\": 60}}}}\nEOF"
+        ),
+    ])
+    .ok();
+    host(&[
+        "systemd-run", "--unit=pebble-dns", "/usr/local/bin/pebble-challtestsrv",
+        "-defaultIPv4", "127.0.0.1", "-dns01", "127.0.0.1:8053",
+        "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
+        "-management", "127.0.0.1:8055",
+    ])
+    .ok();
+    host(&[
+        "systemd-run", "--unit=pebble", "-E", "PEBBLE_VA_NOSLEEP=1",
+        "/usr/local/bin/pebble", "-config", &format!("{TLS_DIR}/pebble.json"),
+        "-dnsserver", "127.0.0.1:8053",
+    ])
+    .ok();
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "printf '[HTTPS]\\nDomain={DOMAIN}\\nAcmeDirectory=https://127.0.0.1:14000/dir\\n\
+             AcmeContact=mailto:admin@vm.test\\nAcmeRootCA={TLS_DIR}/ca.pem\\n\
+             AcmeRenewCheckSec=5\\n' > /etc/vmctl/https.conf"
+        ),
+    ])
+    .ok();
+    // A VM vmctld knows (the proxy orders certificates only for those);
+    // it need not run for its login page to be served.
+    host(&["vmctl", "create", ACME_VM, "--network", "none"]).ok();
+    host(&["systemctl", "start", "vmctl-https.socket", "vmctl-https-http.socket"]).ok();
+
+    // Pebble's root, which signs what it issues (made at its start).
+    let mut root = Run { code: None, stdout: String::new(), stderr: String::new() };
+    for _ in 0..30 {
+        root = host(&[
+            "curl", "-sS", "--cacert", &format!("{TLS_DIR}/ca.pem"),
+            "-o", &format!("{TLS_DIR}/pebble-root.pem"), "https://127.0.0.1:15000/roots/0",
+        ]);
+        if root.code == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    root.ok();
+    let pebble_root = format!("{TLS_DIR}/pebble-root.pem");
+
+    // The first request orders the certificate; the page comes over it.
+    let first = served_certificate(ACME_VM, &pebble_root);
+    assert_eq!(first.code, Some(0), "{first:#?}");
+    assert!(first.stdout.contains("Issuer:"), "{first:#?}");
+    assert!(first.stdout.contains("Pebble"), "not Pebble's: {first:#?}");
+    let first_start = start_date(&first);
+    let stored = host(&[
+        "stat", "-c", "%a %U", &format!("/var/lib/vmctl-https/certs/{ACME_VM}.{DOMAIN}.key"),
+    ])
+    .ok();
+    assert_eq!(stored.stdout.trim(), "600 vmctl-https", "{stored:#?}");
+    let pid = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-https.service"])
+        .ok()
+        .stdout;
+
+    // Renewal: within the last third of 60 s, checked every 5 s; a new
+    // certificate (a later start date) from the same process.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let renewed = loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let now = served_certificate(ACME_VM, &pebble_root);
+        assert_eq!(now.code, Some(0), "{now:#?}");
+        if start_date(&now) != first_start {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "never renewed: {now:#?}");
+    };
+    println!("renewed: {} -> {}", first_start, start_date(&renewed));
+    let pid_after = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-https.service"])
+        .ok()
+        .stdout;
+    assert_eq!(pid, pid_after, "the proxy restarted");
+    host(&["vmctl", "rm", ACME_VM]).ok();
 }
