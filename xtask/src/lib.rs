@@ -5,6 +5,7 @@
 //! systemd development host.
 
 pub mod bench;
+pub mod bench_clone;
 pub mod bench_exec;
 pub mod bench_list;
 pub mod bench_nss;

@@ -76,6 +76,14 @@ enum Task {
         /// machined's ListMachines, and vmctld's memory with them.
         #[arg(long)]
         list: bool,
+        /// Instead: root disk clone time, reflink against full copy, for
+        /// fully allocated images on a loop-mounted btrfs (root; --runs
+        /// rounds, at least 3).
+        #[arg(long)]
+        clone: bool,
+        /// Image sizes in GiB for --clone.
+        #[arg(long, value_delimiter = ',', default_values_t = xtask::bench_clone::DEFAULT_SIZES)]
+        clone_sizes: Vec<u64>,
     },
     /// Internal: the timed child of `bench --nss`, run inside its namespace.
     #[command(hide = true)]
@@ -223,6 +231,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Bench {
             nss: true, lookups, ..
         } => xtask::bench_nss::run(lookups)?,
+        Task::Bench {
+            clone: true,
+            clone_sizes,
+            runs,
+            ..
+        } => xtask::bench_clone::run(&clone_sizes, runs.max(3))?,
         Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
         Task::Bench { list: true, .. } => {
             deps::ensure_build_machine()?;
