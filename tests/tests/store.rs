@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use vmctl_e2e::{ensure_test_users, host, host_as, unit_property, vm_exec, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, unit_property, vm_exec, Run};
 
 /// The image the store tests create VMs from.
 const TINY: &str = "storetiny";
@@ -410,4 +410,125 @@ fn a_running_vm_survives_vmctld_restart_and_sigkill() {
         last = now;
     }
     host(&["vmctl", "rm", VM]).ok();
+}
+
+/// `busctl --json=short call` of an `org.vmctl.Manager1` method as `user`
+/// (root when `None`).
+fn manager1(user: Option<&str>, method: &str, args: &[&str]) -> Run {
+    let mut argv = vec![
+        "busctl",
+        "--system",
+        "--json=short",
+        "call",
+        "org.vmctl.Manager1",
+        "/org/vmctl/Manager1",
+        "org.vmctl.Manager1",
+        method,
+    ];
+    argv.extend_from_slice(args);
+    host_as(user, &argv)
+}
+
+/// The first reply value of a `busctl --json=short` run.
+fn reply(run: &Run) -> Value {
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:#?}"));
+    v["data"][0].clone()
+}
+
+/// The VM names in a `List`/`ListEx` reply (`a(ssuutsss)`).
+fn dbus_names(run: &Run) -> BTreeSet<String> {
+    reply(run)
+        .as_array()
+        .unwrap_or_else(|| panic!("no list in {run:#?}"))
+        .iter()
+        .map(|vm| vm[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The D-Bus twins of the varlink quota, doctor and `list --all` calls,
+/// through busctl as root and as alice (group `vmctl`, no admin, no
+/// manage-any), against the real polkitd.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn dbus_quota_doctor_and_list_all() {
+    ensure_test_users();
+    tiny_image();
+    remove_all("dq");
+    let alice = host_uid("alice").to_string();
+
+    // SetQuota (admin) over D-Bus; varlink and GetQuota see it.
+    let set = manager1(
+        None,
+        "SetQuota",
+        &["ua{st}", &alice, "2", "max_vms", "3", "max_vcpus", "4"],
+    )
+    .ok();
+    let set = reply(&set);
+    assert_eq!(set["max_vms"]["data"], 3, "{set}");
+    assert_eq!(set["overridden"]["data"], true, "{set}");
+    let shown = host(&["vmctl", "quota", "show", "alice", "--json"]).ok();
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["max_vms"].as_u64(), shown["max_vcpus"].as_u64()),
+        (Some(3), Some(4))
+    );
+    // alice reads her own (uid 4294967295: the caller) but may not set it.
+    let own = reply(&manager1(Some("alice"), "GetQuota", &["u", "4294967295"]).ok());
+    assert_eq!(own["uid"]["data"].to_string(), alice, "{own}");
+    assert_eq!(own["max_vms"]["data"], 3, "{own}");
+    let refused = manager1(Some("alice"), "SetQuota", &["ua{st}", &alice, "0"]);
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(refused.stderr.contains("org.vmctl.admin"), "{refused:#?}");
+
+    // ListEx: alice's own without options; all of them needs manage-any.
+    let create = |user: Option<&str>, name: &str| {
+        let argv = ["vmctl", "create", name, "--image", TINY, "--disk", "16M"];
+        let rest = ["--memory", "128M", "--network", "none"];
+        host_as(user, &[&argv[..], &rest[..]].concat()).ok();
+    };
+    create(Some("alice"), "dq-alice");
+    create(None, "dq-root");
+    let hers = dbus_names(&manager1(Some("alice"), "ListEx", &["a{sv}", "0"]).ok());
+    assert!(
+        hers.contains("dq-alice") && !hers.contains("dq-root"),
+        "{hers:?}"
+    );
+    let refused = manager1(Some("alice"), "ListEx", &["a{sv}", "1", "all", "b", "true"]);
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("org.vmctl.vm.manage-any"),
+        "{refused:#?}"
+    );
+    let bad = manager1(None, "ListEx", &["a{sv}", "1", "colour", "b", "true"]);
+    assert!(bad.stderr.contains("unknown option \"colour\""), "{bad:#?}");
+    let all = dbus_names(&manager1(None, "ListEx", &["a{sv}", "1", "all", "b", "true"]).ok());
+    assert!(
+        all.contains("dq-alice") && all.contains("dq-root"),
+        "{all:?}"
+    );
+    // The old signature still answers.
+    assert_eq!(dbus_names(&manager1(None, "List", &[]).ok()), all);
+
+    // Doctor over D-Bus: a missing host key is reported, then repaired.
+    let key = "/var/lib/vmctl/keys/dq-root/ssh_host_ed25519_key";
+    host(&["rm", "-f", key]).ok();
+    let findings = reply(&manager1(None, "Doctor", &["b", "false"]).ok());
+    let ours: Vec<&Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f[1] == "dq-root")
+        .collect();
+    assert_eq!(ours.len(), 1, "{findings}");
+    assert_eq!(
+        (&ours[0][0], &ours[0][4]),
+        (&Value::from("missing-host-key"), &Value::from(false))
+    );
+    let refused = manager1(Some("alice"), "Doctor", &["b", "false"]);
+    assert!(refused.stderr.contains("org.vmctl.admin"), "{refused:#?}");
+    manager1(None, "Doctor", &["b", "true"]).ok();
+    host(&["test", "-s", key]).ok();
+
+    manager1(None, "SetQuota", &["ua{st}", &alice, "0"]).ok();
+    remove_all("dq");
 }

@@ -18,6 +18,15 @@
 //! (t), `vmm` (s), `network` (s: `none` or `default`),
 //! `ssh_authorized_keys` (as); any integer type is accepted for the
 //! numbers.
+//! `ListEx(a{sv} options) -> a(ssuutsss)` is `List` with options by name:
+//! `all` (b) lists every user's VMs (needs manage-any), as `vmctl list
+//! --all` does over varlink:
+//!
+//! ```sh
+//! busctl call org.vmctl.Manager1 /org/vmctl/Manager1 org.vmctl.Manager1 \
+//!     ListEx 'a{sv}' 1 all b true
+//! ```
+//!
 //! `Describe(s) -> a{sv}` and Create's reply have the fields of the varlink
 //! `VMDetails`. `Start`, `Stop`, `Restart` and `Remove` take the name and
 //! return when systemd's job is done: a TCG boot may take minutes, so call
@@ -165,6 +174,22 @@ impl ManagerObject {
     ) -> Result<Vec<DbusVm>, DbusError> {
         let caller = caller(conn, &header).await?;
         let vms = self.manager.list(&caller).await?;
+        Ok(vms.into_iter().map(DbusVm::from).collect())
+    }
+
+    /// Like `List`, with options by name (systemd's way for a method that
+    /// grows arguments, as `ListUnitsFiltered` did next to `ListUnits`):
+    /// `all` (b), every user's VMs, which needs manage-any (`vmctl list
+    /// --all`). `List` stays as it was.
+    async fn list_ex(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<DbusVm>, DbusError> {
+        let all = list_options(&options)?;
+        let caller = caller(conn, &header).await?;
+        let vms = self.manager.list_vms(&caller, all).await?;
         Ok(vms.into_iter().map(DbusVm::from).collect())
     }
 
@@ -436,6 +461,28 @@ pub fn create_params(
     Ok(params)
 }
 
+/// The options of `ListEx`: whether `all` VMs are asked for.
+pub fn list_options(options: &HashMap<String, OwnedValue>) -> Result<bool, DbusError> {
+    let mut all = false;
+    for (key, value) in options {
+        match (key.as_str(), &**value) {
+            ("all", Value::Bool(b)) => all = *b,
+            ("all", other) => {
+                return Err(DbusError::InvalidArgs(format!(
+                    "option \"all\" must be a boolean (b), got signature {}",
+                    other.value_signature()
+                )))
+            }
+            (other, _) => {
+                return Err(DbusError::InvalidArgs(format!(
+                    "unknown option {other:?}: ListEx takes only \"all\" (b)"
+                )))
+            }
+        }
+    }
+    Ok(all)
+}
+
 fn string(value: &Value<'_>) -> Option<String> {
     match value {
         Value::Str(s) => Some(s.to_string()),
@@ -570,6 +617,24 @@ mod tests {
             assert_eq!(d.name().as_str(), expected);
             assert_eq!(d.description(), Some(text.as_str()));
         }
+    }
+
+    #[test]
+    fn list_ex_options() {
+        let mut options = HashMap::new();
+        assert!(!list_options(&options).unwrap());
+        options.insert("all".to_string(), OwnedValue::from(true));
+        assert!(list_options(&options).unwrap());
+        options.insert("all".to_string(), OwnedValue::from(1u32));
+        let Err(DbusError::InvalidArgs(message)) = list_options(&options) else {
+            panic!("a number taken for all");
+        };
+        assert!(message.contains("boolean"), "{message}");
+        let options = HashMap::from([("colour".to_string(), OwnedValue::from(true))]);
+        let Err(DbusError::InvalidArgs(message)) = list_options(&options) else {
+            panic!("an unknown option taken");
+        };
+        assert!(message.contains("\"colour\""), "{message}");
     }
 
     #[test]
