@@ -1,6 +1,6 @@
 //! `cargo xtask bench` List rows: how long `List` takes with 1,000 VMs
-//! defined, against a D-Bus call of systemd's machined measured in the
-//! same run, and how much memory vmctld holds with them.
+//! defined, against systemd's machined listing 1,000 machines in the same
+//! run, and how much memory vmctld holds with them.
 //!
 //! The 1,000 VMs are specs only (not running, no disks): creating them
 //! through vmctld would copy a root disk each, so their spec files are
@@ -9,19 +9,34 @@
 //! files into its store (see `vmctld/src/reconcile.rs`). The number of
 //! VMs `List` then returns is printed with the rows.
 //!
-//! Inside the dev host a shell loop runs, interleaved, one command per
-//! kind and round, timing each with the shell's clock: `varlinkctl call`
-//! of `io.vmctl.Manager.List`, `vmctl list --json`, `busctl call` of
-//! machined's `ListMachines` and `busctl call` of `org.vmctl.Manager1`
-//! `List`. Each time includes the process start of its tool; the ratio
-//! compares the two C tools, each making one call (varlink List against
-//! machined's ListMachines). Read the medians and the ratio, never as
-//! pass/fail thresholds. The VMs stay until the dev host goes down.
+//! Equal work on both sides: machined is given 1,000 machines too
+//! (`CreateMachine`, class container, each led by a `sleep` process in
+//! its own scope), so both lists carry 1,000 entries. The counts are
+//! checked before timing.
+//!
+//! Two tables:
+//! - **per call**: from xtask, one persistent connection each (vmctld's
+//!   varlink socket and the dev host's system bus, reached through
+//!   `/proc/LEADER/root`), calls interleaved per round, each timed from
+//!   sending to a decoded reply (JSON parsed, D-Bus body deserialised).
+//!   The ratio machined / varlink compares these.
+//! - **per tool run**: inside the dev host a shell loop runs `varlinkctl
+//!   call`, `vmctl list --json`, `busctl call` of machined and of
+//!   `org.vmctl.Manager1`, each time including its tool's process start.
+//!
+//! Read the medians and the ratio, never as pass/fail thresholds. The VMs
+//! and machines stay until the dev host goes down.
 
 use crate::bench::{median, spread};
 use crate::host::DevHost;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 /// How many VMs are defined.
 pub const VMS: usize = 1000;
@@ -51,6 +66,8 @@ const KINDS: [(&str, &str); 4] = [
 /// and prints the rows.
 pub fn run(host: &DevHost, rounds: usize) -> Result<()> {
     let defined = define(host)?;
+    let machines = register_machines(host)?;
+    let calls = measure_calls(&host_root(host), rounds * 4, defined, machines)?;
     let samples = measure(host, rounds)?;
     let pid = host
         .check(&[
@@ -72,23 +89,35 @@ pub fn run(host: &DevHost, rounds: usize) -> Result<()> {
         .with_context(|| format!("no VmRSS in\n{status}"))?;
     println!();
     println!(
-        "List with {defined} VMs defined (specs only, written as files and imported by vmctld), \
-         {rounds} round(s), kinds interleaved; each time includes the tool's process start"
+        "List with {defined} VMs defined (specs only, written as files and imported by vmctld) \
+         and {machines} machines registered with machined"
     );
     println!(
         "{:<42} {:>24}",
-        "median (min-max), milliseconds", "per call"
+        "per call (one connection each, interleaved)", "median (min-max), ms"
+    );
+    for label in CALLS {
+        let ms = calls.get(label).map(Vec::as_slice).unwrap_or_default();
+        println!("{label:<42} {:>24}", spread(ms));
+    }
+    println!(
+        "{:<42} {:>24.2}",
+        "machined ListMachines / varlink List",
+        median(&calls[CALLS[1]]) / median(&calls[CALLS[0]])
+    );
+    println!(
+        "{:<42} {:>24}",
+        format!("per tool run ({rounds} rounds)"),
+        "median (min-max), ms"
     );
     for (label, _) in KINDS {
         let ms = samples.get(label).map(Vec::as_slice).unwrap_or_default();
         println!("{label:<42} {:>24}", spread(ms));
     }
-    let varlink = median(&samples[KINDS[0].0]);
-    let machined = median(&samples[KINDS[2].0]);
     println!(
         "{:<42} {:>24.2}",
-        "machined ListMachines / varlink List",
-        machined / varlink
+        "busctl ListMachines / varlinkctl List",
+        median(&samples[KINDS[2].0]) / median(&samples[KINDS[0].0])
     );
     println!(
         "{:<42} {:>24.1}",
@@ -168,4 +197,152 @@ fn measure(host: &DevHost, rounds: usize) -> Result<BTreeMap<&'static str, Vec<f
         samples.entry(KINDS[kind].0).or_default().push(ns / 1e6);
     }
     Ok(samples)
+}
+
+/// The labels of the per-call rows.
+const CALLS: [&str; 3] = [
+    "varlink io.vmctl.Manager.List",
+    "D-Bus machined ListMachines",
+    "D-Bus org.vmctl.Manager1 List",
+];
+
+/// The name prefix of the machines registered for the comparison.
+const MACHINE_PREFIX: &str = "bench-m-";
+
+/// Gives machined [`VMS`] machines (each a `sleep` in its own scope) and
+/// returns how many it lists.
+fn register_machines(host: &DevHost) -> Result<usize> {
+    let script = format!(
+        r#"set -e
+have=$(machinectl list --no-legend | grep -c '^{MACHINE_PREFIX}' || true)
+for i in $(seq $((have + 1)) {VMS}); do
+  sleep infinity </dev/null >/dev/null 2>&1 &
+  busctl call org.freedesktop.machine1 /org/freedesktop/machine1 \
+    org.freedesktop.machine1.Manager CreateMachine 'sayssusa(sv)' \
+    "{MACHINE_PREFIX}$i" 0 vmctl-bench container $! "" 0 >/dev/null
+done
+busctl call org.freedesktop.machine1 /org/freedesktop/machine1 \
+  org.freedesktop.machine1.Manager ListMachines | cut -d' ' -f2
+"#
+    );
+    let out = host.check(&["bash", "-c", &script])?;
+    let n: usize = out
+        .trim()
+        .parse()
+        .with_context(|| format!("odd ListMachines count {out:?}"))?;
+    if n < VMS {
+        bail!("machined lists only {n} machines, {VMS} wanted");
+    }
+    Ok(n)
+}
+
+/// The dev host's root directory as seen from here.
+fn host_root(host: &DevHost) -> PathBuf {
+    match host {
+        DevHost::Local => PathBuf::from("/"),
+        DevHost::Container { leader, .. } => PathBuf::from(format!("/proc/{leader}/root")),
+    }
+}
+
+/// `calls` interleaved rounds of each [`CALLS`] row over one connection
+/// each; milliseconds per call by label. Checks first that the lists hold
+/// `vms` and `machines` entries.
+fn measure_calls(
+    root: &Path,
+    calls: usize,
+    vms: usize,
+    machines: usize,
+) -> Result<BTreeMap<&'static str, Vec<f64>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let socket = root.join("run/vmctl/io.vmctl.Manager");
+        let stream = UnixStream::connect(&socket)
+            .with_context(|| format!("cannot connect to {}", socket.display()))?;
+        let mut varlink = Varlink(BufReader::new(stream));
+        let bus_socket = root.join("run/dbus/system_bus_socket");
+        let address = format!("unix:path={}", bus_socket.display());
+        let bus = zbus::connection::Builder::address(address.as_str())?
+            .build()
+            .await
+            .with_context(|| format!("cannot connect to {address}"))?;
+        let listed = varlink.list()?;
+        let registered = list_machines(&bus).await?;
+        let on_dbus = vmctl_list(&bus).await?;
+        if listed < vms || registered < machines || on_dbus < vms {
+            bail!(
+                "lists too short: varlink {listed}, machined {registered}, D-Bus {on_dbus} \
+                 (wanted {vms} VMs, {machines} machines)"
+            );
+        }
+        let mut samples: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..calls {
+            let start = Instant::now();
+            varlink.list()?;
+            let varlink_ms = start.elapsed().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            list_machines(&bus).await?;
+            let machined_ms = start.elapsed().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            vmctl_list(&bus).await?;
+            let dbus_ms = start.elapsed().as_secs_f64() * 1e3;
+            for (label, ms) in CALLS.into_iter().zip([varlink_ms, machined_ms, dbus_ms]) {
+                samples.entry(label).or_default().push(ms);
+            }
+        }
+        Ok(samples)
+    })
+}
+
+/// A varlink connection to vmctld (NUL-terminated JSON messages).
+struct Varlink(BufReader<UnixStream>);
+
+impl Varlink {
+    /// Calls `List` and returns how many VMs the decoded reply holds.
+    fn list(&mut self) -> Result<usize> {
+        self.0
+            .get_mut()
+            .write_all(b"{\"method\":\"io.vmctl.Manager.List\",\"parameters\":{}}\0")?;
+        let mut reply = Vec::new();
+        self.0.read_until(0, &mut reply)?;
+        reply.pop();
+        let reply: serde_json::Value = serde_json::from_slice(&reply)?;
+        reply["parameters"]["vms"]
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| format!("odd List reply {reply}"))
+    }
+}
+
+/// machined's `ListMachines`, decoded; returns how many machines.
+async fn list_machines(bus: &zbus::Connection) -> Result<usize> {
+    type Machine = (String, String, String, zbus::zvariant::OwnedObjectPath);
+    let reply = bus
+        .call_method(
+            Some("org.freedesktop.machine1"),
+            "/org/freedesktop/machine1",
+            Some("org.freedesktop.machine1.Manager"),
+            "ListMachines",
+            &(),
+        )
+        .await?;
+    Ok(reply.body().deserialize::<Vec<Machine>>()?.len())
+}
+
+/// vmctld's D-Bus `List` (`a(ssuutsss)`), decoded; returns how many.
+async fn vmctl_list(bus: &zbus::Connection) -> Result<usize> {
+    let reply = bus
+        .call_method(
+            Some("org.vmctl.Manager1"),
+            "/org/vmctl/Manager1",
+            Some("org.vmctl.Manager1"),
+            "List",
+            &(),
+        )
+        .await?;
+    let body = reply.body();
+    type Vm = (String, String, u32, u32, u64, String, String, String);
+    let vms: Vec<Vm> = body.deserialize()?;
+    Ok(vms.len())
 }

@@ -240,7 +240,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
         Task::Bench { list: true, .. } => {
             deps::ensure_build_machine()?;
-            let host = host::up(UpOptions::default())?;
+            // The List target is about vmctld's own speed: release build.
+            let host = host::up(UpOptions {
+                profile: Some(Profile::Release),
+                ..UpOptions::default()
+            })?;
             let result = xtask::bench_list::run(&host, 50);
             host::down()?;
             result?;
