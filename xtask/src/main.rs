@@ -72,6 +72,10 @@ enum Task {
         /// direct path, without the boot rounds.
         #[arg(long)]
         exec: bool,
+        /// Only the SSH rows: scp of 200 MB and 1,000 echo round trips
+        /// through the SSH gateway against direct ssh to the guest.
+        #[arg(long)]
+        ssh: bool,
         /// Only the List rows: varlink List with 1000 VMs defined against
         /// machined's ListMachines, and vmctld's memory with them.
         #[arg(long)]
@@ -238,6 +242,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ..
         } => xtask::bench_clone::run(&clone_sizes, runs.max(3))?,
         Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
+        Task::Bench { ssh: true, runs, .. } => {
+            deps::ensure_build_machine()?;
+            let host = host::up(UpOptions::default())?;
+            xtask::image::ensure_default()?;
+            let result = xtask::bench_ssh::run(&host, 3 * runs);
+            host::down()?;
+            result?;
+        }
         Task::Bench { list: true, .. } => {
             deps::ensure_build_machine()?;
             // The List target is about vmctld's own speed: release build.
