@@ -464,7 +464,7 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
         "-c",
         &format!(
             "printf '[HTTPS]\\nDomain={DOMAIN}\\nAcmeDirectory=https://127.0.0.1:14000/dir\\n\
-             AcmeContact=mailto:admin@vm.test\\nAcmeRootCA={TLS_DIR}/ca.pem\\n\
+             AcmeRootCA={TLS_DIR}/ca.pem\\n\
              AcmeRenewCheckSec=5\\n' > /etc/vmctl/https.conf"
         ),
     ])
