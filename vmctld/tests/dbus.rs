@@ -150,6 +150,24 @@ async fn manager_on_dbus() {
     assert_eq!(text("ipv6"), "fd77:766d:6374::2");
     assert_eq!(text("mac"), "02:76:6d:00:00:03");
 
+    // Publish (the HTTPS proxy): a port and "public" stick, "" keeps
+    // the visibility, a bad visibility is InvalidArgument.
+    let published: (u16, bool) = proxy
+        .call("Publish", &("blog", 8080u16, "public"))
+        .await
+        .unwrap();
+    assert_eq!(published, (8080, true));
+    let kept: (u16, bool) = proxy.call("Publish", &("blog", 0u16, "")).await.unwrap();
+    assert_eq!(kept, (8080, true));
+    let e = proxy
+        .call::<_, _, (u16, bool)>("Publish", &("blog", 0u16, "everyone"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("org.vmctl.Manager1.Error.InvalidArgument"),
+        "{e}"
+    );
+
     // busctl, as users will call it.
     // Run it off this thread: the fake systemd is served by this runtime.
     let address = format!("--address={}", bus.address);
