@@ -358,10 +358,10 @@ fn sigkill_mid_create_leaves_no_data_volume() {
     // come after it).
     let script = format!(
         "vmctl create stok --image {TINY} --disk 16M --memory 128M --network none --data 4G \
-           >/tmp/stok.out 2>&1 & \
+           >/tmp/stok.out 2>&1 & create=$!; \
          while [ ! -e /var/lib/vmctl/volumes/stok.raw ]; do sleep 0.005; done; \
          kill -9 $(systemctl show -p MainPID --value vmctld.service); \
-         wait; echo create exited $?"
+         wait $create; echo create exited $?"
     );
     let run = host(&["timeout", "60", "sh", "-c", &script]);
     println!("{run:#?}");
