@@ -297,3 +297,98 @@ fn polkit_matrix() {
     let run = host(&["test", "-e", &record]);
     assert_ne!(run.code, Some(0), "the ownership record outlived the VM");
 }
+
+/// A rule that makes mallory's create need an administrator's password
+/// (root's), so that polkit asks through an agent.
+const PROMPT_RULE: &str = "/etc/polkit-1/rules.d/40-vmctl-test-prompt.rules";
+const PROMPT_VM: &str = "prompt1";
+
+/// Runs `vmctl ARGS` as mallory on a terminal (`script` gives it a pty as
+/// stdin), waits for a password prompt, types `password` if one comes, and
+/// returns everything the terminal showed and vmctl's exit status.
+fn vmctl_on_a_terminal(args: &str, password: &str) -> (String, String) {
+    let script = format!(
+        r#"set -u
+dir=$(mktemp -d); mkfifo "$dir/in"
+( script -qfec "vmctl {args}; echo EXIT=\$?" /dev/null < "$dir/in" > "$dir/out" 2>&1 ) &
+exec 3>"$dir/in"
+for i in $(seq 100); do grep -q 'Password:' "$dir/out" && break; sleep 0.2; done
+if grep -q 'Password:' "$dir/out"; then sleep 0.5; printf '%s\n' '{password}' >&3; fi
+exec 3>&-
+wait
+cat "$dir/out"; rm -rf "$dir"
+"#
+    );
+    let run = host_as(Some("mallory"), &["bash", "-c", &script]);
+    let out = run.stdout.replace('\r', "");
+    let status = out
+        .lines()
+        .find_map(|l| l.strip_prefix("EXIT="))
+        .unwrap_or("none")
+        .to_string();
+    (out, status)
+}
+
+/// vmctl on a terminal starts pkttyagent by itself (as systemctl does):
+/// polkit's AUTH_ADMIN for mallory's create becomes a password prompt on
+/// her terminal and root's password lets the create through;
+/// `--no-ask-password` is refused naming the action, without a prompt.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn password_prompt_on_a_terminal() {
+    ensure_test_users();
+    host(&["vmctl", "rm", PROMPT_VM]);
+    let password = "vmctl-prompt-test";
+    host(&["sh", "-c", &format!("echo 'root:{password}' | chpasswd")]).ok();
+    let rule = r#"polkit.addRule(function(action, subject) {
+    if (action.id == "org.vmctl.vm.create" && subject.user == "mallory")
+        return polkit.Result.AUTH_ADMIN;
+});
+polkit.addAdminRule(function(action, subject) {
+    if (action.id == "org.vmctl.vm.create" && subject.user == "mallory")
+        return ["unix-user:root"];
+});
+"#;
+    host(&[
+        "sh",
+        "-c",
+        &format!("cat > {PROMPT_RULE} <<'EOF'\n{rule}EOF"),
+    ])
+    .ok();
+    struct RemoveRule;
+    impl Drop for RemoveRule {
+        fn drop(&mut self) {
+            host(&["rm", "-f", PROMPT_RULE]);
+            host(&["vmctl", "rm", PROMPT_VM]);
+            host(&["passwd", "-l", "root"]);
+        }
+    }
+    let _cleanup = RemoveRule;
+    // polkitd reloads its rules when the directory changes.
+    thread::sleep(Duration::from_secs(2));
+
+    let create = format!("create {PROMPT_VM} --memory 512M --network none");
+    let (out, status) = vmctl_on_a_terminal(&format!("--no-ask-password {create}"), password);
+    assert!(
+        !out.contains("Password:"),
+        "prompted despite --no-ask-password:\n{out}"
+    );
+    assert_eq!(status, "1", "{out}");
+    assert!(out.contains("org.vmctl.vm.create"), "{out}");
+
+    let (out, status) = vmctl_on_a_terminal(&create, password);
+    assert!(
+        out.contains("AUTHENTICATING FOR org.vmctl.vm.create"),
+        "{out}"
+    );
+    assert!(out.contains("Password:"), "{out}");
+    assert_eq!(
+        status, "0",
+        "root's password did not let the create through:\n{out}"
+    );
+    let owner = host(&["vmctl", "describe", PROMPT_VM, "--json"])
+        .ok()
+        .stdout;
+    let owner: Value = serde_json::from_str(&owner).unwrap();
+    assert_eq!(owner["owner"], "mallory", "{owner}");
+}

@@ -23,8 +23,15 @@ pub struct Cli {
     )]
     pub address: PathBuf,
 
-    /// When polkit needs you to authenticate for an action, ask for the
-    /// password on this terminal (runs pkttyagent) instead of refusing.
+    /// Never ask for a password: an action polkit allows only after
+    /// authentication is refused. Without it, and when stdin is a
+    /// terminal, vmctl runs pkttyagent so that polkit can ask (as
+    /// systemctl does).
+    #[arg(long, global = true, conflicts_with = "ask_password")]
+    pub no_ask_password: bool,
+
+    /// Ask for a password even when stdin is not a terminal (pkttyagent
+    /// then prompts on the controlling terminal).
     #[arg(long, global = true)]
     pub ask_password: bool,
 

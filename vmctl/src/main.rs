@@ -26,7 +26,9 @@ use client::Client;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before the runtime: the agent inherits a descriptor (see there).
-    let _agent = cli.ask_password.then(start_agent).flatten();
+    let _agent = polkit_agent::wanted(cli.ask_password, cli.no_ask_password)
+        .then(start_agent)
+        .flatten();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,8 +57,8 @@ fn method(name: &str) -> String {
 }
 
 /// Runs the command; returns the exit code.
-/// Starts `pkttyagent` for `--ask-password`; without it polkit cannot
-/// prompt, so calls do not ask to.
+/// Starts `pkttyagent` (see [`polkit_agent::wanted`]); without it polkit
+/// cannot prompt, so calls do not ask to.
 fn start_agent() -> Option<polkit_agent::Agent> {
     match polkit_agent::Agent::start() {
         Ok(agent) => {
