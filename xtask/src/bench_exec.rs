@@ -3,14 +3,19 @@
 //! cost anything against the root-only path from before (vmctl opens the
 //! VM's hybrid-vsock socket itself, `VMCTL_GUEST_PATH=direct`)?
 //!
-//! One VM of user alice runs in the dev host. Inside the host, a shell loop
-//! runs `vmctl exec VM -- true` (round trip) and `vmctl exec VM -- head -c
-//! 64MiB /dev/zero` (stdout throughput) on three paths, interleaved and in
-//! rotating order, each under `setpriv` so that every path pays the same
+//! One VM of user alice runs in the dev host. Inside the host, one shell
+//! command per round runs `vmctl exec VM -- true` (round trip) and `vmctl
+//! exec VM -- head -c 16MiB /dev/zero` (stdout throughput) on three paths,
+//! interleaved and in rotating order, each under `setpriv` so that every path pays the same
 //! process start: root direct (before), root through vmctld (what root now
 //! does), alice through vmctld (with her polkit check). Times are wall
 //! clock around each command, so they include vmctl's own start; read the
 //! ratios (medians, with min-max spread), never as pass/fail thresholds.
+//!
+//! Progress goes to stderr round by round and every command has a time
+//! limit ([`COMMAND_LIMIT`]): under TCG on a loaded machine one exec can be
+//! slow, and a run that used to print nothing for 700 s said nothing about
+//! where it was.
 
 use crate::bench::{median, spread};
 use crate::host::DevHost;
@@ -23,8 +28,12 @@ const VM: &str = "bench-exec";
 /// Its owner (a member of group `vmctl`, as in the e2e tests).
 const OWNER: &str = "alice";
 
-/// Bytes of stdout per throughput run.
-const STREAM_BYTES: u64 = 64 << 20;
+/// Bytes of stdout per throughput run (TCG moves a few MiB/s).
+const STREAM_BYTES: u64 = 16 << 20;
+
+/// Seconds any one command in the host may take before the bench fails
+/// naming it.
+const COMMAND_LIMIT: u32 = 300;
 
 /// One way to reach the guest: a label and the command prefix for it.
 struct GuestPath {
@@ -79,10 +88,15 @@ fn prepare(host: &DevHost) -> Result<()> {
             String::from_utf8_lossy(&create.stderr)
         );
     }
+    eprintln!("bench exec: starting {VM}");
     host.check(&["systemctl", "start", &format!("vm@{VM}.service")])?;
     // Boot noise would land in the first samples: wait for the guest.
+    eprintln!("bench exec: waiting for {VM} to finish booting");
+    let limit = COMMAND_LIMIT.to_string();
     host.output(
         &[
+            "timeout",
+            &limit,
             "vmctl",
             "exec",
             VM,
@@ -95,11 +109,13 @@ fn prepare(host: &DevHost) -> Result<()> {
     )?;
     // Every path works and streams every byte, before anything is timed.
     for path in &PATHS {
+        eprintln!("bench exec: checking {}", path.label);
         let out = host.check(&[
             "sh",
             "-c",
             &format!(
-                "{} vmctl exec {VM} -- head -c {STREAM_BYTES} /dev/zero | wc -c",
+                "timeout {COMMAND_LIMIT} {} vmctl exec {VM} -- head -c {STREAM_BYTES} /dev/zero \
+                 | wc -c",
                 path.prefix
             ),
         ])?;
@@ -120,7 +136,7 @@ fn measure(host: &DevHost, round_trips: usize, streams: usize) -> Result<()> {
     );
     println!(
         "{:<36} {:>24} {:>8} {:>24} {:>8}",
-        "", "round trip, ms", "/direct", "64 MiB stdout, MiB/s", "/direct"
+        "", "round trip, ms", "/direct", "16 MiB stdout, MiB/s", "/direct"
     );
     let ms = |key: &str| -> Vec<f64> { trips[key].iter().map(|ns| ns / 1e6).collect() };
     let mibs = |key: &str| -> Vec<f64> {
@@ -150,22 +166,25 @@ fn measure(host: &DevHost, round_trips: usize, streams: usize) -> Result<()> {
 }
 
 /// Runs `vmctl exec VM -- COMMAND` `runs` times per path inside the host,
-/// interleaved, and returns the nanoseconds per path key.
+/// interleaved (one host command per round), and returns the nanoseconds
+/// per path key.
 fn timed(host: &DevHost, runs: usize, command: &str) -> Result<BTreeMap<&'static str, Vec<f64>>> {
-    let mut script = String::from("set -e\n");
+    let mut out = String::new();
     for i in 0..runs {
+        eprintln!("bench exec: `{command}`, round {}/{runs}", i + 1);
+        let mut script = String::from("set -e\n");
         for j in 0..PATHS.len() {
             let path = &PATHS[(i + j) % PATHS.len()];
             script.push_str(&format!(
-                "a=$(date +%s%N); {} vmctl exec {VM} -- {command} >/dev/null; \
-                 b=$(date +%s%N); echo {} $((b - a))\n",
+                "a=$(date +%s%N); timeout {COMMAND_LIMIT} {} vmctl exec {VM} -- {command} \
+                 >/dev/null; b=$(date +%s%N); echo {} $((b - a))\n",
                 path.prefix, path.key
             ));
         }
+        out += &host
+            .check(&["sh", "-c", &script])
+            .with_context(|| format!("timing `vmctl exec {VM} -- {command}`"))?;
     }
-    let out = host
-        .check(&["sh", "-c", &script])
-        .with_context(|| format!("timing `vmctl exec {VM} -- {command}`"))?;
     let mut times: BTreeMap<&'static str, Vec<f64>> =
         PATHS.iter().map(|p| (p.key, Vec::new())).collect();
     for line in out.lines() {
