@@ -190,7 +190,9 @@ fn command_mode_keys_denials_and_floods() {
             "sh",
             "-c",
             &format!(
-                "timeout 60 ssh -p {PORT} {OPTS} -o NumberOfPasswordPrompts=1 \
+                // The first -o LogLevel wins: INFO, at which OpenSSH prints
+                // keyboard-interactive instructions.
+                "timeout 60 ssh -p {PORT} -o LogLevel=INFO {OPTS} -o NumberOfPasswordPrompts=1 \
                  mallory@127.0.0.1 whoami < /dev/null"
             ),
         ],

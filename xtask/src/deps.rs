@@ -32,6 +32,9 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     "libsqlite3-dev",
     "lz4",
     "xz-utils",
+    // ssh, ssh-keygen: vmctld's host keys and the SSH gateway's loopback
+    // test (ssh-gateway/tests/loopback.rs), which runs the real client.
+    "openssh-client",
     // The ACME test server (and its DNS stub) the HTTPS proxy's e2e test
     // copies into the dev host: static binaries, bookworm 2.4.0.
     "pebble",
