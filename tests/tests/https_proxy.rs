@@ -49,12 +49,27 @@ fn make_certificates(dir: &Path) {
             .expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     openssl(
         &[
             &["req", "-x509"][..],
             &ec,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=vmctl e2e CA"],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=vmctl e2e CA",
+            ],
         ]
         .concat(),
     );
@@ -62,7 +77,14 @@ fn make_certificates(dir: &Path) {
         &[
             &["req"][..],
             &ec,
-            &["-keyout", "key.pem", "-out", "req.csr", "-subj", "/CN=*.vm.test"],
+            &[
+                "-keyout",
+                "key.pem",
+                "-out",
+                "req.csr",
+                "-subj",
+                "/CN=*.vm.test",
+            ],
         ]
         .concat(),
     );
@@ -72,15 +94,35 @@ fn make_certificates(dir: &Path) {
     )
     .unwrap();
     openssl(&[
-        "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
     ]);
     // Pebble's own HTTPS certificate (its directory at 127.0.0.1:14000).
     openssl(
         &[
             &["req"][..],
             &ec,
-            &["-keyout", "pebble-key.pem", "-out", "pebble.csr", "-subj", "/CN=localhost"],
+            &[
+                "-keyout",
+                "pebble-key.pem",
+                "-out",
+                "pebble.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
         ]
         .concat(),
     );
@@ -90,8 +132,21 @@ fn make_certificates(dir: &Path) {
     )
     .unwrap();
     openssl(&[
-        "x509", "-req", "-in", "pebble.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "pebble-cert.pem", "-days", "2", "-extfile", "pebble.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "pebble.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "pebble-cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "pebble.cnf",
     ]);
 }
 
@@ -110,9 +165,7 @@ fn curl_as(user: Option<&str>, args: &[&str]) -> Run {
     ];
     let resolves: Vec<String> = [VM, "nope"]
         .iter()
-        .flat_map(|n| {
-            [443, 80].map(|port| format!("{n}.{DOMAIN}:{port}:127.0.0.1"))
-        })
+        .flat_map(|n| [443, 80].map(|port| format!("{n}.{DOMAIN}:{port}:127.0.0.1")))
         .collect();
     for r in &resolves {
         argv.push("--resolve");
@@ -181,7 +234,8 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     let local: PathBuf = std::env::temp_dir().join(format!("https-e2e-{}", std::process::id()));
     make_certificates(&local);
     for f in ["ca.pem", "cert.pem", "key.pem"] {
-        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}")).unwrap();
+        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}"))
+            .unwrap();
     }
     std::fs::remove_dir_all(&local).ok();
     host(&["chgrp", "vmctl-https", &format!("{TLS_DIR}/key.pem")]).ok();
@@ -199,7 +253,9 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     // alice's VM with the echo server on port 80.
     host_as(
         Some("alice"),
-        &["vmctl", "create", VM, "--cpus", "1", "--memory", "1G", "--disk", "4G"],
+        &[
+            "vmctl", "create", VM, "--cpus", "1", "--memory", "1G", "--disk", "4G",
+        ],
     )
     .ok();
     host_as(Some("alice"), &["vmctl", "start", VM]).ok();
@@ -211,12 +267,23 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     vm_exec(VM, &["chmod", "0755", "/usr/local/bin/http-echo"]).ok();
     vm_exec(
         VM,
-        &["systemd-run", "--unit=http-echo", "/usr/local/bin/http-echo", "0.0.0.0:80"],
+        &[
+            "systemd-run",
+            "--unit=http-echo",
+            "/usr/local/bin/http-echo",
+            "0.0.0.0:80",
+        ],
     )
     .ok();
 
     // Socket activation: nothing runs until the first connection.
-    host(&["systemctl", "start", "vmctl-https.socket", "vmctl-https-http.socket"]).ok();
+    host(&[
+        "systemctl",
+        "start",
+        "vmctl-https.socket",
+        "vmctl-https-http.socket",
+    ])
+    .ok();
     let active = host(&["systemctl", "is-active", "vmctl-https.service"]);
     assert_eq!(active.stdout.trim(), "inactive", "{active:#?}");
 
@@ -224,13 +291,24 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     let run = curl(&["https://nope.vm.test/"]);
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(status(&run), 404, "{run:#?}");
-    assert!(run.stdout.contains("There is no VM published at nope.vm.test"), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("There is no VM published at nope.vm.test"),
+        "{run:#?}"
+    );
     let active = host(&["systemctl", "is-active", "vmctl-https.service"]);
     assert_eq!(active.stdout.trim(), "active", "{active:#?}");
     assert_eq!(
-        host(&["systemctl", "show", "-p", "User", "--value", "vmctl-https.service"])
-            .stdout
-            .trim(),
+        host(&[
+            "systemctl",
+            "show",
+            "-p",
+            "User",
+            "--value",
+            "vmctl-https.service"
+        ])
+        .stdout
+        .trim(),
         "vmctl-https"
     );
 
@@ -262,7 +340,10 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     let set_cookie = run
         .stdout
         .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: vmctl_session="))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: vmctl_session=")
+        })
         .unwrap_or_else(|| panic!("no session cookie: {run:#?}"));
     for attribute in ["Domain=vm.test", "HttpOnly", "Secure", "SameSite=Lax"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
@@ -275,8 +356,17 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     // own X-VmCtl-* and X-Forwarded-* never arrive.
     let alice_uid = host_uid("alice");
     let run = wait_for_status(
-        &["-b", jar, "-H", "X-VmCtl-User: root", "-H", "X-VmCtl-Uid: 0",
-          "-H", "X-Forwarded-For: 6.6.6.6", &url("/hello?x=1")],
+        &[
+            "-b",
+            jar,
+            "-H",
+            "X-VmCtl-User: root",
+            "-H",
+            "X-VmCtl-Uid: 0",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            &url("/hello?x=1"),
+        ],
         200,
         Duration::from_secs(60),
     );
@@ -285,7 +375,10 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     let seen: Vec<&str> = body.lines().collect();
     assert_eq!(seen[0], "GET /hello?x=1", "{body}");
     assert!(seen.contains(&"x-vmctl-user: alice"), "{body}");
-    assert!(seen.contains(&format!("x-vmctl-uid: {alice_uid}").as_str()), "{body}");
+    assert!(
+        seen.contains(&format!("x-vmctl-uid: {alice_uid}").as_str()),
+        "{body}"
+    );
     assert!(seen.contains(&"x-forwarded-for: 127.0.0.1"), "{body}");
     assert!(seen.contains(&"x-forwarded-proto: https"), "{body}");
     assert!(seen.contains(&"x-forwarded-host: web.vm.test"), "{body}");
@@ -293,8 +386,14 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     assert_eq!(body.matches("x-vmctl-user").count(), 1, "{body}");
     assert_eq!(body.matches("x-vmctl-uid").count(), 1, "{body}");
     assert_eq!(body.matches("x-forwarded-for").count(), 1, "{body}");
-    assert!(!body.contains("vmctl_session"), "the VM saw the session: {body}");
-    assert!(!body.contains("6.6.6.6") && !body.contains(": root"), "{body}");
+    assert!(
+        !body.contains("vmctl_session"),
+        "the VM saw the session: {body}"
+    );
+    assert!(
+        !body.contains("6.6.6.6") && !body.contains(": root"),
+        "{body}"
+    );
 
     // Another user's session (root's own link): the same 404 as for a
     // name that does not exist.
@@ -303,7 +402,11 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     assert_eq!(status(&curl(&["-c", root_jar, root_link.trim()])), 303);
     let run = curl(&["-b", root_jar, &url("/")]);
     assert_eq!(status(&run), 404, "{run:#?}");
-    assert!(run.stdout.contains("There is no VM published at web.vm.test"), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("There is no VM published at web.vm.test"),
+        "{run:#?}"
+    );
 
     // 100 MB down and up through the proxy, intact.
     let run = host(&[
@@ -326,7 +429,10 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
 
     // Public: anyone, without a session, and no identity headers.
     let published = host_as(Some("alice"), &["vmctl", "publish", VM, "--public"]).ok();
-    assert!(published.stdout.contains("open to anyone"), "{published:#?}");
+    assert!(
+        published.stdout.contains("open to anyone"),
+        "{published:#?}"
+    );
     let run = wait_for_status(&[&url("/")], 200, Duration::from_secs(10));
     assert_eq!(status(&run), 200, "{run:#?}");
     assert!(!run.stdout.contains("x-vmctl-user"), "{run:#?}");
@@ -339,7 +445,10 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     vm_exec(VM, &["systemctl", "stop", "http-echo"]).ok();
     let run = wait_for_status(&[&url("/")], 502, Duration::from_secs(10));
     assert_eq!(status(&run), 502, "{run:#?}");
-    assert!(run.stdout.contains("nothing answered on its port 80"), "{run:#?}");
+    assert!(
+        run.stdout.contains("nothing answered on its port 80"),
+        "{run:#?}"
+    );
 
     // Stopped: 503 saying how to start it.
     host_as(Some("alice"), &["vmctl", "stop", VM]).ok();
@@ -348,11 +457,19 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     assert!(run.stdout.contains("vmctl start web"), "{run:#?}");
 
     // The unit's sandbox.
-    let run = host(&["systemd-analyze", "security", "--no-pager", "vmctl-https.service"]);
+    let run = host(&[
+        "systemd-analyze",
+        "security",
+        "--no-pager",
+        "vmctl-https.service",
+    ]);
     let exposure: f64 = run
         .stdout
         .lines()
-        .find_map(|l| l.split("Overall exposure level for vmctl-https.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for vmctl-https.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure: {run:#?}"));
@@ -414,18 +531,27 @@ fn start_date(certs: &Run) -> String {
 #[test]
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn https_proxy_gets_and_renews_certificates_from_pebble() {
-    host(&["sh", "-c", &format!("vmctl rm {ACME_VM} >/dev/null 2>&1; true")]);
+    host(&[
+        "sh",
+        "-c",
+        &format!("vmctl rm {ACME_VM} >/dev/null 2>&1; true"),
+    ]);
     let _cleanup = AcmeCleanup;
     let dev = DevHost::current().unwrap();
-    let local: PathBuf = std::env::temp_dir().join(format!("https-e2e-acme-{}", std::process::id()));
+    let local: PathBuf =
+        std::env::temp_dir().join(format!("https-e2e-acme-{}", std::process::id()));
     make_certificates(&local);
     for f in ["ca.pem", "pebble-cert.pem", "pebble-key.pem"] {
-        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}")).unwrap();
+        dev.copy_in(&local.join(f), &format!("{TLS_DIR}/{f}"))
+            .unwrap();
     }
     std::fs::remove_dir_all(&local).ok();
     for bin in ["pebble", "pebble-challtestsrv"] {
-        dev.copy_in(&Path::new("/usr/bin").join(bin), &format!("/usr/local/bin/{bin}"))
-            .unwrap_or_else(|e| panic!("{bin} (Debian package pebble, `cargo xtask deps`): {e}"));
+        dev.copy_in(
+            &Path::new("/usr/bin").join(bin),
+            &format!("/usr/local/bin/{bin}"),
+        )
+        .unwrap_or_else(|e| panic!("{bin} (Debian package pebble, `cargo xtask deps`): {e}"));
         host(&["chmod", "0755", &format!("/usr/local/bin/{bin}")]).ok();
     }
     // Pebble: its directory on 127.0.0.1:14000, HTTP-01 checks on port 80,
@@ -447,16 +573,35 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
     ])
     .ok();
     host(&[
-        "systemd-run", "--unit=pebble-dns", "/usr/local/bin/pebble-challtestsrv",
-        "-defaultIPv4", "127.0.0.1", "-dns01", "127.0.0.1:8053",
-        "-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
-        "-management", "127.0.0.1:8055",
+        "systemd-run",
+        "--unit=pebble-dns",
+        "/usr/local/bin/pebble-challtestsrv",
+        "-defaultIPv4",
+        "127.0.0.1",
+        "-dns01",
+        "127.0.0.1:8053",
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+        "-doh",
+        "",
+        "-management",
+        "127.0.0.1:8055",
     ])
     .ok();
     host(&[
-        "systemd-run", "--unit=pebble", "-E", "PEBBLE_VA_NOSLEEP=1",
-        "/usr/local/bin/pebble", "-config", &format!("{TLS_DIR}/pebble.json"),
-        "-dnsserver", "127.0.0.1:8053",
+        "systemd-run",
+        "--unit=pebble",
+        "-E",
+        "PEBBLE_VA_NOSLEEP=1",
+        "/usr/local/bin/pebble",
+        "-config",
+        &format!("{TLS_DIR}/pebble.json"),
+        "-dnsserver",
+        "127.0.0.1:8053",
     ])
     .ok();
     host(&[
@@ -472,14 +617,29 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
     // A VM vmctld knows (the proxy orders certificates only for those);
     // it need not run for its login page to be served.
     host(&["vmctl", "create", ACME_VM, "--network", "none"]).ok();
-    host(&["systemctl", "start", "vmctl-https.socket", "vmctl-https-http.socket"]).ok();
+    host(&[
+        "systemctl",
+        "start",
+        "vmctl-https.socket",
+        "vmctl-https-http.socket",
+    ])
+    .ok();
 
     // Pebble's root, which signs what it issues (made at its start).
-    let mut root = Run { code: None, stdout: String::new(), stderr: String::new() };
+    let mut root = Run {
+        code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
     for _ in 0..30 {
         root = host(&[
-            "curl", "-sS", "--cacert", &format!("{TLS_DIR}/ca.pem"),
-            "-o", &format!("{TLS_DIR}/pebble-root.pem"), "https://127.0.0.1:15000/roots/0",
+            "curl",
+            "-sS",
+            "--cacert",
+            &format!("{TLS_DIR}/ca.pem"),
+            "-o",
+            &format!("{TLS_DIR}/pebble-root.pem"),
+            "https://127.0.0.1:15000/roots/0",
         ]);
         if root.code == Some(0) {
             break;
@@ -496,13 +656,23 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
     assert!(first.stdout.contains("Pebble"), "not Pebble's: {first:#?}");
     let first_start = start_date(&first);
     let stored = host(&[
-        "stat", "-c", "%a %U", &format!("/var/lib/vmctl-https/certs/{ACME_VM}.{DOMAIN}.key"),
+        "stat",
+        "-c",
+        "%a %U",
+        &format!("/var/lib/vmctl-https/certs/{ACME_VM}.{DOMAIN}.key"),
     ])
     .ok();
     assert_eq!(stored.stdout.trim(), "600 vmctl-https", "{stored:#?}");
-    let pid = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-https.service"])
-        .ok()
-        .stdout;
+    let pid = host(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        "vmctl-https.service",
+    ])
+    .ok()
+    .stdout;
 
     // Renewal: within the last third of 60 s, checked every 5 s; a new
     // certificate (a later start date) from the same process.
@@ -514,12 +684,22 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
         if start_date(&now) != first_start {
             break now;
         }
-        assert!(std::time::Instant::now() < deadline, "never renewed: {now:#?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never renewed: {now:#?}"
+        );
     };
     println!("renewed: {} -> {}", first_start, start_date(&renewed));
-    let pid_after = host(&["systemctl", "show", "-p", "MainPID", "--value", "vmctl-https.service"])
-        .ok()
-        .stdout;
+    let pid_after = host(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "--value",
+        "vmctl-https.service",
+    ])
+    .ok()
+    .stdout;
     assert_eq!(pid, pid_after, "the proxy restarted");
     host(&["vmctl", "rm", ACME_VM]).ok();
 }
