@@ -3,7 +3,7 @@
 //!
 //! The transport is a socket vmctld hands over (`OpenGuest` channel
 //! `ssh`: the guest's vsock port 22, where systemd's ssh generator makes
-//! sshd listen), so the gateway needs no network access to VMs. It logs in
+//! sshd listen); when that fails, the VM's address on the bridge, port 22. It logs in
 //! as the VM's SSH user with the gateway's client key (which vmctld adds to
 //! every VM's authorized keys) and accepts only the host key vmctld
 //! published for that VM in `/run/vmctl/ssh_known_hosts`.
@@ -84,22 +84,40 @@ pub async fn connect(
 ) -> Result<Guest, String> {
     // "unknown" (vmctld cannot ask systemd) is tried: vmctld refuses a
     // VM that is not running anyway.
-    if matches!(vm.state.as_str(), "stopped" | "failed" | "stopping" | "starting") {
+    if matches!(
+        vm.state.as_str(),
+        "stopped" | "failed" | "stopping" | "starting"
+    ) {
         return Err(not_running_message(vm));
     }
     let expected = published_host_key(known_hosts, &vm.name)?;
-    let mut client = vmctld.connect().await.map_err(|e| e.to_string())?;
-    let stream = client
-        .open_guest_for(uid, &vm.name, "ssh")
-        .await
-        .map_err(|e| format!("cannot reach the sshd of VM {}: {e}", vm.name))?;
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         ..client::Config::default()
     });
-    let mut guest = client::connect_stream(config, stream, GuestHandler { expected })
-        .await
-        .map_err(|e| format!("SSH to VM {} failed: {e}", vm.name))?;
+    let handler = GuestHandler { expected };
+    let mut client = vmctld.connect().await.map_err(|e| e.to_string())?;
+    let mut guest = match client.open_guest_for(uid, &vm.name, "ssh").await {
+        Ok(stream) => client::connect_stream(config, stream, handler).await,
+        // A guest whose sshd does not listen on vsock (an image without
+        // systemd's ssh generator): its address on the bridge. The host
+        // key check is the same.
+        Err(vsock) => match &vm.ipv4 {
+            Some(ipv4) => {
+                tracing::info!(
+                    "VM {}: no sshd over vsock ({vsock}); trying {ipv4}:22",
+                    vm.name
+                );
+                let stream = tokio::net::TcpStream::connect((ipv4.as_str(), 22))
+                    .await
+                    .map_err(|e| format!("cannot reach the sshd of VM {}: {e}", vm.name))?;
+                let _ = stream.set_nodelay(true);
+                client::connect_stream(config, stream, handler).await
+            }
+            None => return Err(format!("cannot reach the sshd of VM {}: {vsock}", vm.name)),
+        },
+    }
+    .map_err(|e| format!("SSH to VM {} failed: {e}", vm.name))?;
     let user = vm.ssh_user.clone().unwrap_or_else(|| "root".to_string());
     let auth = guest
         .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(client_key, None))
