@@ -21,14 +21,12 @@ pub async fn call(manager: &Manager, caller: &Caller, member: &str, call: &RawCa
     match member {
         "Hello" => Answer::Now(check_parameters(call, &[]).and_then(|()| hello(manager, caller))),
         "LookupSSHKey" => Answer::Now(lookup_ssh_key(manager, call)),
-        "SetGuestClientKey" => Answer::Now(
-            crate::varlink::key_parameter(call).and_then(|key| {
-                manager
-                    .set_guest_client_key(caller, &key)
-                    .map(|()| json!({}))
-                    .map_err(|e| e.to_varlink())
-            }),
-        ),
+        "SetGuestClientKey" => Answer::Now(crate::varlink::key_parameter(call).and_then(|key| {
+            manager
+                .set_guest_client_key(caller, &key)
+                .map(|()| json!({}))
+                .map_err(|e| e.to_varlink())
+        })),
         "ResolveRoute" => Answer::Now(match check_parameters(call, &["name"]) {
             Err(e) => Err(e),
             Ok(()) => match call

@@ -7,9 +7,9 @@
 pub mod bench;
 pub mod bench_clone;
 pub mod bench_exec;
-pub mod bench_ssh;
 pub mod bench_list;
 pub mod bench_nss;
+pub mod bench_ssh;
 pub mod cmd;
 pub mod deb;
 pub mod deps;

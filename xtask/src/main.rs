@@ -242,7 +242,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ..
         } => xtask::bench_clone::run(&clone_sizes, runs.max(3))?,
         Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
-        Task::Bench { ssh: true, runs, .. } => {
+        Task::Bench {
+            ssh: true, runs, ..
+        } => {
             deps::ensure_build_machine()?;
             let host = host::up(UpOptions::default())?;
             xtask::image::ensure_default()?;
