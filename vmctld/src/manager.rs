@@ -7,10 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmctl_api::{
-    spec::{Layout, VmSpec},
-    Vm,
-};
+use vmctl_api::{spec::Layout, Vm};
 
 use crate::{authz::Authority, units::Systemd, Caller, ManagerError, Registry};
 
@@ -138,34 +135,33 @@ impl Manager {
             self.authorize(caller, crate::authz::Action::ManageAny)
                 .await?;
         }
-        let specs = self.registry.list()?;
+        let rows = self.registry.summaries()?;
         let mut owners = crate::accounts::OwnerNames::default();
         let mut vms = Vec::new();
-        for spec in specs
+        for row in rows
             .into_iter()
-            .filter(|spec| all || caller.is_root() || spec.owner_uid == caller.uid)
+            .filter(|row| all || caller.is_root() || row.owner_uid == caller.uid)
         {
-            let state = self.vm_state(&spec.name).await;
-            let owner = owners.name(spec.owner_uid);
-            vms.push(public_view(spec, state, owner));
+            let state = self.vm_state(&row.name).await;
+            let owner = owners.name(row.owner_uid);
+            vms.push(public_view(row, state, owner));
         }
         Ok(vms)
     }
 }
 
 /// What the API shows of a stored VM in `state`.
-fn public_view(spec: VmSpec, state: String, owner: String) -> Vm {
-    let net = spec.network.as_ref();
+fn public_view(row: crate::store::VmSummary, state: String, owner: String) -> Vm {
     Vm {
-        ipv4: net.map(|n| n.ipv4.to_string()),
-        ipv6: net.map(|n| n.ipv6.to_string()),
-        mac: net.map(|n| n.mac.clone()),
-        name: spec.name,
+        ipv4: row.ipv4,
+        ipv6: row.ipv6,
+        mac: row.mac,
+        name: row.name,
         state,
-        owner_uid: spec.owner_uid,
+        owner_uid: row.owner_uid,
         owner,
-        vcpus: spec.vcpus,
-        memory_bytes: spec.memory_bytes,
+        vcpus: row.vcpus,
+        memory_bytes: row.memory_bytes,
     }
 }
 

@@ -187,6 +187,14 @@ impl Registry {
             .collect())
     }
 
+    /// What `List` shows of every VM (not those being created), sorted by
+    /// name; spec files without a row are imported first, as in
+    /// [`Registry::list`].
+    pub fn summaries(&self) -> Result<Vec<crate::store::VmSummary>, ManagerError> {
+        self.import_spec_files()?;
+        self.store.summaries()
+    }
+
     /// The specs in the spec files, sorted by name (what the launcher
     /// would read). A missing directory has none. Unreadable or invalid
     /// files are skipped with a warning, so one bad file cannot hide every

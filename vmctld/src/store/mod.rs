@@ -30,7 +30,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use publications::Publication;
 pub use quotas::QuotaOverride;
 pub use ssh_keys::KeyAdded;
-pub use vms::{Snapshot, VmRow, VmState};
+pub use vms::{Snapshot, VmRow, VmState, VmSummary};
 pub use volumes::{VolumeClaim, VolumeRow, VolumeState};
 
 use crate::ManagerError;
