@@ -336,6 +336,21 @@ pub struct VolumeEntry {
     pub owner: Option<String>,
 }
 
+/// The reply of `PoolStatus`: the storage pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatusReply {
+    /// `directory` or `lvm-thin`.
+    pub backend: String,
+    /// A directory, or `VG/thinpool`.
+    pub location: String,
+    /// Its size in bytes.
+    pub total_bytes: u64,
+    /// Bytes still free.
+    pub free_bytes: u64,
+    /// Whether root disks are copy-on-write clones of their image.
+    pub reflink: bool,
+}
+
 /// The reply of `ListVolumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumesReply {

@@ -507,4 +507,12 @@ fn rebuild_onto_another_image() {
     );
     vmctl(&["rm", "stoi"]).ok();
     host(&["rm", "-r", &dir]).ok();
+
+    // The pool as a user sees it.
+    ensure_test_users();
+    let pool = vmctl_as("alice", &["pool", "status", "--json"]).ok().stdout;
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(pool["backend"], "directory", "{pool}");
+    assert_eq!(pool["location"], "/var/lib/vmctl", "{pool}");
+    assert!(pool["free_bytes"].as_u64() <= pool["total_bytes"].as_u64());
 }

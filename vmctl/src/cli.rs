@@ -174,6 +174,12 @@ pub enum Command {
         #[command(subcommand)]
         action: VolumeCommand,
     },
+    /// The storage pool's state.
+    Pool {
+        /// What to show.
+        #[command(subcommand)]
+        action: PoolCommand,
+    },
     /// Show everything vmctld knows about a VM.
     Describe {
         /// The VM's name.
@@ -344,16 +350,29 @@ pub enum ImageCommand {
 /// `vmctl volume ...`.
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// The volumes of your VMs (root: every volume, kept ones too).
+    /// Your volumes: root disks of your VMs and your data volumes, kept
+    /// ones too (with manage-any: every volume), with their owners.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Delete a kept data volume (needs org.vmctl.admin).
+    /// Delete a kept data volume of yours (another's needs manage-any).
     Rm {
         /// The volume's name.
         name: String,
+    },
+}
+
+/// `vmctl pool ...`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// The storage pool: backend, location, size, free space, and whether
+    /// root disks are copy-on-write clones of their image.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

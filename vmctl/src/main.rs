@@ -181,6 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cli::VolumeCommand::List { json } => volume::list(&cli.address, json).await?,
             cli::VolumeCommand::Rm { name } => volume::remove(&cli.address, &name).await?,
         },
+        Command::Pool {
+            action: cli::PoolCommand::Status { json },
+        } => volume::pool_status(&cli.address, json).await?,
         Command::Describe { name, json } => {
             let mut client = Client::connect(&cli.address).await?;
             let reply: DetailsReply = client

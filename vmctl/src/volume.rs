@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use vmctl_api::{
     sizes::format_size_short,
-    types::{ImageEntry, ImagesReply, VolumeEntry, VolumesReply},
+    types::{ImageEntry, ImagesReply, PoolStatusReply, VolumeEntry, VolumesReply},
 };
 
 use crate::{client::Client, method};
@@ -30,6 +30,36 @@ pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
         .call(&method("RemoveVolume"), Some(json!({ "name": name })))
         .await?;
     Ok(())
+}
+
+/// `vmctl pool status [--json]`.
+pub async fn pool_status(address: &Path, json: bool) -> anyhow::Result<()> {
+    let mut client = Client::connect(address).await?;
+    let reply: PoolStatusReply = client.call(&method("PoolStatus"), None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    } else {
+        print!("{}", pool_text(&reply));
+    }
+    Ok(())
+}
+
+/// The pool as `key: value` lines.
+pub fn pool_text(pool: &PoolStatusReply) -> String {
+    let used = pool.total_bytes.saturating_sub(pool.free_bytes);
+    let percent = (used as f64 / pool.total_bytes.max(1) as f64) * 100.0;
+    format!(
+        "backend:  {}\nlocation: {}\nsize:     {}\nfree:     {} ({percent:.0}% used)\nclones:   {}\n",
+        pool.backend,
+        pool.location,
+        format_size_short(pool.total_bytes),
+        format_size_short(pool.free_bytes),
+        if pool.reflink {
+            "copy-on-write (reflink)"
+        } else {
+            "full copies (no reflinks on this file system)"
+        }
+    )
 }
 
 /// `vmctl image list [--json]`.
@@ -135,6 +165,22 @@ mod tests {
             "NAME  KIND  SIZE  ALLOCATED  VM    OWNER\n\
              blog  root  4G    600M       blog  alice\n\
              old   data  10G   33M        -     alice\n"
+        );
+    }
+
+    #[test]
+    fn pool_text_says_how_full_and_how_clones_are_made() {
+        let pool = PoolStatusReply {
+            backend: "directory".into(),
+            location: "/var/lib/vmctl".into(),
+            total_bytes: 100 << 30,
+            free_bytes: 25 << 30,
+            reflink: true,
+        };
+        assert_eq!(
+            pool_text(&pool),
+            "backend:  directory\nlocation: /var/lib/vmctl\nsize:     100G\n\
+             free:     25G (75% used)\nclones:   copy-on-write (reflink)\n"
         );
     }
 

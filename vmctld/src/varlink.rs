@@ -325,6 +325,19 @@ impl VarlinkService {
                     Err(e) => Err(e.to_varlink()),
                 },
             }),
+            "PoolStatus" => Answer::Now(match check_parameters(call, &[]) {
+                Err(e) => Err(e),
+                Ok(()) => match self.manager.pool_status(&caller).await {
+                    Ok(p) => to_value(vmctl_api::types::PoolStatusReply {
+                        backend: p.backend.to_string(),
+                        location: p.location,
+                        total_bytes: p.total_bytes,
+                        free_bytes: p.free_bytes,
+                        reflink: p.reflink,
+                    }),
+                    Err(e) => Err(e.to_varlink()),
+                },
+            }),
             "ListImages" => Answer::Now(match check_parameters(call, &[]) {
                 Err(e) => Err(e),
                 Ok(()) => match self.manager.list_images(&caller).await {
@@ -816,6 +829,7 @@ mod tests {
                 "SetQuota",
                 "Doctor",
                 "ListVolumes",
+                "PoolStatus",
                 "RemoveVolume",
                 "Rebuild",
                 "ResizeDisk",

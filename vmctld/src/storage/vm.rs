@@ -560,6 +560,17 @@ impl Manager {
             .collect())
     }
 
+    /// The storage pool's state (`vmctl pool status`); needs the create
+    /// action, like listing images.
+    pub async fn pool_status(&self, caller: &Caller) -> Result<super::PoolStatus, ManagerError> {
+        self.authorize(caller, Action::Create).await?;
+        let storage = self.storage()?;
+        tokio::task::spawn_blocking(move || storage.status())
+            .await
+            .map_err(ManagerError::internal)?
+            .map_err(ManagerError::from)
+    }
+
     /// Deletes the kept data volume `name`: its owner may (with the create
     /// action), others need manage-any and otherwise get "no such volume".
     /// One a VM uses is refused, naming the VM.
@@ -957,6 +968,23 @@ mod tests {
         assert_eq!(e.short_name(), "QuotaExceeded", "{e}");
         m.delete_volume(&alice, "db").await.unwrap();
         assert_eq!(m.get_quota(&alice, None).await.unwrap().disk_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn pool_status_names_the_backend_and_its_space() {
+        let (dir, m) = users();
+        let pool = m
+            .pool_status(&Caller::without_subject(ALICE))
+            .await
+            .unwrap();
+        assert_eq!(pool.backend, "directory");
+        assert_eq!(pool.location, dir.path().display().to_string());
+        assert!(pool.total_bytes > 0 && pool.free_bytes <= pool.total_bytes);
+        let e = m
+            .pool_status(&Caller::without_subject(4_000_000))
+            .await
+            .unwrap_err();
+        assert_eq!(e.short_name(), "PermissionDenied", "{e}");
     }
 
     #[tokio::test]
