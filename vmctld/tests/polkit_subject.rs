@@ -174,6 +174,50 @@ async fn subjects_flags_and_answers() {
     assert_eq!(seen[3].action, "org.vmctl.admin");
 }
 
+/// Field 22 of `/proc/self/stat`: this process's start time in ticks.
+fn own_start_time() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields from 3 (state) on; the start time is field 22.
+    after_comm.split(' ').nth(22 - 3).unwrap().to_string()
+}
+
+/// On kernels without `SO_PEERPIDFD` (< 6.5) the subject is pid plus
+/// start time, never a bare pid: this kernel has pidfds, so the subject is
+/// made here the way `Caller::unix_peer` makes it there, and what polkit
+/// receives is checked.
+#[tokio::test]
+async fn pid_and_start_time_subject() {
+    let Some(bus) = common::start_bus() else {
+        return;
+    };
+    let (_polkit, seen) = polkit_on(&bus.address, true).await;
+    let (_dir, m) = manager_on(&bus.address).await;
+    let start_time: u64 = own_start_time().parse().unwrap();
+    let peer = Caller {
+        uid: 4242,
+        pid: std::process::id(),
+        subject: Subject::Process(Arc::new(vmctld::caller::ProcessSubject::PidStartTime {
+            pid: std::process::id(),
+            start_time,
+            uid: 4242,
+        })),
+        allow_interaction: false,
+    };
+    m.authorize(&peer, Action::Create).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].kind, "unix-process");
+    assert_eq!(
+        seen[0].details,
+        HashMap::from([
+            ("pid".to_string(), std::process::id().to_string()),
+            ("start-time".to_string(), own_start_time()),
+            ("uid".to_string(), "4242".to_string()),
+        ])
+    );
+}
+
 #[tokio::test]
 async fn no_is_permission_denied_and_no_polkit_is_an_error() {
     let Some(bus) = common::start_bus() else {
