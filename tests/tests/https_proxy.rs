@@ -578,6 +578,9 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
         "/usr/local/bin/pebble-challtestsrv",
         "-defaultIPv4",
         "127.0.0.1",
+        // No AAAA answers: Pebble would try [::1] first.
+        "-defaultIPv6",
+        "",
         "-dns01",
         "127.0.0.1:8053",
         "-http01",
@@ -585,8 +588,6 @@ fn https_proxy_gets_and_renews_certificates_from_pebble() {
         "-https01",
         "",
         "-tlsalpn01",
-        "",
-        "-doh",
         "",
         "-management",
         "127.0.0.1:8055",
