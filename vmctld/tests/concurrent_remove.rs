@@ -10,6 +10,10 @@
 //! reply that sat behind the signals, and every rm waited forever (final
 //! CI run of 2026-11-23). This test hung that way.
 //!
+//! All the while another bus client floods vmctld with forged
+//! `NameOwnerChanged` signals (any local user can send signals straight to
+//! vmctld): the watch keeps reading them and believes none.
+//!
 //! Skipped (loudly) when dbus-daemon is not installed; needs root (only
 //! root may remove VMs without polkit).
 
@@ -228,6 +232,40 @@ async fn fifty_concurrent_removes_finish_under_a_signal_flood() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Meanwhile any local user may send vmctld signals that look like the
+    // bus driver's: a flood of forged NameOwnerChanged for systemd's name,
+    // straight to vmctld. zbus cannot filter a well-known sender, so these
+    // reach the watch's stream of owner changes; it must keep reading it
+    // (and believe none of them).
+    let attacker = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let vmctld = zbus::fdo::DBusProxy::new(&attacker)
+        .await
+        .unwrap()
+        .get_name_owner(zbus::names::BusName::try_from("org.vmctl.Manager1").unwrap())
+        .await
+        .unwrap()
+        .to_string();
+    let flood = tokio::spawn(async move {
+        let body = ("org.freedesktop.systemd1", ":1.0", ":1.999");
+        loop {
+            attacker
+                .emit_signal(
+                    Some(vmctld.as_str()),
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "NameOwnerChanged",
+                    &body,
+                )
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+
     let removes: Vec<_> = names
         .iter()
         .map(|name| {
@@ -247,6 +285,7 @@ async fn fifty_concurrent_removes_finish_under_a_signal_flood() {
             .unwrap();
         assert_eq!(reply.unwrap(), json!({}), "rm {name}");
     }
+    flood.abort();
     for (spec, disk) in &files {
         assert!(!spec.exists() && !disk.exists(), "rm left {spec:?} behind");
     }
@@ -255,10 +294,11 @@ async fn fifty_concurrent_removes_finish_under_a_signal_flood() {
         .await
         .unwrap();
     assert_eq!(list["vms"], json!([]), "{list}");
+    let log = daemon.log();
+    assert!(!log.contains("stopped following systemd"), "{log}");
     assert!(
-        !daemon.log().contains("stopped following systemd"),
-        "{}",
-        daemon.log()
+        !log.contains("bus name moved"),
+        "a forged owner change was believed:\n{log}"
     );
     assert!(daemon.is_running());
 }
