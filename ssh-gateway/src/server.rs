@@ -632,7 +632,17 @@ async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm
                 let line = String::from_utf8_lossy(&command).into_owned();
                 output = Some(match commands::parse(&line) {
                     Ok(cli) => commands::run(cli, &ctx).await,
-                    Err(out) => out,
+                    Err(mut out) => {
+                        // `ssh typo@HOST cmd`: say why this is command mode.
+                        if let Some(name) = &not_a_vm {
+                            out.stderr = format!(
+                                "vmctl-ssh: no VM of yours is named {name:?}, so this is \
+                                 command mode\n{}",
+                                out.stderr
+                            );
+                        }
+                        out
+                    }
                 });
                 break;
             }
