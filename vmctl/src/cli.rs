@@ -340,6 +340,22 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import an image from a raw disk holding a file system (ext4, XFS
+    /// or btrfs, no partition table) and a bzImage kernel, optionally an
+    /// initrd (needs org.vmctl.image.manage). The files are opened by
+    /// vmctl, as you.
+    Import {
+        /// The new image's name.
+        name: String,
+        /// The raw root disk.
+        root: std::path::PathBuf,
+        /// The kernel (an x86 bzImage, e.g. /boot/vmlinuz-*).
+        #[arg(long)]
+        kernel: std::path::PathBuf,
+        /// The initrd, if the kernel needs one to mount the root disk.
+        #[arg(long)]
+        initrd: Option<std::path::PathBuf>,
+    },
     /// Delete an image no VM uses (needs org.vmctl.image.manage).
     Rm {
         /// The image's name.

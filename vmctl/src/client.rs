@@ -129,6 +129,17 @@ impl Client {
         method: &str,
         parameters: Option<Value>,
     ) -> Result<(T, Vec<OwnedFd>), ClientError> {
+        self.call_sending_fds(method, parameters, Vec::new()).await
+    }
+
+    /// Calls `method` sending `fds` with the call (`SCM_RIGHTS`: files this
+    /// process opened, e.g. for `ImportImage`), like [`Client::call_with_fds`].
+    pub async fn call_sending_fds<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: Option<Value>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
         let protocol = |message: String| ClientError::Protocol {
             path: self.path.clone(),
             message,
@@ -138,7 +149,7 @@ impl Client {
         let call = Call::new(Method { method, parameters });
         let (reply, fds) = self
             .conn
-            .call_method::<_, Value, ErrorReply>(&call, Vec::new())
+            .call_method::<_, Value, ErrorReply>(&call, fds)
             .await
             .map_err(|e| protocol(e.to_string()))?;
         let params = reply

@@ -176,6 +176,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Image { action } => match action {
             cli::ImageCommand::List { json } => volume::list_images(&cli.address, json).await?,
             cli::ImageCommand::Rm { name } => name_call(&cli.address, "RemoveImage", name).await?,
+            cli::ImageCommand::Import {
+                name,
+                root,
+                kernel,
+                initrd,
+            } => volume::import_image(&cli.address, &name, &root, &kernel, initrd.as_deref()).await?,
         },
         Command::Volume { action } => match action {
             cli::VolumeCommand::List { json } => volume::list(&cli.address, json).await?,

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use vmctl_api::{
     sizes::format_size_short,
@@ -29,6 +30,38 @@ pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
     let _: Value = client
         .call(&method("RemoveVolume"), Some(json!({ "name": name })))
         .await?;
+    Ok(())
+}
+
+/// `vmctl image import NAME ROOT --kernel FILE [--initrd FILE]`: opens the
+/// files here (as the user) and sends them to vmctld with the call.
+pub async fn import_image(
+    address: &Path,
+    name: &str,
+    root: &Path,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> anyhow::Result<()> {
+    let open = |path: &Path| {
+        std::fs::File::open(path)
+            .map(std::os::fd::OwnedFd::from)
+            .with_context(|| format!("cannot open {}", path.display()))
+    };
+    let mut fds = vec![open(root)?, open(kernel)?];
+    if let Some(initrd) = initrd {
+        fds.push(open(initrd)?);
+    }
+    let size = std::fs::metadata(root).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "importing image {name} from {} ({})...",
+        root.display(),
+        format_size_short(size)
+    );
+    let mut client = Client::connect(address).await?;
+    let _: (Value, _) = client
+        .call_sending_fds(&method("ImportImage"), Some(json!({ "name": name })), fds)
+        .await?;
+    eprintln!("imported image {name}");
     Ok(())
 }
 

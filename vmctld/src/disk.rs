@@ -29,7 +29,12 @@ pub enum CopyMethod {
 /// `size` bytes long (at least `src`'s length). On error `dst` may exist
 /// partially: the caller removes it.
 pub fn copy_disk(src: &Path, dst: &Path, size: u64) -> io::Result<CopyMethod> {
-    let mut input = File::open(src)?;
+    copy_disk_from(File::open(src)?, dst, size)
+}
+
+/// [`copy_disk`] from a file already open (one a client sent: vmctld never
+/// opens a path on a caller's behalf).
+pub fn copy_disk_from(mut input: File, dst: &Path, size: u64) -> io::Result<CopyMethod> {
     let len = input.metadata()?.len();
     let mut output = OpenOptions::new()
         .write(true)
@@ -40,8 +45,8 @@ pub fn copy_disk(src: &Path, dst: &Path, size: u64) -> io::Result<CopyMethod> {
         Ok(()) => CopyMethod::Reflink,
         Err(e) => {
             tracing::debug!(
-                "reflink of {} not possible ({e}), copying sparsely",
-                src.display()
+                "reflink to {} not possible ({e}), copying sparsely",
+                dst.display()
             );
             sparse_copy(&mut input, &mut output, len)?;
             CopyMethod::Sparse

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod gateway_keys;
 pub mod guest_access;
 pub mod hostkeys;
+pub mod image_import;
 pub mod images;
 pub mod lifecycle;
 pub mod limits;

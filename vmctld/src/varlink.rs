@@ -191,6 +191,45 @@ impl VarlinkService {
         self.answer(caller, call).await
     }
 
+    /// Dispatches a call that came with descriptors: only `ImportImage`
+    /// takes any (the image files the client opened, at most
+    /// [`crate::image_import::MAX_FDS`]); for any other call they are
+    /// closed at once and the call is answered as without.
+    pub async fn answer_with_fds(
+        &self,
+        caller: &Caller,
+        call: &RawCall,
+        fds: Vec<OwnedFd>,
+    ) -> Answer {
+        if call.method != format!("{VARLINK_INTERFACE}.ImportImage") {
+            drop(fds);
+            return self.answer(caller, call).await;
+        }
+        if fds.len() > crate::image_import::MAX_FDS {
+            drop(fds);
+            return Answer::Now(Err(import_without_files()));
+        }
+        let mut caller = match on_behalf_of(&self.manager, caller, call) {
+            Ok(caller) => caller,
+            Err(e) => return Answer::Now(Err(e)),
+        };
+        caller.allow_interaction = allows_interaction(call);
+        let name = match name_parameter(call) {
+            Ok(name) => name,
+            Err(e) => return Answer::Now(Err(e)),
+        };
+        let manager = self.manager.clone();
+        Answer::Later(
+            async move {
+                match manager.import_image(&caller, &name, fds).await {
+                    Ok(()) => Ok(json!({})),
+                    Err(e) => Err(e.to_varlink()),
+                }
+            }
+            .boxed(),
+        )
+    }
+
     /// Dispatches one call by interface and member name; long operations
     /// are returned unfinished.
     pub async fn answer(&self, caller: &Caller, call: &RawCall) -> Answer {
@@ -325,6 +364,8 @@ impl VarlinkService {
                     Err(e) => Err(e.to_varlink()),
                 },
             }),
+            // With its files it goes through answer_with_fds.
+            "ImportImage" => Answer::Now(Err(import_without_files())),
             "PoolStatus" => Answer::Now(match check_parameters(call, &[]) {
                 Err(e) => Err(e),
                 Ok(()) => match self.manager.pool_status(&caller).await {
@@ -667,6 +708,19 @@ async fn list_volumes(manager: &Manager, caller: &Caller) -> Outcome {
     }
 }
 
+/// `ImportImage` without (or with too many) descriptors.
+fn import_without_files() -> ErrorReply {
+    crate::ManagerError::InvalidArgument {
+        what: "descriptors".into(),
+        reason: format!(
+            "ImportImage takes the root disk, the kernel and optionally the initrd as \
+             descriptors (SCM_RIGHTS), in that order: 2 or {}",
+            crate::image_import::MAX_FDS
+        ),
+    }
+    .to_varlink()
+}
+
 fn invalid_parameter(name: &str) -> ErrorReply {
     ErrorReply::new(errors::INVALID_PARAMETER, json!({ "parameter": name }))
 }
@@ -834,6 +888,7 @@ mod tests {
                 "Rebuild",
                 "ResizeDisk",
                 "ListImages",
+                "ImportImage",
                 "RemoveImage",
                 "AddSSHKey",
                 "ListSSHKeys",

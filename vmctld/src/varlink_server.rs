@@ -17,8 +17,10 @@
 //! - **Write deadline**: a client that does not take its reply within
 //!   [`Limits::write_timeout`] is dropped.
 //! - **Descriptors** sent by a client (`SCM_RIGHTS`) are closed as soon as
-//!   they are read: no method takes any, and a client must not be able to
-//!   fill vmctld's descriptor table with them. Descriptors vmctld sends
+//!   the call they came with is answered, and at once for any method but
+//!   `ImportImage` (which reads the image files the client opened, at most
+//!   [`crate::image_import::MAX_FDS`]): a client must not be able to fill
+//!   vmctld's descriptor table with them. Descriptors vmctld sends
 //!   (`OpenGuest`, see [`crate::guest_access`]) are capped per connection
 //!   at [`Limits::max_fds`]; vmctld closes its copy once sent.
 //! - **`accept()` errors** such as `EMFILE`, `ENFILE` or `ECONNABORTED` are
@@ -255,8 +257,8 @@ async fn serve_connection(
     let uid = caller.uid;
     let mut handed = 0;
     loop {
-        let call = match timeout(limits.idle_timeout, read.receive_call::<RawCall>()).await {
-            Ok(Ok((call, _fds))) => call,
+        let (call, fds) = match timeout(limits.idle_timeout, read.receive_call::<RawCall>()).await {
+            Ok(Ok(received)) => received,
             Ok(Err(zlink::Error::UnexpectedEof)) => return,
             Ok(Err(e)) => {
                 tracing::debug!("varlink: closing a connection of uid {uid}: {e}");
@@ -272,7 +274,10 @@ async fn serve_connection(
         };
         tracing::debug!(method = %call.method().method, uid, pid = caller.pid, "varlink call");
         let answer = if call.more() && !call.oneway() {
+            drop(fds);
             service.answer_more(&caller, call.method()).await
+        } else if !fds.is_empty() {
+            service.answer_with_fds(&caller, call.method(), fds).await
         } else {
             service.answer(&caller, call.method()).await
         };
@@ -431,7 +436,12 @@ impl ReadHalf for LimitedRead {
         let room = self.max_message.saturating_sub(self.partial) + 1;
         let len = buf.len().min(room);
         let mut result = self.inner.read(&mut buf[..len]).await?;
-        drop(result.take_fds());
+        // Descriptors go on only in numbers one call may take
+        // (`ImportImage`'s files); more are closed here.
+        let fds = result.take_fds();
+        if !fds.is_empty() && fds.len() <= crate::image_import::MAX_FDS {
+            result = result.set_fds(fds);
+        }
         let n = result.bytes_read();
         self.partial = match buf[..n].iter().rposition(|b| *b == 0) {
             Some(nul) => n - nul - 1,
