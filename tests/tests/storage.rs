@@ -516,3 +516,85 @@ fn rebuild_onto_another_image() {
     assert_eq!(pool["location"], "/var/lib/vmctl", "{pool}");
     assert!(pool["free_bytes"].as_u64() <= pool["total_bytes"].as_u64());
 }
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn an_imported_image_boots() {
+    ensure_test_users();
+    let _ = vmctl(&["rm", "stoimp"]);
+    let _ = vmctl(&["image", "rm", "imported"]);
+    let default = "/var/lib/vmctl/images/default";
+    // Files only alice can read: vmctl opens them as her, vmctld gets the
+    // descriptors; without image.manage she is refused all the same.
+    host(&["cp", &format!("{default}/root.raw"), "/home/alice/root.raw"]).ok();
+    host(&["cp", &format!("{default}/vmlinuz"), "/home/alice/vmlinuz"]).ok();
+    host(&[
+        "chown",
+        "alice:",
+        "/home/alice/root.raw",
+        "/home/alice/vmlinuz",
+    ])
+    .ok();
+    host(&[
+        "chmod",
+        "600",
+        "/home/alice/root.raw",
+        "/home/alice/vmlinuz",
+    ])
+    .ok();
+    let r = vmctl_as(
+        "alice",
+        &[
+            "image",
+            "import",
+            "imported",
+            "/home/alice/root.raw",
+            "--kernel",
+            "/home/alice/vmlinuz",
+        ],
+    );
+    assert_ne!(r.code, Some(0), "alice imported without image.manage");
+    assert!(r.stderr.contains("org.vmctl.image.manage"), "{}", r.stderr);
+    // A file that is not a disk image: refused, nothing left.
+    host(&["sh", "-c", "head -c 1048576 /dev/urandom > /root/junk.img"]).ok();
+    let r = vmctl(&[
+        "image",
+        "import",
+        "imported",
+        "/root/junk.img",
+        "--kernel",
+        &format!("{default}/vmlinuz"),
+    ]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("no ext4, XFS or btrfs"), "{}", r.stderr);
+    assert!(!host_path_exists("/var/lib/vmctl/images/imported"));
+    // Root imports alice's files (root may read them).
+    vmctl(&[
+        "image",
+        "import",
+        "imported",
+        "/home/alice/root.raw",
+        "--kernel",
+        "/home/alice/vmlinuz",
+    ])
+    .ok();
+    let images = vmctl(&["image", "list"]).ok().stdout;
+    assert!(
+        images.lines().any(|l| l.starts_with("imported ")),
+        "{images}"
+    );
+    vmctl(&["create", "stoimp", "--image", "imported"]).ok();
+    vmctl(&["start", "stoimp"]).ok();
+    let release = vm_exec("stoimp", &["cat", "/etc/os-release"]).ok().stdout;
+    assert!(release.contains("ID=debian"), "{release}");
+    vmctl(&["rm", "stoimp"]).ok();
+    vmctl(&["image", "rm", "imported"]).ok();
+    host(&[
+        "rm",
+        "-f",
+        "/home/alice/root.raw",
+        "/home/alice/vmlinuz",
+        "/root/junk.img",
+    ])
+    .ok();
+}
