@@ -295,8 +295,9 @@ fn a_kept_volume_belongs_to_its_owner_and_counts_in_her_quota() {
     );
     assert!(host_path_exists("/var/lib/vmctl/volumes/stoa.raw"));
 
-    // Alice attaches it again; its growth counts in her disk quota:
-    // 16M root + 64M data, limit 100M: growing the data to 128M is refused.
+    // Alice attaches it again; its growth counts in her disk quota: with
+    // 20 MiB left, growing the data by 64 MiB is refused, by 16 MiB (and
+    // the root by 4 MiB) is not.
     vmctl_as(
         "alice",
         &[
@@ -315,7 +316,20 @@ fn a_kept_volume_belongs_to_its_owner_and_counts_in_her_quota() {
         ],
     )
     .ok();
-    vmctl(&["quota", "set", "alice", "--disk", "100M"]).ok();
+    // Her limit: what she holds now (other tests' VMs of hers included)
+    // plus 20 MiB.
+    let quota = vmctl(&["quota", "show", "alice", "--json"]).ok().stdout;
+    let quota: serde_json::Value = serde_json::from_str(&quota).unwrap();
+    let held = quota["disk_bytes"].as_u64().unwrap();
+    let limit = held + (20 << 20);
+    vmctl(&[
+        "quota",
+        "set",
+        "alice",
+        "--disk",
+        &format!("{}K", limit >> 10),
+    ])
+    .ok();
     let r = vmctl_as("alice", &["resize-disk", "stob", "data", "128M"]);
     println!("resize over quota: {}", r.stderr.trim());
     assert_ne!(r.code, Some(0), "grew past the quota");
