@@ -421,7 +421,8 @@ fn an_ephemeral_vm_boots_a_fresh_root_every_time() {
     let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{EPH}.json")])
         .ok()
         .stdout;
-    assert!(spec.contains("\"ephemeral\":true"), "{spec}");
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["ephemeral"], true, "{spec}");
     vmctl(&["start", EPH]).ok();
     vm_exec(
         EPH,
