@@ -312,7 +312,7 @@ fn vmctl_on_a_terminal(args: &str, password: &str) -> (String, String) {
 dir=$(mktemp -d); mkfifo "$dir/in"
 ( script -qfec "vmctl {args}; echo EXIT=\$?" /dev/null < "$dir/in" > "$dir/out" 2>&1 ) &
 exec 3>"$dir/in"
-for i in $(seq 100); do grep -q 'Password:' "$dir/out" && break; sleep 0.2; done
+for i in $(seq 100); do grep -q -e 'Password:' -e 'EXIT=' "$dir/out" && break; sleep 0.2; done
 if grep -q 'Password:' "$dir/out"; then sleep 0.5; printf '%s\n' '{password}' >&3; fi
 exec 3>&-
 wait
