@@ -513,6 +513,24 @@ fn boot(root: &Path) -> Result<DevHost> {
         .stderr(log)
         // Its own process group: a Ctrl-C aimed at xtask must not kill it.
         .process_group(0);
+    // The host outlives this xtask. Descriptors xtask inherited (such as
+    // the one `flock LOCK cargo xtask ...` holds its lock on) must not
+    // live on in it, or the lock stays taken after the flock ends.
+    // SAFETY: close_range is async-signal-safe and touches only this
+    // child's descriptor table, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     eprintln!("xtask: $ {}", cmd::display(&c));
     let child = c.spawn().context("cannot start systemd-nspawn")?;
     let nspawn = child.id();
