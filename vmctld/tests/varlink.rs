@@ -75,7 +75,7 @@ async fn introspection_serves_the_idl_file() {
     assert_eq!(info["product"], "vmctld");
     assert_eq!(
         info["interfaces"],
-        json!(["org.varlink.service", "io.vmctl.Manager"])
+        json!(["org.varlink.service", "io.vmctl.Manager", "io.vmctl.Gateway"])
     );
 
     let desc = call(
@@ -88,6 +88,20 @@ async fn introspection_serves_the_idl_file() {
     let idl = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../api/io.vmctl.Manager.varlink"
+    ))
+    .unwrap();
+    assert_eq!(desc["description"].as_str().unwrap(), idl);
+
+    let desc = call(
+        &daemon.socket,
+        "org.varlink.service.GetInterfaceDescription",
+        Some(json!({ "interface": "io.vmctl.Gateway" })),
+    )
+    .await
+    .unwrap();
+    let idl = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../api/io.vmctl.Gateway.varlink"
     ))
     .unwrap();
     assert_eq!(desc["description"].as_str().unwrap(), idl);
