@@ -164,7 +164,8 @@ async fn manager_on_dbus() {
         .await
         .unwrap_err();
     assert!(
-        e.to_string().contains("org.vmctl.Manager1.Error.InvalidArgument"),
+        e.to_string()
+            .contains("org.vmctl.Manager1.Error.InvalidArgument"),
         "{e}"
     );
 
