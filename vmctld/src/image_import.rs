@@ -15,7 +15,10 @@
 use std::{
     fs::{self, File},
     io,
-    os::{fd::OwnedFd, unix::fs::FileExt},
+    os::{
+        fd::OwnedFd,
+        unix::fs::{FileExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
@@ -131,6 +134,14 @@ fn fill(
     if let Some(mut initrd) = initrd {
         copy_file(&mut initrd, &tmp.join("initrd.img"))?;
     }
+    // Like the images vmctl installs: the unprivileged VMM of every VM
+    // made from it reads the kernel and initrd through the unit's
+    // read-only bind of the images (vmctld's umask would make them 0600).
+    for entry in fs::read_dir(tmp).map_err(io_error(tmp))? {
+        let path = entry.map_err(io_error(tmp))?.path();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_error(&path))?;
+    }
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)).map_err(io_error(tmp))?;
     File::open(tmp)
         .and_then(|dir| dir.sync_all())
         .map_err(io_error(tmp))?;
@@ -250,6 +261,11 @@ mod tests {
             .unwrap();
         assert_eq!(&data, b"root data");
         assert_eq!(fs::read(image.join("initrd.img")).unwrap(), b"initrd");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&image), 0o755);
+        for f in ["root.raw", "vmlinuz", "initrd.img"] {
+            assert_eq!(mode(&image.join(f)), 0o644, "{f}");
+        }
         assert_eq!(
             &fs::read(image.join("vmlinuz")).unwrap()[0x202..0x206],
             b"HdrS"
