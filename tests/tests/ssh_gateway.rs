@@ -19,6 +19,19 @@ const PORT: &str = "2222";
 const OPTS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
                     -o LogLevel=ERROR -o IdentitiesOnly=yes -i ~/.ssh/id_ed25519";
 
+/// `sh -c SCRIPT` as `user` with HOME set (the host's runner clears the
+/// environment for users other than root).
+fn sh_as(user: &str, script: &str) -> Run {
+    host_as(
+        Some(user),
+        &[
+            "sh",
+            "-c",
+            &format!("HOME=/home/{user}; export HOME; cd; {script}"),
+        ],
+    )
+}
+
 /// `ssh -p 2222 SSH_USER@127.0.0.1 CMD` as `user`, in batch mode.
 fn gw(user: &str, ssh_user: &str, cmd: &str) -> Run {
     gw_from(user, "127.0.0.1", ssh_user, cmd)
@@ -26,40 +39,28 @@ fn gw(user: &str, ssh_user: &str, cmd: &str) -> Run {
 
 /// [`gw`] from source address `source` (`ssh -b`).
 fn gw_from(user: &str, source: &str, ssh_user: &str, cmd: &str) -> Run {
-    host_as(
-        Some(user),
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "timeout 600 ssh -b {source} -p {PORT} -o BatchMode=yes {OPTS} \
+    sh_as(
+        user,
+        &format!(
+            "timeout 600 ssh -b {source} -p {PORT} -o BatchMode=yes {OPTS} \
                  {ssh_user}@127.0.0.1 {cmd} < /dev/null"
-            ),
-        ],
+        ),
     )
 }
 
 /// Makes `user`'s `~/.ssh/id_ed25519` (afresh).
 fn make_key(user: &str) {
-    host_as(
-        Some(user),
-        &[
-            "sh",
-            "-c",
-            "mkdir -p -m 700 ~/.ssh && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
+    sh_as(
+        user,
+        "mkdir -p -m 700 ~/.ssh && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
              && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519",
-        ],
     )
     .ok();
 }
 
 /// Registers `user`'s key with vmctl, as the user.
 fn register_key(user: &str) {
-    host_as(
-        Some(user),
-        &["sh", "-c", "vmctl ssh-key add ~/.ssh/id_ed25519.pub"],
-    )
-    .ok();
+    sh_as(user, "vmctl ssh-key add ~/.ssh/id_ed25519.pub").ok();
 }
 
 /// The gateway's socket is enabled and listening, its service stopped.
@@ -106,9 +107,7 @@ fn command_mode_keys_denials_and_floods() {
     let listed = host_as(Some("alice"), &["vmctl", "ssh-key", "list"])
         .ok()
         .stdout;
-    let alice_key = host_as(Some("alice"), &["sh", "-c", "cat ~/.ssh/id_ed25519.pub"])
-        .ok()
-        .stdout;
+    let alice_key = sh_as("alice", "cat ~/.ssh/id_ed25519.pub").ok().stdout;
     assert_eq!(listed.trim(), alice_key.trim());
     // A key opens one account: bob cannot register alice's.
     host(&["cp", "/home/alice/.ssh/id_ed25519.pub", "/tmp/alice.pub"]).ok();
@@ -184,18 +183,14 @@ fn command_mode_keys_denials_and_floods() {
 
     // An unregistered key is refused with the reason (shown through
     // keyboard-interactive, so not in batch mode).
-    let refused = host_as(
-        Some("mallory"),
-        &[
-            "sh",
-            "-c",
-            &format!(
-                // The first -o LogLevel wins: INFO, at which OpenSSH prints
-                // keyboard-interactive instructions.
-                "timeout 60 ssh -p {PORT} -o LogLevel=INFO {OPTS} -o NumberOfPasswordPrompts=1 \
+    let refused = sh_as(
+        "mallory",
+        &format!(
+            // The first -o LogLevel wins: INFO, at which OpenSSH prints
+            // keyboard-interactive instructions.
+            "timeout 60 ssh -p {PORT} -o LogLevel=INFO {OPTS} -o NumberOfPasswordPrompts=1 \
                  mallory@127.0.0.1 whoami < /dev/null"
-            ),
-        ],
+        ),
     );
     assert_eq!(refused.code, Some(255), "{refused:#?}");
     assert!(
@@ -224,13 +219,9 @@ fn command_mode_keys_denials_and_floods() {
          done; true",
     ])
     .ok();
-    let limited = host_as(
-        Some("alice"),
-        &[
-            "sh",
-            "-c",
-            &format!("timeout 60 ssh -p {PORT} {OPTS} alice@127.0.0.1 whoami < /dev/null"),
-        ],
+    let limited = sh_as(
+        "alice",
+        &format!("timeout 60 ssh -p {PORT} {OPTS} alice@127.0.0.1 whoami < /dev/null"),
     );
     assert_eq!(limited.code, Some(255), "{limited:#?}");
     assert!(
@@ -307,6 +298,8 @@ fn proxy_mode_into_a_vm() {
     let size = host_as(
         Some("alice"),
         &[
+            "env",
+            "HOME=/home/alice",
             "script",
             "-qec",
             &format!(
@@ -318,46 +311,30 @@ fn proxy_mode_into_a_vm() {
     assert!(size.stdout.contains("41 137"), "{size:#?}");
 
     // scp and sftp move 50 MB intact.
-    host_as(
-        Some("alice"),
-        &[
-            "sh",
-            "-c",
-            "head -c 50M /dev/urandom > ~/blob && sha256sum < ~/blob > ~/blob.sum",
-        ],
+    sh_as(
+        "alice",
+        "head -c 50M /dev/urandom > ~/blob && sha256sum < ~/blob > ~/blob.sum",
     )
     .ok();
-    let sum = host_as(Some("alice"), &["sh", "-c", "cut -d' ' -f1 ~/blob.sum"])
-        .ok()
-        .stdout;
-    host_as(
-        Some("alice"),
-        &[
-            "sh",
-            "-c",
-            &format!("timeout 600 scp -P {PORT} {OPTS} ~/blob {VM}@127.0.0.1:blob.scp"),
-        ],
+    let sum = sh_as("alice", "cut -d' ' -f1 ~/blob.sum").ok().stdout;
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} ~/blob {VM}@127.0.0.1:blob.scp"),
     )
     .ok();
     let remote = gw("alice", VM, "sha256sum blob.scp").ok();
     assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
-    host_as(
-        Some("alice"),
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "printf 'put %s/blob blob.sftp\\nget blob.sftp %s/blob.back\\n' \"$HOME\" \"$HOME\" | \
+    sh_as(
+        "alice",
+        &format!(
+            "printf 'put %s/blob blob.sftp\\nget blob.sftp %s/blob.back\\n' \"$HOME\" \"$HOME\" | \
                  timeout 600 sftp -b - -P {PORT} {OPTS} {VM}@127.0.0.1"
-            ),
-        ],
+        ),
     )
     .ok();
     let remote = gw("alice", VM, "sha256sum blob.sftp").ok();
     assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
-    let back = host_as(Some("alice"), &["sh", "-c", "sha256sum < ~/blob.back"])
-        .ok()
-        .stdout;
+    let back = sh_as("alice", "sha256sum < ~/blob.back").ok().stdout;
     assert!(back.starts_with(sum.trim()), "{back}");
 
     // ssh -L reaches a port in the VM.
@@ -377,20 +354,16 @@ fn proxy_mode_into_a_vm() {
         "127.0.0.1:8080",
     ])
     .ok();
-    let forwarded = host_as(
-        Some("alice"),
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "timeout 120 ssh -p {PORT} {OPTS} -o ExitOnForwardFailure=yes \
+    let forwarded = sh_as(
+        "alice",
+        &format!(
+            "timeout 120 ssh -p {PORT} {OPTS} -o ExitOnForwardFailure=yes \
                  -L 127.0.0.1:18080:127.0.0.1:8080 {VM}@127.0.0.1 sleep 20 < /dev/null & \
                  tunnel=$!; \
                  for i in $(seq 30); do \
                    curl -sS -m 5 http://127.0.0.1:18080/ && break; sleep 0.5; \
                  done; kill $tunnel"
-            ),
-        ],
+        ),
     );
     assert!(
         forwarded.stdout.contains("peer 127.0.0.1"),
