@@ -318,7 +318,7 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     assert!(
         run.stdout
             .lines()
-            .any(|l| l.eq_ignore_ascii_case("location: https://web.vm.test/a/b?c=d\r")),
+            .any(|l| l.eq_ignore_ascii_case("location: https://web.vm.test/a/b?c=d")),
         "{run:#?}"
     );
 
