@@ -244,20 +244,37 @@ fn owner_ssh_lands_in_her_own_account() {
         ])
     };
     remove();
+    // Commands run in the host get no login environment: HOME is set as a
+    // login would (the CLI reads $HOME/.ssh/*.pub).
     for user in ["alice", "bob"] {
         host_as(
             Some(user),
             &[
                 "sh",
                 "-c",
-                "mkdir -p -m 700 ~/.ssh && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
-                 && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519",
+                &format!(
+                    "export HOME=/home/{user} && mkdir -p -m 700 ~/.ssh \
+                     && rm -f ~/.ssh/id_ed25519 ~/.ssh/id_ed25519.pub \
+                     && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519"
+                ),
             ],
         )
         .ok();
     }
     let result = std::panic::catch_unwind(|| {
-        host_as(Some("alice"), &["vmctl", "create", OWNED, "--memory", "1G"]).ok();
+        host_as(
+            Some("alice"),
+            &[
+                "env",
+                "HOME=/home/alice",
+                "vmctl",
+                "create",
+                OWNED,
+                "--memory",
+                "1G",
+            ],
+        )
+        .ok();
         host_as(
             Some("alice"),
             &["systemctl", "start", &format!("vm@{OWNED}.service")],
