@@ -261,10 +261,13 @@ fn proxy_when_up(user: &str, vm: &str, cmd: &str, within: Duration) -> Run {
 #[test]
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn proxy_mode_into_a_vm() {
-    // Not yet run in the dev host (it was held by an orphaned container
-    // for this test's whole first session); the same path was checked by
-    // hand against a real vmctld and sshd. Runs with VMCTL_E2E_SSH_PROXY=1
-    // until it has passed once in `cargo xtask test`.
+    // Not passing yet, so not run by `cargo xtask test`: in the dev host
+    // (20:41 UTC run) new, hostname, `id -un` and exit status 7 passed
+    // through the gateway, then the PTY step hung (fixed below, not rerun);
+    // by hand, scp and sftp uploads of 50 MB and `ssh -L` worked, but
+    // downloads from the guest broke the gateway's russh client connection
+    // (PacketSize / DecryptionError), which the scp/sftp steps below would
+    // hit. Runs with VMCTL_E2E_SSH_PROXY=1.
     if std::env::var_os("VMCTL_E2E_SSH_PROXY").is_none() {
         eprintln!("SKIPPED: ssh_gateway::proxy_mode_into_a_vm (set VMCTL_E2E_SSH_PROXY=1)");
         return;
@@ -303,7 +306,11 @@ fn proxy_mode_into_a_vm() {
             "script",
             "-qec",
             &format!(
-                "stty rows 41 cols 137; timeout 60 ssh -tt -p {PORT} {OPTS} {VM}@127.0.0.1 stty size"
+                // --foreground: else ssh, in a background process group
+                // of script's terminal, stops on SIGTTIN (seen in the dev
+                // host: the step hung).
+                "stty rows 41 cols 137; timeout --foreground 60 ssh -tt -p {PORT} {OPTS} \
+                 {VM}@127.0.0.1 stty size < /dev/null"
             ),
             "/dev/null",
         ],
