@@ -181,7 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 root,
                 kernel,
                 initrd,
-            } => volume::import_image(&cli.address, &name, &root, &kernel, initrd.as_deref()).await?,
+            } => {
+                volume::import_image(&cli.address, &name, &root, &kernel, initrd.as_deref()).await?
+            }
         },
         Command::Volume { action } => match action {
             cli::VolumeCommand::List { json } => volume::list(&cli.address, json).await?,

@@ -994,7 +994,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             reply["interfaces"],
-            json!(["org.varlink.service", "io.vmctl.Manager", "io.vmctl.Gateway"])
+            json!([
+                "org.varlink.service",
+                "io.vmctl.Manager",
+                "io.vmctl.Gateway"
+            ])
         );
     }
 

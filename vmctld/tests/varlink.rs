@@ -75,7 +75,11 @@ async fn introspection_serves_the_idl_file() {
     assert_eq!(info["product"], "vmctld");
     assert_eq!(
         info["interfaces"],
-        json!(["org.varlink.service", "io.vmctl.Manager", "io.vmctl.Gateway"])
+        json!([
+            "org.varlink.service",
+            "io.vmctl.Manager",
+            "io.vmctl.Gateway"
+        ])
     );
 
     let desc = call(
