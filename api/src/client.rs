@@ -1,8 +1,9 @@
-//! A small varlink client of vmctld for the gateways (`vmctl-ssh`,
-//! `vmctl-https`): connect to the socket, call a method, optionally acting
-//! for a user (`onBehalfOf`), and turn every failure into an error a person
-//! can act on. Built with the `client` feature (it pulls in tokio and
-//! zlink, which the NSS module must not).
+//! The varlink client of vmctld, shared by `vmctl` and the gateways
+//! (`vmctl-ssh`, `vmctl-https`): connect to the socket, call a method,
+//! optionally letting polkit prompt (`allowInteractiveAuthentication`) or
+//! acting for a user (`onBehalfOf`, gateways only), and turn every failure
+//! into an error a person can act on. Built with the `client` feature (it
+//! pulls in tokio and zlink, which the NSS module must not).
 
 use std::{
     fmt,
@@ -78,11 +79,16 @@ struct Method<'a> {
 
 /// `parameters` with `onBehalfOf: uid` added (the gateway contract).
 pub fn on_behalf_of(parameters: Option<Value>, uid: u32) -> Value {
+    with_parameter(parameters, "onBehalfOf", Value::from(uid))
+}
+
+/// `parameters` (an object, or none) with `key: value` added.
+fn with_parameter(parameters: Option<Value>, key: &str, value: Value) -> Value {
     let mut map = match parameters {
         Some(Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     };
-    map.insert("onBehalfOf".into(), Value::from(uid));
+    map.insert(key.into(), value);
     Value::Object(map)
 }
 
@@ -90,6 +96,8 @@ pub fn on_behalf_of(parameters: Option<Value>, uid: u32) -> Value {
 pub struct Client {
     path: PathBuf,
     conn: Connection<unix::Stream>,
+    /// Whether calls let polkit ask the caller's agent for a password.
+    interactive: bool,
 }
 
 impl fmt::Debug for Client {
@@ -114,7 +122,16 @@ impl Client {
         Ok(Self {
             path: path.to_path_buf(),
             conn: Connection::new(stream),
+            interactive: false,
         })
+    }
+
+    /// Lets every call of this connection, when `interactive`, have polkit
+    /// ask the caller's authentication agent for a password
+    /// (`allowInteractiveAuthentication: true`).
+    pub fn interactive(mut self, interactive: bool) -> Self {
+        self.interactive = interactive;
+        self
     }
 
     /// Calls `method` (fully qualified) and decodes the reply parameters.
@@ -143,14 +160,33 @@ impl Client {
         method: &str,
         parameters: Option<Value>,
     ) -> Result<(T, Vec<OwnedFd>), ClientError> {
+        self.call_sending_fds(method, parameters, Vec::new()).await
+    }
+
+    /// Calls `method` sending `fds` with the call (`SCM_RIGHTS`: files this
+    /// process opened, e.g. for `ImportImage`), like [`Client::call_with_fds`].
+    pub async fn call_sending_fds<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: Option<Value>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(T, Vec<OwnedFd>), ClientError> {
         let protocol = |message: String| ClientError::Protocol {
             path: self.path.clone(),
             message,
         };
+        let parameters = match self.interactive {
+            true => Some(with_parameter(
+                parameters,
+                "allowInteractiveAuthentication",
+                Value::Bool(true),
+            )),
+            false => parameters,
+        };
         let call = Call::new(Method { method, parameters });
         let (reply, fds) = self
             .conn
-            .call_method::<_, Value, ErrorReply>(&call, Vec::new())
+            .call_method::<_, Value, ErrorReply>(&call, fds)
             .await
             .map_err(|e| protocol(e.to_string()))?;
         let params = reply
@@ -162,6 +198,17 @@ impl Client {
         Ok((params, fds))
     }
 
+    /// Asks vmctld for `channel` (`agent`, `console`, `ssh`) of VM `name`:
+    /// the reply to `OpenGuest` carries a socket already connected to it.
+    pub async fn open_guest(
+        &mut self,
+        name: &str,
+        channel: &str,
+    ) -> Result<tokio::net::UnixStream, ClientError> {
+        let parameters = serde_json::json!({ "name": name, "channel": channel });
+        self.open_guest_with(parameters).await
+    }
+
     /// Asks vmctld, for user `uid`, for `channel` of VM `name` (`OpenGuest`):
     /// the reply carries a socket already connected to it.
     pub async fn open_guest_for(
@@ -170,16 +217,24 @@ impl Client {
         name: &str,
         channel: &str,
     ) -> Result<tokio::net::UnixStream, ClientError> {
-        let method = format!("{}.OpenGuest", crate::names::VARLINK_INTERFACE);
         let parameters = on_behalf_of(
             Some(serde_json::json!({ "name": name, "channel": channel })),
             uid,
         );
+        self.open_guest_with(parameters).await
+    }
+
+    async fn open_guest_with(
+        &mut self,
+        parameters: Value,
+    ) -> Result<tokio::net::UnixStream, ClientError> {
+        let method = format!("{}.OpenGuest", crate::names::VARLINK_INTERFACE);
         let (_, fds): (Value, _) = self.call_with_fds(&method, Some(parameters)).await?;
         let protocol = |message: String| ClientError::Protocol {
             path: self.path.clone(),
             message,
         };
+        // Exactly one is expected; any others are closed here.
         let fd = fds
             .into_iter()
             .next()
@@ -196,6 +251,16 @@ impl Client {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn interaction_is_one_more_parameter() {
+        let key = "allowInteractiveAuthentication";
+        assert_eq!(with_parameter(None, key, json!(true)), json!({ key: true }));
+        assert_eq!(
+            with_parameter(Some(json!({ "name": "a" })), key, json!(true)),
+            json!({ "name": "a", key: true })
+        );
+    }
 
     #[test]
     fn on_behalf_of_is_one_more_parameter() {

@@ -9,7 +9,7 @@ use vmctl_api::{
     types::{DoctorReply, Quota, QuotaReply},
 };
 
-use crate::{client::Client, method};
+use crate::{client, method};
 
 /// The limits `vmctl quota set` gives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub async fn show(address: &Path, user: Option<&str>, json: bool) -> anyhow::Res
         Some(user) => Some(json!({ "uid": uid_of(user)? })),
         None => None,
     };
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: QuotaReply = client.call(&method("GetQuota"), params).await?;
     print_quota(&reply.quota, json)
 }
@@ -50,7 +50,7 @@ pub async fn set(
         "max_memory_bytes": limits.memory,
         "max_disk_bytes": limits.disk,
     });
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: QuotaReply = client.call(&method("SetQuota"), Some(params)).await?;
     print_quota(&reply.quota, json)
 }
@@ -101,7 +101,7 @@ pub fn quota_text(q: &Quota) -> String {
 /// `vmctl doctor [--repair] [--json]`; exits 1 when something is left
 /// unrepaired.
 pub async fn doctor(address: &Path, repair: bool, json: bool) -> anyhow::Result<u8> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: DoctorReply = client
         .call(&method("Doctor"), Some(json!({ "repair": repair })))
         .await?;

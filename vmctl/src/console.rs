@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmctl_api::spec::Layout;
 
-use crate::{client::Client, exec::RawMode};
+use crate::{client, exec::RawMode};
 
 /// The byte Ctrl-] sends.
 const DETACH: u8 = 0x1d;
@@ -28,7 +28,7 @@ pub async fn console(address: &Path, name: &str) -> anyhow::Result<u8> {
             .await
             .with_context(|| console_error(name, &socket))?
     } else {
-        Client::connect(address)
+        client::connect(address)
             .await?
             .open_guest(name, "console")
             .await?

@@ -23,7 +23,7 @@ use vmctl_guest::{
     protocol::{Control, ExecRequest, PtySize},
 };
 
-use crate::client::Client;
+use crate::client;
 
 /// The guest's login shell of root, as a login shell (the agent runs argv
 /// directly, so the lookup needs a tiny guest-side script).
@@ -166,7 +166,7 @@ async fn connect(
     if direct_path() {
         return connect_direct(address, name).await;
     }
-    let stream = Client::connect(address)
+    let stream = client::connect(address)
         .await?
         .open_guest(name, "agent")
         .await?;
@@ -179,7 +179,7 @@ async fn connect_direct(
     address: &Path,
     name: &str,
 ) -> anyhow::Result<AgentClient<tokio::net::UnixStream>> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: DetailsReply = client
         .call(
             &format!("{VARLINK_INTERFACE}.Describe"),

@@ -76,7 +76,7 @@ fn keys_in_dir(dir: &Path) -> Vec<String> {
 pub async fn ssh_key(address: &Path, action: crate::cli::SshKeyCommand) -> anyhow::Result<()> {
     use crate::cli::SshKeyCommand;
     let method = |m: &str| format!("{}.{m}", vmctl_api::names::VARLINK_INTERFACE);
-    let mut client = crate::client::Client::connect(address).await?;
+    let mut client = crate::client::connect(address).await?;
     match action {
         SshKeyCommand::Add { file } => {
             let keys = read_key_files(std::slice::from_ref(&file))?;

@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use vmctl_api::{names::VARLINK_INTERFACE, CreateParams, DetailsReply, GetVersionReply, ListReply};
 
 use cli::{Cli, Command};
-use client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,7 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Version => {
             println!("vmctl {}", env!("CARGO_PKG_VERSION"));
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let v: GetVersionReply = client.call(&method("GetVersion"), None).await?;
             println!(
                 "vmctld {} (interface version {})",
@@ -89,7 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             watch: true,
         } => watch::run(&cli.address, all, json).await?,
         Command::List { json, all, .. } => {
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let params = all.then(|| json!({ "all": true }));
             let reply: ListReply = client.call(&method("List"), params).await?;
             if json {
@@ -130,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 data_volume,
                 ephemeral: ephemeral.then_some(true),
             };
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let reply: DetailsReply = client
                 .call(&method("Create"), Some(serde_json::to_value(&params)?))
                 .await?;
@@ -144,7 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop { name } => name_call(&cli.address, "Stop", name).await?,
         Command::Restart { name } => name_call(&cli.address, "Restart", name).await?,
         Command::Rm { name, delete_data } => {
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let params = vmctl_api::types::RemoveParams {
                 name,
                 delete_data: delete_data.then_some(true),
@@ -154,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await?;
         }
         Command::Rebuild { name, image } => {
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let _: Value = client
                 .call(
                     &method("Rebuild"),
@@ -163,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await?;
         }
         Command::ResizeDisk { name, disk, size } => {
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let params = vmctl_api::types::ResizeDiskParams {
                 name,
                 disk,
@@ -193,7 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             action: cli::PoolCommand::Status { json },
         } => volume::pool_status(&cli.address, json).await?,
         Command::Describe { name, json } => {
-            let mut client = Client::connect(&cli.address).await?;
+            let mut client = client::connect(&cli.address).await?;
             let reply: DetailsReply = client
                 .call(&method("Describe"), Some(json!({ "name": name })))
                 .await?;
@@ -249,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 /// Calls a method that takes only the VM name and replies nothing. It may
 /// take minutes (a boot under TCG): there is no timeout.
 async fn name_call(address: &std::path::Path, name_of: &str, name: String) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let _: Value = client
         .call(&method(name_of), Some(json!({ "name": name })))
         .await?;

@@ -10,11 +10,11 @@ use vmctl_api::{
     types::{ImageEntry, ImagesReply, PoolStatusReply, VolumeEntry, VolumesReply},
 };
 
-use crate::{client::Client, method};
+use crate::{client, method};
 
 /// `vmctl volume list [--json]`.
 pub async fn list(address: &Path, json: bool) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: VolumesReply = client.call(&method("ListVolumes"), None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.volumes)?);
@@ -26,7 +26,7 @@ pub async fn list(address: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `vmctl volume rm NAME`: deletes a kept data volume.
 pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let _: Value = client
         .call(&method("RemoveVolume"), Some(json!({ "name": name })))
         .await?;
@@ -57,7 +57,7 @@ pub async fn import_image(
         root.display(),
         format_size_short(size)
     );
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let _: (Value, _) = client
         .call_sending_fds(&method("ImportImage"), Some(json!({ "name": name })), fds)
         .await?;
@@ -67,7 +67,7 @@ pub async fn import_image(
 
 /// `vmctl pool status [--json]`.
 pub async fn pool_status(address: &Path, json: bool) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: PoolStatusReply = client.call(&method("PoolStatus"), None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -97,7 +97,7 @@ pub fn pool_text(pool: &PoolStatusReply) -> String {
 
 /// `vmctl image list [--json]`.
 pub async fn list_images(address: &Path, json: bool) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: ImagesReply = client.call(&method("ListImages"), None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.images)?);

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vmctl_api::names::VARLINK_INTERFACE;
 
-use crate::client::Client;
+use crate::client;
 
 /// The proxy's configuration file, whose `Domain=` names the sites.
 const HTTPS_CONF: &str = "/etc/vmctl/https.conf";
@@ -26,7 +26,7 @@ pub async fn publish(
     port: Option<u16>,
     public: Option<bool>,
 ) -> anyhow::Result<()> {
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let mut params = json!({ "name": name });
     if let Some(port) = port {
         params["port"] = json!(port);
@@ -55,7 +55,7 @@ pub async fn publish(
 /// `vmctl login NAME`: prints a one-time login link.
 pub async fn login(address: &Path, name: &str) -> anyhow::Result<()> {
     let domain = domain(Path::new(HTTPS_CONF))?;
-    let mut client = Client::connect(address).await?;
+    let mut client = client::connect(address).await?;
     let reply: Value = client
         .call(
             &format!("{VARLINK_INTERFACE}.IssueLoginToken"),
