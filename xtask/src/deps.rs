@@ -20,6 +20,9 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     // The daemon's D-Bus tests run a private bus.
     "dbus",
     "iproute2",
+    // nft: the launcher's isolation tests (real sets in a private network
+    // namespace) run instead of skipping.
+    "nftables",
     // The guest kernel build (crate::kernel): compiler, make, Kconfig's
     // parser generators, objtool's libelf, and lz4 for the compressed image.
     "build-essential",
