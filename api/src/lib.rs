@@ -13,6 +13,7 @@ pub mod guest_credentials;
 pub mod idl;
 pub mod names;
 pub mod object_path;
+pub mod render;
 pub mod sizes;
 pub mod spec;
 pub mod ssh_keys;

@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::json;
-use vmctl_api::{client::ClientError, sizes::parse_size, ListReply, Vm, VmDetails};
+use vmctl_api::{client::ClientError, sizes::parse_size, ListReply, VmDetails};
 
 use crate::vmctld::{Identity, Vmctld};
 
@@ -238,9 +238,9 @@ async fn execute(command: Command, ctx: &Context) -> Result<Output, ClientError>
         Command::Ls { json } => {
             let reply: ListReply = vmctld.manager(uid, "List", json!({})).await?;
             Output::ok(if json {
-                vm_json(&reply.vms) + "\n"
+                vmctl_api::render::vm_json(&reply.vms) + "\n"
             } else {
-                vm_table(&reply.vms)
+                vmctl_api::render::vm_table(&reply.vms)
             })
         }
         Command::Rm { name } => {
@@ -310,57 +310,6 @@ fn created(vm: &VmDetails) -> String {
         vmctl_api::sizes::format_size_short(vm.disk_bytes),
         vm.image,
     )
-}
-
-/// The column headers of `ls` (those of `vmctl list`).
-const LIST_HEADER: [&str; 8] = [
-    "NAME", "STATE", "OWNER", "VCPUS", "MEMORY", "IPV4", "IPV6", "MAC",
-];
-
-/// VMs as an aligned table, as `vmctl list` prints them.
-pub fn vm_table(vms: &[Vm]) -> String {
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
-    let rows: Vec<[String; 8]> = vms
-        .iter()
-        .map(|vm| {
-            [
-                vm.name.clone(),
-                vm.state.clone(),
-                vm.owner.clone(),
-                vm.vcpus.to_string(),
-                vmctl_api::sizes::format_size_short(vm.memory_bytes),
-                dash(&vm.ipv4),
-                dash(&vm.ipv6),
-                dash(&vm.mac),
-            ]
-        })
-        .collect();
-    let mut widths = LIST_HEADER.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let header = LIST_HEADER.map(String::from);
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// VMs as a JSON array, as `vmctl list --json` prints them.
-pub fn vm_json(vms: &[Vm]) -> String {
-    if vms.is_empty() {
-        return "[]".to_string();
-    }
-    serde_json::to_string_pretty(vms).expect("VM records always serialize")
 }
 
 #[cfg(test)]
