@@ -87,6 +87,28 @@ pub fn copy_into_vm(vm: &str, source: &std::path::Path, guest_path: &str) {
     host(&["vmctl", "cp", &staged, &format!("{vm}:{guest_path}")]).ok();
 }
 
+/// Copies the test server `binary` (one of this crate's binaries, e.g.
+/// `env!("CARGO_BIN_EXE_http-peer")`) into VM `vm` and starts it there as
+/// the transient unit `unit`, listening on `listen`.
+pub fn serve_in_vm(vm: &str, binary: &std::path::Path, unit: &str, listen: &str) {
+    let guest_path = format!(
+        "/usr/local/bin/{}",
+        binary.file_name().unwrap().to_string_lossy()
+    );
+    copy_into_vm(vm, binary, &guest_path);
+    vm_exec(vm, &["chmod", "0755", &guest_path]).ok();
+    vm_exec(
+        vm,
+        &[
+            "systemd-run",
+            &format!("--unit={unit}"),
+            &guest_path,
+            listen,
+        ],
+    )
+    .ok();
+}
+
 /// The test users and their supplementary groups: `alice` and `bob` may
 /// use vmctl (group `vmctl`), `mallory` may not, `carol` is in `vmadmins`
 /// (which `tests/polkit.rs` grants manage-any with a rule of its own).

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, host_uid, vm_exec, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, serve_in_vm, vm_exec, Run};
 use xtask::host::DevHost;
 
 const VM: &str = "web";
@@ -259,22 +259,12 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     )
     .ok();
     host_as(Some("alice"), &["vmctl", "start", VM]).ok();
-    copy_into_vm(
+    serve_in_vm(
         VM,
         Path::new(env!("CARGO_BIN_EXE_http-echo")),
-        "/usr/local/bin/http-echo",
+        "http-echo",
+        "0.0.0.0:80",
     );
-    vm_exec(VM, &["chmod", "0755", "/usr/local/bin/http-echo"]).ok();
-    vm_exec(
-        VM,
-        &[
-            "systemd-run",
-            "--unit=http-echo",
-            "/usr/local/bin/http-echo",
-            "0.0.0.0:80",
-        ],
-    )
-    .ok();
 
     // Socket activation: nothing runs until the first connection.
     host(&[

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, serve_in_vm, Run};
 
 const VM: &str = "sshvm";
 
@@ -171,22 +171,12 @@ fn ssh_name_vm_needs_no_options_and_refuses_a_changed_host_key() {
     // The name works for everything, not only ssh: ping, and a web server
     // started in the VM with `vmctl exec`, fetched by name with curl.
     host(&["ping", "-c1", "-W5", &format!("{VM}.vm")]).ok();
-    copy_into_vm(
+    serve_in_vm(
         VM,
         Path::new(env!("CARGO_BIN_EXE_http-peer")),
-        "/root/http-peer",
-    );
-    host(&[
-        "vmctl",
-        "exec",
-        VM,
-        "--",
-        "systemd-run",
-        "--unit=e2e-web",
-        "/root/http-peer",
+        "e2e-web",
         "0.0.0.0:8080",
-    ])
-    .ok();
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let web = loop {
         let run = host(&["curl", "-sS", "-m", "5", &format!("http://{VM}.vm:8080/")]);

@@ -9,7 +9,7 @@
 //! message, `systemctl restart vmctl-ssh` leaving the VM alone).
 
 use std::time::{Duration, Instant};
-use vmctl_e2e::{copy_into_vm, ensure_test_users, host, host_as, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, serve_in_vm, Run};
 
 /// The gateway's port (units/vmctl-ssh.socket).
 const PORT: &str = "2222";
@@ -345,22 +345,12 @@ fn proxy_mode_into_a_vm() {
     assert!(back.starts_with(sum.trim()), "{back}");
 
     // ssh -L reaches a port in the VM.
-    copy_into_vm(
+    serve_in_vm(
         VM,
         std::path::Path::new(env!("CARGO_BIN_EXE_http-peer")),
-        "/root/http-peer",
-    );
-    host(&[
-        "vmctl",
-        "exec",
-        VM,
-        "--",
-        "systemd-run",
-        "--unit=e2e-web",
-        "/root/http-peer",
+        "e2e-web",
         "127.0.0.1:8080",
-    ])
-    .ok();
+    );
     let forwarded = sh_as(
         "alice",
         &format!(
