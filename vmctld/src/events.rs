@@ -614,20 +614,24 @@ fn serial(msg: &Message) -> u32 {
     msg.primary_header().serial_num().get()
 }
 
+/// One row of systemd's `ListUnits*` replies (`a(ssssssouso)`): name,
+/// description, load, active and sub state, following, unit path, job id,
+/// job type, job path. Public for the tests' stand-in systemd.
+pub type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
 /// Every loaded `vm@*.service` with its VM state, and the reply's serial.
 async fn list_vm_units(conn: &Connection) -> zbus::Result<(HashMap<String, String>, u32)> {
-    type UnitRow = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        OwnedObjectPath,
-        u32,
-        String,
-        OwnedObjectPath,
-    );
     let reply = conn
         .call_method(
             Some(SYSTEMD),

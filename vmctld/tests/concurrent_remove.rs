@@ -54,18 +54,7 @@ enum FakeError {
     NoSuchUnit(String),
 }
 
-type UnitRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    OwnedObjectPath,
-    u32,
-    String,
-    OwnedObjectPath,
-);
+use vmctld::events::UnitRow;
 
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl FakeSystemd {

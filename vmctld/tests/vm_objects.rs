@@ -43,18 +43,7 @@ enum FakeError {
 /// blog's `ActiveState`; only blog is loaded.
 type State = Arc<Mutex<String>>;
 
-type UnitRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    OwnedObjectPath,
-    u32,
-    String,
-    OwnedObjectPath,
-);
+use vmctld::events::UnitRow;
 
 struct FakeManager {
     blog: State,
