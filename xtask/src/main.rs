@@ -108,11 +108,16 @@ enum Task {
         #[arg(long, default_value_t = xtask::soak::STORE_FAULT_ROUNDS)]
         store_rounds: u32,
     },
-    /// Bring up the host and show vmctl working in it.
+    /// Bring up the host and show vmctl working in it: this machine's own
+    /// systemd when PID 1 is systemd, else a throwaway systemd-nspawn host.
     Demo {
-        /// Use this machine's own systemd (PID 1 must be systemd).
-        #[arg(long)]
+        /// Use this machine's own systemd (PID 1 must be systemd; the
+        /// default when it is).
+        #[arg(long, conflicts_with = "container")]
         local: bool,
+        /// Use a throwaway systemd-nspawn host even when PID 1 is systemd.
+        #[arg(long)]
+        container: bool,
     },
 }
 
@@ -220,7 +225,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Host { action } => return host_action(action),
         Task::Test { keep_host } => test(keep_host)?,
-        Task::Demo { local } => demo(local)?,
+        Task::Demo { local, container } => {
+            demo(local || (!container && xtask::host::pid1_is_systemd()))?
+        }
         Task::Soak {
             seconds,
             stable,
@@ -421,16 +428,23 @@ fn demo(local: bool) -> Result<()> {
     show(&[
         "vmctl", "create", "demo", "--cpus", "2", "--memory", "1G", "--disk", "4G",
     ])?;
-    println!("\n(the guest boots under QEMU; without KVM this takes about a minute)");
+    println!("\n(the guest boots under QEMU; without KVM, on TCG, this takes seconds to a minute)");
     show(&["systemctl", "start", "vm@demo"])?;
     show(&["systemctl", "--no-pager", "status", "vm@demo"])?;
     show(&["vmctl", "list"])?;
     show(&["vmctl", "exec", "demo", "--", "uname", "-a"])?;
     show(&["machinectl", "list"])?;
-    println!("\nThe development host is running, and so is VM demo inside it.");
-    println!("  get into the VM:  cargo xtask host run -- vmctl shell demo");
-    println!("  enter the host:   cargo xtask host shell");
-    println!("  stop the VM:      cargo xtask host run -- systemctl stop vm@demo");
-    println!("  stop everything:  cargo xtask host down");
+    if local {
+        println!("\nvmctl is installed on this machine and VM demo is running.");
+        println!("  get into the VM:  vmctl shell demo");
+        println!("  stop the VM:      systemctl stop vm@demo");
+        println!("  remove it:        vmctl rm demo");
+    } else {
+        println!("\nThe development host is running, and so is VM demo inside it.");
+        println!("  get into the VM:  cargo xtask host run -- vmctl shell demo");
+        println!("  enter the host:   cargo xtask host shell");
+        println!("  stop the VM:      cargo xtask host run -- systemctl stop vm@demo");
+        println!("  stop everything:  cargo xtask host down");
+    }
     Ok(())
 }
