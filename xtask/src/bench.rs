@@ -1,40 +1,60 @@
-//! `cargo xtask bench`: how long a VM takes to boot on the old path
-//! (Debian's cloud kernel + initramfs-tools initrd) and on the new one
-//! (vmctl's kernel, no initrd), like for like.
+//! `cargo xtask bench`: how long a VM takes to boot on the old path (the
+//! image as it was when issue 8 was filed, booted by Debian's cloud kernel
+//! and its initramfs-tools initrd) and on the new one (the trimmed image,
+//! vmctl's kernel, no initrd), like for like, with a third column between
+//! them: the trimmed image booted by Debian's kernel and initrd, so the
+//! kernel's own share of the gain stays visible.
 //!
-//! Both paths boot the same root filesystem (images `debian-kernel` and
-//! `default` share one `root.raw`) as `vm@NAME.service` units in the same
-//! dev host, with the same end marker: `systemctl start` returns at READY
-//! (the guest agent's hello). Each round creates a fresh VM per path (a
-//! fresh clone of the image: first boot), starts it, runs the first exec,
-//! waits until the guest's sshd answers on its address (the SSH banner on
-//! TCP port 22, read from the dev host over the VM bridge), waits for the
-//! guest's own `systemd-analyze` line, stops it, and starts it again
-//! (second boot of the same VM). Paths alternate within a round,
-//! so a machine that slows down affects both. Times are wall clock on a
-//! shared machine: read the ratios (medians, with min-max spread), never
-//! as pass/fail thresholds.
+//! The old path's image is `debian-stock` ([`crate::image::ensure_stock`]:
+//! the same package set as the default image, built from `mkosi/stock/`
+//! without the trims); the other two share one `root.raw` (images
+//! `debian-kernel` and `default`). All run as `vm@NAME.service` units in
+//! the same dev host, with the same end marker: `systemctl start` returns
+//! at READY (the guest agent's hello). Each round creates a fresh VM per
+//! path (a fresh clone of its image: first boot), starts it, runs the first
+//! exec, waits until the guest's sshd answers on its address (the SSH
+//! banner on TCP port 22, read from the dev host over the VM bridge), waits
+//! for the guest's own `systemd-analyze` line, stops it, and starts it
+//! again (second boot of the same VM). Paths alternate within a round, so
+//! a machine that slows down affects all. Times are wall clock on a shared
+//! machine: read the ratios (medians, with min-max spread), never as
+//! pass/fail thresholds.
 
+use crate::cmd;
 use crate::host::DevHost;
-use crate::image::{Image, DEBIAN_KERNEL, DEFAULT};
+use crate::image::{Image, DEBIAN_KERNEL, DEFAULT, STOCK};
 use anyhow::{Context, Result};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path as FsPath;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// One boot path: a name for the table and the image it boots.
+/// One boot path: names for the table and the image it boots.
 struct Path {
+    column: &'static str,
     label: &'static str,
     image: &'static str,
     vm: &'static str,
 }
 
 const OLD: Path = Path {
-    label: "old: Debian kernel + initrd",
-    image: DEBIAN_KERNEL,
+    column: "old",
+    label: "old: stock image (as filed), Debian kernel + initrd",
+    image: STOCK,
     vm: "bench-old",
 };
 
+const MID: Path = Path {
+    column: "deb-kernel",
+    label: "deb-kernel: trimmed image, Debian kernel + initrd",
+    image: DEBIAN_KERNEL,
+    vm: "bench-mid",
+};
+
 const NEW: Path = Path {
-    label: "new: vmctl kernel, no initrd",
+    column: "new",
+    label: "new: trimmed image, vmctl kernel, no initrd",
     image: DEFAULT,
     vm: "bench-new",
 };
@@ -54,26 +74,35 @@ struct Round {
     analyze: String,
 }
 
-/// Runs `rounds` interleaved rounds of both paths and prints the table.
-pub fn run(host: &DevHost, image: &Image, rounds: usize) -> Result<()> {
+/// Runs `rounds` interleaved rounds of the three paths and prints the
+/// table; `stock` is the `debian-stock` image directory on this machine.
+pub fn run(host: &DevHost, image: &Image, stock: &FsPath, rounds: usize) -> Result<()> {
+    install_stock(host, stock)?;
     let accel = accel(host)?;
-    let mut old = Vec::new();
-    let mut new = Vec::new();
+    let paths = [&OLD, &MID, &NEW];
+    let mut results: [Vec<Round>; 3] = Default::default();
     for i in 1..=rounds {
-        for (path, results) in [(&OLD, &mut old), (&NEW, &mut new)] {
+        for (path, results) in paths.iter().zip(results.iter_mut()) {
             eprintln!("bench: round {i}/{rounds}, {}", path.label);
             results.push(round(host, path)?);
         }
     }
     println!();
     println!(
-        "environment: QEMU {accel}, 2 vCPUs, 1 GiB, images {DEBIAN_KERNEL} and {DEFAULT} \
-         (one root.raw: {}), {rounds} round(s), paths interleaved",
+        "environment: QEMU {accel}, 2 vCPUs, 1 GiB, {rounds} round(s), paths interleaved, \
+         every boot from a fresh clone of its image except the second boot"
+    );
+    for path in paths {
+        println!("  {}", path.label);
+    }
+    println!(
+        "  images: {STOCK} {}, {DEBIAN_KERNEL} and {DEFAULT} (one root.raw) {}",
+        stock.display(),
         image.dir.display()
     );
     println!(
-        "{:<40} {:>18} {:>18} {:>9}",
-        "median (min-max), seconds", "old", "new", "new/old"
+        "{:<40} {:>18} {:>18} {:>18} {:>8} {:>8}",
+        "median (min-max), seconds", OLD.column, MID.column, NEW.column, "new/old", "new/deb"
     );
     let rows: [Row; 6] = [
         ("fresh VM: start -> READY", |r| r.first_ready),
@@ -84,25 +113,52 @@ pub fn run(host: &DevHost, image: &Image, rounds: usize) -> Result<()> {
         ("stop (ACPI power-off)", |r| r.stop),
     ];
     for (name, get) in rows {
-        let o: Vec<f64> = old.iter().map(get).collect();
-        let n: Vec<f64> = new.iter().map(get).collect();
+        let [o, m, n] = results
+            .each_ref()
+            .map(|rs| rs.iter().map(get).collect::<Vec<f64>>());
         println!(
-            "{:<40} {:>18} {:>18} {:>9.2}",
+            "{:<40} {:>18} {:>18} {:>18} {:>8.2} {:>8.2}",
             name,
             spread(&o),
+            spread(&m),
             spread(&n),
-            median(&n) / median(&o)
+            median(&n) / median(&o),
+            median(&n) / median(&m)
         );
     }
-    for (path, results) in [(&OLD, &old), (&NEW, &new)] {
+    for (path, results) in paths.iter().zip(&results) {
         for (i, r) in results.iter().enumerate() {
             println!(
                 "guest systemd-analyze, {}, round {}: {}",
-                path.label,
+                path.column,
                 i + 1,
                 r.analyze
             );
         }
+    }
+    Ok(())
+}
+
+/// Puts the stock image into the host's image directory (0755 and 0644,
+/// as installed images are: the launcher's VMM user reads them).
+fn install_stock(host: &DevHost, stock: &FsPath) -> Result<()> {
+    let to = host.path_of(&format!("/var/lib/vmctl/images/{STOCK}"));
+    if to.exists() {
+        fs::remove_dir_all(&to)?;
+    }
+    fs::create_dir_all(&to)?;
+    fs::set_permissions(&to, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(stock)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        cmd::run(
+            Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(entry.path())
+                .arg(&dest),
+        )
+        .with_context(|| format!("cannot install {} into the host", stock.display()))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
 }

@@ -300,12 +300,17 @@ impl DevHost {
         install_vm_assets(&root, &image::ensure_default()?)
     }
 
-    /// Copies the file `source` of this machine to `target` in the host.
-    pub fn copy_in(&self, source: &Path, target: &str) -> Result<()> {
-        let dest = match self {
+    /// Where the host's absolute path `target` is on this machine.
+    pub fn path_of(&self, target: &str) -> PathBuf {
+        match self {
             DevHost::Local => PathBuf::from(target),
             DevHost::Container { .. } => working_root().join(target.trim_start_matches('/')),
-        };
+        }
+    }
+
+    /// Copies the file `source` of this machine to `target` in the host.
+    pub fn copy_in(&self, source: &Path, target: &str) -> Result<()> {
+        let dest = self.path_of(target);
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir)?;
         }

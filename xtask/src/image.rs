@@ -16,7 +16,12 @@
 //!   cloud-hypervisor boots directly without firmware;
 //! - `debian-kernel/`: the same `root.raw` with Debian's cloud kernel and
 //!   its initramfs-tools initrd from the tree's `/boot`, for images that
-//!   bring their own kernel (and as the benchmark's old path).
+//!   bring their own kernel.
+//!
+//! A third image, built only for `cargo xtask bench` ([`ensure_stock`]):
+//! `debian-stock/`, the same package set built from `mkosi/stock/` without
+//! the boot trims (the image as it was when issue 8 was filed), with
+//! Debian's kernel and initrd: the benchmark's old path.
 
 use crate::cmd;
 use crate::kernel::{self, Kernel};
@@ -38,6 +43,9 @@ pub const DEFAULT: &str = "default";
 
 /// Name of the image booted with Debian's kernel and initrd.
 pub const DEBIAN_KERNEL: &str = "debian-kernel";
+
+/// Name of the untrimmed image booted with Debian's kernel and initrd.
+pub const STOCK: &str = "debian-stock";
 
 /// A built pair of guest images sharing one root filesystem.
 #[derive(Debug, Clone)]
@@ -101,8 +109,8 @@ fn agent_unit() -> PathBuf {
 
 const AGENT_UNIT_NAME: &str = "vmctl-guest-agent.service";
 
-/// Builds the guest kernel, the mkosi tree and the images unless cached.
-pub fn ensure_default() -> Result<Image> {
+/// Builds the release guest agent (cargo decides whether it is current).
+fn build_agent() -> Result<()> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
@@ -115,10 +123,15 @@ pub fn ensure_default() -> Result<Image> {
                 "--bin",
                 "vmctl-guest-agent",
             ]),
-    )?;
+    )
+}
+
+/// Builds the guest kernel, the mkosi tree and the images unless cached.
+pub fn ensure_default() -> Result<Image> {
+    build_agent()?;
     let kernel = kernel::ensure()?;
     let images = cache_dir().join("images");
-    let tree = ensure_tree(&images)?;
+    let tree = ensure_tree(&images, &mkosi_dir(), &default_inputs()?, "tree-")?;
     let key = image_key(&tree.key, &kernel)?;
     let top = images.join(format!("image-{key}"));
     let image = Image {
@@ -135,24 +148,16 @@ pub fn ensure_default() -> Result<Image> {
         fs::remove_dir_all(&tmp)?;
     }
     fs::create_dir_all(&tmp)?;
-    let stage = tmp.join("stage");
-    // A tree of hard links (instant): adding the agent must not touch the
-    // cached tree, so files are only ever added to the stage, never
-    // rewritten in place.
-    cmd::run(Command::new("cp").arg("-al").arg(&tree.dir).arg(&stage))?;
-    stage_agent(&stage)?;
     let default = tmp.join(DEFAULT);
     let debian = tmp.join(DEBIAN_KERNEL);
     fs::create_dir_all(&default)?;
     fs::create_dir_all(&debian)?;
-    cmd::run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "root", "-d"])
-            .arg(&stage)
-            .arg(default.join("root.raw"))
-            .arg(ROOT_SIZE),
+    make_root(
+        &tree.dir,
+        &tmp.join("stage"),
+        true,
+        &default.join("root.raw"),
     )?;
-    fs::remove_dir_all(&stage)?;
     fs::hard_link(default.join("root.raw"), debian.join("root.raw"))?;
     fs::copy(kernel.bzimage(), default.join("vmlinuz"))?;
     fs::copy(kernel.vmlinux(), default.join("vmlinux"))?;
@@ -162,23 +167,100 @@ pub fn ensure_default() -> Result<Image> {
     Ok(image)
 }
 
+/// Builds the benchmark's stock image (`mkosi/stock/`, the release agent,
+/// Debian's kernel and initrd) unless cached; returns its directory.
+pub fn ensure_stock() -> Result<PathBuf> {
+    build_agent()?;
+    let images = cache_dir().join("images");
+    let tree = ensure_tree(&images, &stock_config(), &stock_inputs()?, "stock-tree-")?;
+    let key = hash_strings(&[LAYOUT, &tree.key, &hash_files(&[agent_binary()])?]);
+    let top = images.join(format!("stock-image-{key}"));
+    let dir = top.join(STOCK);
+    if dir.join("initrd.img").exists() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&images)?;
+    remove_stale(&images, "stock-image-", &top)?;
+    eprintln!("xtask: making the stock image from the cached stock tree and the agent");
+    let tmp = top.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    let out = tmp.join(STOCK);
+    fs::create_dir_all(&out)?;
+    // The tree has the agent's unit of that time (mkosi enabled it).
+    make_root(&tree.dir, &tmp.join("stage"), false, &out.join("root.raw"))?;
+    copy_boot_file(&tree.dir, "vmlinuz-", &out.join("vmlinuz"))?;
+    copy_boot_file(&tree.dir, "initrd.img-", &out.join("initrd.img"))?;
+    fs::rename(&tmp, &top)?;
+    Ok(dir)
+}
+
+/// Makes `root` (an ext4 image) from `tree` plus the agent (and its unit
+/// from `guest/` when `with_unit`), staged in `stage`.
+fn make_root(tree: &Path, stage: &Path, with_unit: bool, root: &Path) -> Result<()> {
+    // A tree of hard links (instant): adding the agent must not touch the
+    // cached tree, so files are only ever added to the stage, never
+    // rewritten in place.
+    cmd::run(Command::new("cp").arg("-al").arg(tree).arg(stage))?;
+    stage_agent(stage, with_unit)?;
+    cmd::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "root", "-d"])
+            .arg(stage)
+            .arg(root)
+            .arg(ROOT_SIZE),
+    )?;
+    fs::remove_dir_all(stage)?;
+    Ok(())
+}
+
+fn mkosi_dir() -> PathBuf {
+    workspace_root().join("mkosi")
+}
+
+fn stock_config() -> PathBuf {
+    mkosi_dir().join("stock")
+}
+
+/// What the default tree is built from: `mkosi/` but its documentation and
+/// the stock configuration.
+fn default_inputs() -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    collect_files(&mkosi_dir(), &mut files)?;
+    let stock = stock_config();
+    files.retain(|f| !f.starts_with(&stock));
+    Ok(files)
+}
+
+/// What the stock tree is built from: `mkosi/stock/`, the `mkosi.conf` it
+/// includes and the repository list.
+fn stock_inputs() -> Result<Vec<PathBuf>> {
+    let mut files = vec![mkosi_dir().join("mkosi.conf")];
+    collect_files(&stock_config(), &mut files)?;
+    collect_files(&mkosi_dir().join("mkosi.pkgmngr"), &mut files)?;
+    Ok(files)
+}
+
 /// The cached mkosi output tree.
 struct Tree {
     /// The root of the guest's filesystem.
     dir: PathBuf,
-    /// Hash of `mkosi/`.
+    /// Hash of its inputs.
     key: String,
 }
 
-/// Runs mkosi unless a tree for the current `mkosi/` exists.
-fn ensure_tree(images: &Path) -> Result<Tree> {
-    let mut files = Vec::new();
-    collect_files(&workspace_root().join("mkosi"), &mut files)?;
+/// Runs mkosi on `config` unless a tree `<prefix><hash of inputs>` exists.
+fn ensure_tree(images: &Path, config: &Path, inputs: &[PathBuf], prefix: &str) -> Result<Tree> {
     // Documentation does not go into the tree.
-    files.retain(|f| f.extension().is_none_or(|e| e != "md"));
+    let mut files: Vec<PathBuf> = inputs
+        .iter()
+        .filter(|f| f.extension().is_none_or(|e| e != "md"))
+        .cloned()
+        .collect();
     files.sort();
     let key = hash_files(&files)?;
-    let out = images.join(format!("tree-{key}"));
+    let out = images.join(format!("{prefix}{key}"));
     let tree = Tree {
         dir: out.join("guest"),
         key,
@@ -187,8 +269,11 @@ fn ensure_tree(images: &Path) -> Result<Tree> {
         return Ok(tree);
     }
     fs::create_dir_all(images)?;
-    remove_stale(images, "tree-", &out)?;
-    eprintln!("xtask: building the guest tree with mkosi (~1 min, cached by mkosi/'s content)");
+    remove_stale(images, prefix, &out)?;
+    eprintln!(
+        "xtask: building the guest tree {} with mkosi (~1 min, cached by its content)",
+        config.display()
+    );
     let tmp = out.with_extension("tmp");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -196,7 +281,7 @@ fn ensure_tree(images: &Path) -> Result<Tree> {
     cmd::run(
         Command::new("mkosi")
             .arg("--directory")
-            .arg(workspace_root().join("mkosi"))
+            .arg(config)
             .arg("--output-dir")
             .arg(&tmp)
             .args(["--force", "build"]),
@@ -205,16 +290,24 @@ fn ensure_tree(images: &Path) -> Result<Tree> {
     Ok(tree)
 }
 
-/// Adds the agent and its unit to `root`, enabled as its `[Install]`
-/// section says (mkosi applied the presets before the unit was there).
-fn stage_agent(root: &Path) -> Result<()> {
+/// Adds the agent to `root`, and with `with_unit` its unit, enabled as its
+/// `[Install]` section says (mkosi applied the presets before the unit was
+/// there).
+fn stage_agent(root: &Path, with_unit: bool) -> Result<()> {
     let bin = root.join("usr/libexec/vmctl-guest-agent");
     let unit = root.join("usr/lib/systemd/system").join(AGENT_UNIT_NAME);
-    for (from, to) in [(agent_binary(), &bin), (agent_unit(), &unit)] {
+    let mut files = vec![(agent_binary(), &bin)];
+    if with_unit {
+        files.push((agent_unit(), &unit));
+    }
+    for (from, to) in files {
         fs::create_dir_all(to.parent().expect("staged paths have parents"))?;
         // Unlink first: the path may be a hard link into the cached tree.
         let _ = fs::remove_file(to);
         fs::copy(&from, to).with_context(|| format!("cannot stage {}", from.display()))?;
+    }
+    if !with_unit {
+        return Ok(());
     }
     let text = fs::read_to_string(agent_unit())?;
     for target in wanted_by(&text) {
@@ -320,6 +413,22 @@ mod tests {
         let unit = "[Unit]\nDescription=x\n[Install]\nWantedBy=sysinit.target\nWantedBy=a.target b.target\n";
         assert_eq!(wanted_by(unit), ["sysinit.target", "a.target", "b.target"]);
         assert!(wanted_by("[Service]\nExecStart=/bin/true\n").is_empty());
+    }
+
+    #[test]
+    fn stock_inputs_do_not_key_the_default_tree() {
+        let stock = stock_config();
+        let default = default_inputs().unwrap();
+        assert!(default.contains(&mkosi_dir().join("mkosi.conf")));
+        assert!(default.contains(&mkosi_dir().join("mkosi.finalize")));
+        assert!(!default.iter().any(|f| f.starts_with(&stock)));
+        let stock_files = stock_inputs().unwrap();
+        assert!(stock_files.contains(&stock.join("mkosi.conf")));
+        assert!(stock_files.contains(&mkosi_dir().join("mkosi.conf")));
+        assert!(!stock_files.contains(&mkosi_dir().join("mkosi.finalize")));
+        assert!(!stock_files
+            .iter()
+            .any(|f| f.starts_with(mkosi_dir().join("mkosi.extra"))));
     }
 
     #[test]

@@ -58,9 +58,13 @@ enum Task {
     },
     /// Benchmark VM boot: Debian kernel + initrd against vmctl's kernel.
     Bench {
-        /// Rounds (each boots both paths, fresh then again).
+        /// Rounds (each boots every path, fresh then again).
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// Only the boot rows (stock image + Debian kernel, trimmed image +
+        /// Debian kernel, trimmed image + vmctl's kernel).
+        #[arg(long)]
+        boot: bool,
         /// Instead: NSS lookup latency (nss-vmctl, nss-files, libvirt) at
         /// 50 and 1000 VMs, in mount namespaces on this machine (root).
         #[arg(long)]
@@ -280,11 +284,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             host::down()?;
             result?;
         }
-        Task::Bench { runs, .. } => {
+        Task::Bench {
+            boot: true, runs, ..
+        } => {
             deps::ensure_build_machine()?;
+            let stock = xtask::image::ensure_stock()?;
             let host = host::up(UpOptions::default())?;
             let image = xtask::image::ensure_default()?;
-            let result = xtask::bench::run(&host, &image, runs)
+            let result = xtask::bench::run(&host, &image, &stock, runs);
+            host::down()?;
+            result?;
+        }
+        Task::Bench { runs, .. } => {
+            deps::ensure_build_machine()?;
+            let stock = xtask::image::ensure_stock()?;
+            let host = host::up(UpOptions::default())?;
+            let image = xtask::image::ensure_default()?;
+            let result = xtask::bench::run(&host, &image, &stock, runs)
                 .and_then(|()| xtask::bench_exec::run(&host, 30 * runs, 3 * runs))
                 // Last: its 1000 VMs stay until the host goes down.
                 .and_then(|()| xtask::bench_list::run(&host, 25 * runs));
