@@ -13,6 +13,7 @@
 //! - [`activation`]: the listening socket from systemd (`LISTEN_FDS`).
 //! - [`keys`]: the gateway's host key and its client key for guests.
 //! - [`limits`]: rate, session and channel limits and their messages.
+//! - [`idle`]: the idle timeout's clock and the stream that feeds it.
 //! - [`routing`]: what an SSH user name means (a command or a VM).
 //! - [`commands`]: command mode (`new`, `ls`, `rm`, ...).
 //! - [`vmctld`]: the calls to vmctld.
@@ -21,6 +22,7 @@
 
 pub mod activation;
 pub mod commands;
+pub mod idle;
 pub mod keys;
 pub mod limits;
 pub mod proxy;

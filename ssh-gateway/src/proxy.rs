@@ -91,14 +91,10 @@ pub async fn connect(
         return Err(not_running_message(vm));
     }
     let expected = published_host_key(known_hosts, &vm.name)?;
-    let config = Arc::new(client::Config {
-        inactivity_timeout: None,
-        ..client::Config::default()
-    });
-    let handler = GuestHandler { expected };
+    let user = vm.ssh_user.clone().unwrap_or_else(|| "root".to_string());
     let mut client = vmctld.connect().await.map_err(|e| e.to_string())?;
-    let mut guest = match client.open_guest_for(uid, &vm.name, "ssh").await {
-        Ok(stream) => client::connect_stream(config, stream, handler).await,
+    match client.open_guest_for(uid, &vm.name, "ssh").await {
+        Ok(stream) => login(stream, expected, &user, client_key, &vm.name).await,
         // A guest whose sshd does not listen on vsock (an image without
         // systemd's ssh generator): its address on the bridge. The host
         // key check is the same.
@@ -112,22 +108,41 @@ pub async fn connect(
                     .await
                     .map_err(|e| format!("cannot reach the sshd of VM {}: {e}", vm.name))?;
                 let _ = stream.set_nodelay(true);
-                client::connect_stream(config, stream, handler).await
+                login(stream, expected, &user, client_key, &vm.name).await
             }
-            None => return Err(format!("cannot reach the sshd of VM {}: {vsock}", vm.name)),
+            None => Err(format!("cannot reach the sshd of VM {}: {vsock}", vm.name)),
         },
     }
-    .map_err(|e| format!("SSH to VM {} failed: {e}", vm.name))?;
-    let user = vm.ssh_user.clone().unwrap_or_else(|| "root".to_string());
-    let auth = guest
-        .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(client_key, None))
+}
+
+/// Speaks SSH over `stream` to the sshd of VM `name`, accepting only the
+/// host key `expected`, and logs in as `user` with `client_key`.
+pub async fn login<S>(
+    stream: S,
+    expected: PublicKey,
+    user: &str,
+    client_key: Arc<PrivateKey>,
+    name: &str,
+) -> Result<Guest, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        ..client::Config::default()
+    });
+    let handler = GuestHandler { expected };
+    let mut guest = client::connect_stream(config, stream, handler)
         .await
-        .map_err(|e| format!("SSH login to VM {} failed: {e}", vm.name))?;
+        .map_err(|e| format!("SSH to VM {name} failed: {e}"))?;
+    let auth = guest
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(client_key, None))
+        .await
+        .map_err(|e| format!("SSH login to VM {name} failed: {e}"))?;
     if !auth.success() {
         return Err(format!(
-            "VM {} does not trust the gateway's key for {user} (a VM started before \
-             vmctl-ssh first ran does not have it yet: restart the VM)",
-            vm.name
+            "VM {name} does not trust the gateway's key for {user} (a VM started before \
+             vmctl-ssh first ran does not have it yet: restart the VM)"
         ));
     }
     Ok(guest)

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     commands,
+    idle::{Activity, Tracked},
     keys::key_line,
     limits::{Limit, LimitState, Slot},
     proxy::{self, Guest},
@@ -57,13 +58,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let limits = &shared.limits.limits;
     let config = Arc::new(server::Config {
         keys: vec![host_key],
         methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        inactivity_timeout: Some(limits.idle_timeout),
+        // The idle timeout is ours (crate::idle): russh's closes silently.
+        inactivity_timeout: None,
         max_auth_attempts: 8,
         nodelay: true,
         ..server::Config::default()
@@ -157,6 +158,8 @@ async fn connection(
         channels: 0,
     };
     let auth_timeout = state.limits.auth_timeout;
+    let activity = Activity::default();
+    let stream = Tracked::new(stream, activity.clone());
     let session =
         match tokio::time::timeout(auth_timeout, server::run_stream(config, stream, handler)).await
         {
@@ -176,19 +179,20 @@ async fn connection(
         result = &mut session => return log_end(peer, result),
         () = tokio::time::sleep(auth_timeout) => {}
     }
-    if !authenticated.load(Ordering::SeqCst) {
-        tracing::info!("{peer}: authentication timeout");
-        let _ = handle
-            .disconnect(
-                Disconnect::ByApplication,
-                shared.limits.limits.message(Limit::AuthTimeout),
-                String::new(),
-            )
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
-        return;
-    }
-    log_end(peer, session.await);
+    let limit = if !authenticated.load(Ordering::SeqCst) {
+        Limit::AuthTimeout
+    } else {
+        tokio::select! {
+            result = &mut session => return log_end(peer, result),
+            () = activity.expired(shared.limits.limits.idle_timeout) => Limit::IdleTimeout,
+        }
+    };
+    let message = shared.limits.limits.message(limit);
+    tracing::info!("{peer}: {message}");
+    let _ = handle
+        .disconnect(Disconnect::ByApplication, message, String::new())
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
 }
 
 fn log_end(peer: SocketAddr, result: Result<(), russh::Error>) {
@@ -317,9 +321,18 @@ impl Connection {
         vm.guest.clone()
     }
 
+    /// Counts a new channel, unless the connection is at its limit.
     fn over_channel_limit(&mut self) -> bool {
+        if self.channels >= self.shared.limits.limits.max_channels_per_connection {
+            return true;
+        }
         self.channels += 1;
-        self.channels > self.shared.limits.limits.max_channels_per_connection
+        false
+    }
+
+    /// Uncounts a channel that was refused after all.
+    fn channel_refused(&mut self) {
+        self.channels = self.channels.saturating_sub(1);
     }
 
     fn channel_limit_failure(&self) -> ChannelOpenFailure {
@@ -490,6 +503,7 @@ impl server::Handler for Connection {
         let guest = match guest {
             Ok(guest) => guest,
             Err(why) => {
+                self.channel_refused();
                 reply.reject(refuse_with(why)).await;
                 return Ok(());
             }
@@ -509,6 +523,7 @@ impl server::Handler for Connection {
                 tokio::spawn(proxy::bridge(_channel, guest_channel, handle));
             }
             Err(e) => {
+                self.channel_refused();
                 reply
                     .reject(ChannelOpenFailure::Other {
                         code: 2,

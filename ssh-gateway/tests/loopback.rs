@@ -75,12 +75,27 @@ fn keygen(path: &Path) -> String {
 
 /// `ssh -p PORT USER@127.0.0.1 CMD` with `key`, from `source`.
 fn ssh(port: u16, key: &Path, source: &str, user: &str, cmd: &str, batch: bool) -> Output {
+    ssh_command(port, key, source, user, &[cmd], batch)
+        .output()
+        .unwrap()
+}
+
+/// `ssh -p PORT ... USER@127.0.0.1 ARGS...` (in `timeout 60`), from `source`.
+fn ssh_command(
+    port: u16,
+    key: &Path,
+    source: &str,
+    user: &str,
+    args: &[&str],
+    batch: bool,
+) -> Command {
     let mut command = Command::new("timeout");
     command
         .args(["60", "ssh", "-p", &port.to_string(), "-b", source])
         .args(["-o", "StrictHostKeyChecking=no"])
         .args(["-o", "UserKnownHostsFile=/dev/null"])
-        // OpenSSH prints keyboard-interactive instructions at level INFO.
+        // OpenSSH prints keyboard-interactive instructions and a server's
+        // disconnect message at level INFO.
         .args([
             "-o",
             if batch {
@@ -98,9 +113,9 @@ fn ssh(port: u16, key: &Path, source: &str, user: &str, cmd: &str, batch: bool) 
         .arg("-i")
         .arg(key)
         .arg(format!("{user}@127.0.0.1"))
-        .arg(cmd)
+        .args(args)
         .stdin(Stdio::null());
-    command.output().unwrap()
+    command
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -115,8 +130,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
+/// The real vmctld and the real gateway (as nobody), with two users' keys
+/// in the store and one unknown key.
+struct Stack {
+    /// Kept for the tests' temporary files and its deletion at the end.
+    dir: tempfile::TempDir,
+    port: u16,
+    alice_key: PathBuf,
+    bob_key: PathBuf,
+    stranger_key: PathBuf,
+    gateway: Kill,
+    _vmctld: Kill,
+}
+
+/// Starts vmctld and the gateway, the gateway with `gateway_args` added.
+fn stack(gateway_args: &[&str]) -> Stack {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test runs the gateway as nobody: run it as root"
@@ -127,7 +155,7 @@ fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
     let config = dir.path().join("vmctl.conf");
     std::fs::write(&config, "[Gateways]\nUsers=nobody\n").unwrap();
     let state = dir.path().join("state");
-    let _vmctld = Kill(
+    let vmctld = Kill(
         Command::new(vmctld())
             .arg("--varlink-address")
             .arg(&socket)
@@ -181,6 +209,7 @@ fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
             .arg(&socket)
             .arg("--known-hosts")
             .arg(dir.path().join("run/ssh_known_hosts"))
+            .args(gateway_args)
             .env_remove("LISTEN_FDS")
             .env("VMCTL_SSH_LOG", "warn")
             .uid(uid)
@@ -189,11 +218,33 @@ fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
             .spawn()
             .unwrap(),
     );
-    let gateway_pid = gateway.0.id();
     wait_for("vmctl-ssh", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    // That first probe counted against 127.0.0.1's rate; fine (60/min).
+    // That first probe counted against 127.0.0.1's rate.
+    Stack {
+        dir,
+        port,
+        alice_key,
+        bob_key,
+        stranger_key,
+        gateway,
+        _vmctld: vmctld,
+    }
+}
+
+#[test]
+fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
+    let Stack {
+        port,
+        alice_key,
+        bob_key,
+        stranger_key,
+        gateway,
+        dir: _dir,
+        _vmctld,
+    } = stack(&[]);
+    let gateway_pid = gateway.0.id();
 
     // Command mode acts for the key's owner.
     let who = ssh(port, &alice_key, "127.0.0.1", "vmctl", "whoami", true);
@@ -273,4 +324,213 @@ fn command_mode_unknown_keys_and_a_flood_with_the_real_parts() {
     let mut gateway = gateway;
     assert!(gateway.0.try_wait().unwrap().is_none(), "the gateway died");
     assert_eq!(gateway.0.id(), gateway_pid);
+}
+
+/// The timeouts, with small values: a connection that authenticates but
+/// moves nothing is closed with an SSH disconnect naming the idle timeout
+/// (OpenSSH prints it), one that never authenticates with one naming the
+/// authentication timeout.
+#[test]
+fn timeouts_are_named_in_the_disconnect() {
+    let stack = stack(&["--idle-timeout", "2", "--auth-timeout", "2"]);
+    let started = Instant::now();
+    let idle = ssh_command(
+        stack.port,
+        &stack.alice_key,
+        "127.0.0.1",
+        "vmctl",
+        &["-N"],
+        false,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(idle.status.code(), Some(255), "{idle:?}");
+    assert!(
+        text(&idle.stderr).contains("vmctl-ssh: idle timeout: no traffic for 2 s"),
+        "{idle:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // A client that finishes the key exchange and then does nothing: the
+    // disconnect names the authentication timeout. (One that stops in the
+    // middle of the key exchange is only closed: russh sends nothing then.)
+    let told = Told::default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let _client = russh::client::connect(
+            std::sync::Arc::new(russh::client::Config::default()),
+            ("127.0.0.1", stack.port),
+            told.clone(),
+        )
+        .await
+        .unwrap();
+        told.wait_for_one().await;
+    });
+    assert_eq!(
+        told.0.lock().unwrap().as_slice(),
+        ["vmctl-ssh: authentication timeout: not authenticated within 2 s"]
+    );
+}
+
+/// A russh client's handler that keeps what the gateway says when it
+/// refuses a channel or disconnects.
+#[derive(Clone, Default)]
+struct Told(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Told {
+    /// Waits (at most 20 s) until something was said.
+    async fn wait_for_one(&self) {
+        for _ in 0..400 {
+            if !self.0.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl russh::client::Handler for Told {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn channel_open_failure(
+        &mut self,
+        _channel: russh::ChannelId,
+        _reason: russh::ChannelOpenFailure,
+        description: &str,
+        _language: &str,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        self.0.lock().unwrap().push(description.to_string());
+        Ok(())
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: russh::client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(info) => {
+                self.0.lock().unwrap().push(info.message);
+                Ok(())
+            }
+            russh::client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+/// Sessions per user, channels per connection and logins per key, with
+/// small values: each refusal names its limit and value.
+#[test]
+fn session_channel_and_key_limits_are_named() {
+    let stack = stack(&[
+        "--max-sessions-per-user",
+        "1",
+        "--max-channels-per-connection",
+        "1",
+        "--rate-per-key",
+        "3",
+    ]);
+    // alice's first login (1 of 3 per minute) holds her one session;
+    // OpenSSH runs the LocalCommand once it is in.
+    let logged_in = stack.dir.path().join("held");
+    let mut held = ssh_command(
+        stack.port,
+        &stack.alice_key,
+        "127.0.0.1",
+        "vmctl",
+        &[
+            "-N",
+            "-o",
+            "PermitLocalCommand=yes",
+            "-o",
+            &format!("LocalCommand=touch {}", logged_in.display()),
+        ],
+        true,
+    )
+    .spawn()
+    .unwrap();
+    wait_for("the first login", || logged_in.exists());
+    // The second (2 of 3) is told why its commands cannot run.
+    let second = ssh(
+        stack.port,
+        &stack.alice_key,
+        "127.0.0.1",
+        "vmctl",
+        "whoami",
+        true,
+    );
+    assert_eq!(second.status.code(), Some(255), "{second:?}");
+    assert!(
+        text(&second.stderr)
+            .contains("vmctl-ssh: session limit: at most 1 connections per user at once"),
+        "{second:?}"
+    );
+    // bob is another user.
+    let bob = ssh(
+        stack.port,
+        &stack.bob_key,
+        "127.0.0.1",
+        "vmctl",
+        "whoami",
+        true,
+    );
+    assert_eq!(bob.status.code(), Some(0), "{bob:?}");
+    let _ = held.kill();
+    let _ = held.wait();
+
+    // The third login (3 of 3), by a client that opens channels without
+    // using them: the second channel is refused, naming the limit.
+    let told = Told::default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key =
+        russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(&stack.alice_key).unwrap())
+            .unwrap();
+    runtime.block_on(async {
+        let mut client = russh::client::connect(
+            std::sync::Arc::new(russh::client::Config::default()),
+            ("127.0.0.1", stack.port),
+            told.clone(),
+        )
+        .await
+        .unwrap();
+        let auth = client
+            .authenticate_publickey(
+                "vmctl",
+                russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+            )
+            .await
+            .unwrap();
+        assert!(auth.success());
+        let _first = client.channel_open_session().await.unwrap();
+        let second = client.channel_open_session().await;
+        assert!(second.is_err(), "a second channel was opened");
+        told.wait_for_one().await;
+    });
+    assert_eq!(
+        told.0.lock().unwrap().as_slice(),
+        ["vmctl-ssh: channel limit: at most 1 channels per connection"]
+    );
+
+    // The fourth login within the minute: over the rate per key.
+    let fourth = ssh(
+        stack.port,
+        &stack.alice_key,
+        "127.0.0.1",
+        "vmctl",
+        "whoami",
+        true,
+    );
+    assert_eq!(fourth.status.code(), Some(255), "{fourth:?}");
+    assert!(
+        text(&fourth.stderr)
+            .contains("vmctl-ssh: connection rate limit per key: at most 3 per minute"),
+        "{fourth:?}"
+    );
 }
