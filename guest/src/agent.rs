@@ -68,6 +68,22 @@ where
         }
         Ok(Some(Frame::Control(Control::Shutdown { reboot }))) => {
             let verb = if reboot { "reboot" } else { "poweroff" };
+            if crate::init::under_init() {
+                // No systemd: PID 1 is this agent's init mode.
+                let reply = match crate::init::request_shutdown(reboot) {
+                    Ok(()) => Control::Exit {
+                        code: Some(0),
+                        signal: None,
+                    },
+                    Err(e) => Control::Error {
+                        message: format!("cannot signal init to {verb}: {e}"),
+                    },
+                };
+                let _ = tx.send(Frame::Control(reply)).await;
+                drop(tx);
+                let _ = writer_task.await;
+                return;
+            }
             let status = tokio::process::Command::new("systemctl")
                 .arg(verb)
                 .status()

@@ -1,6 +1,7 @@
 //! The vmctl guest agent: its wire protocol ([`protocol`], documented byte by
 //! byte in `PROTOCOL.md`), the host-side client ([`client`]) used by vmctl
-//! and the launcher, and the agent's own request handling ([`agent`]).
+//! and the launcher, the agent's own request handling ([`agent`]) and its
+//! PID-1 mode for images without an init ([`init`]).
 
 #![warn(missing_docs)]
 
@@ -8,6 +9,7 @@ pub mod agent;
 pub mod client;
 pub mod files;
 pub mod hello;
+pub mod init;
 pub mod protocol;
 
 /// The vsock port the agent listens on.

@@ -340,20 +340,24 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Import an image from a raw disk holding a file system (ext4, XFS
-    /// or btrfs, no partition table) and a bzImage kernel, optionally an
-    /// initrd (needs org.vmctl.image.manage). The files are opened by
-    /// vmctl, as you.
+    /// Import an image (needs org.vmctl.image.manage): from a container
+    /// image (a `docker export`/`podman export` tarball, plain or gzip, or
+    /// an OCI image layout directory; vmctl's guest kernel and agent are
+    /// added), or with --kernel from a raw disk holding a file system
+    /// (ext4, XFS or btrfs, no partition table) and a bzImage kernel,
+    /// optionally an initrd. The files are opened by vmctl, as you.
     Import {
         /// The new image's name.
         name: String,
-        /// The raw root disk.
-        root: std::path::PathBuf,
-        /// The kernel (an x86 bzImage, e.g. /boot/vmlinuz-*).
+        /// The container tarball or OCI layout directory; with --kernel,
+        /// the raw root disk.
+        file: std::path::PathBuf,
+        /// The kernel (an x86 bzImage, e.g. /boot/vmlinuz-*): FILE is then
+        /// a raw root disk.
         #[arg(long)]
-        kernel: std::path::PathBuf,
+        kernel: Option<std::path::PathBuf>,
         /// The initrd, if the kernel needs one to mount the root disk.
-        #[arg(long)]
+        #[arg(long, requires = "kernel")]
         initrd: Option<std::path::PathBuf>,
     },
     /// Delete an image no VM uses (needs org.vmctl.image.manage).

@@ -177,11 +177,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cli::ImageCommand::Rm { name } => name_call(&cli.address, "RemoveImage", name).await?,
             cli::ImageCommand::Import {
                 name,
-                root,
+                file,
                 kernel,
                 initrd,
             } => {
-                volume::import_image(&cli.address, &name, &root, &kernel, initrd.as_deref()).await?
+                volume::import_image(
+                    &cli.address,
+                    &name,
+                    &file,
+                    kernel.as_deref(),
+                    initrd.as_deref(),
+                )
+                .await?
             }
         },
         Command::Volume { action } => match action {

@@ -33,13 +33,14 @@ pub async fn remove(address: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `vmctl image import NAME ROOT --kernel FILE [--initrd FILE]`: opens the
-/// files here (as the user) and sends them to vmctld with the call.
+/// `vmctl image import NAME FILE [--kernel FILE [--initrd FILE]]`: opens
+/// the files here (as the user) and sends them to vmctld with the call;
+/// without a kernel, FILE is a container tarball or OCI layout directory.
 pub async fn import_image(
     address: &Path,
     name: &str,
-    root: &Path,
-    kernel: &Path,
+    file: &Path,
+    kernel: Option<&Path>,
     initrd: Option<&Path>,
 ) -> anyhow::Result<()> {
     let open = |path: &Path| {
@@ -47,15 +48,21 @@ pub async fn import_image(
             .map(std::os::fd::OwnedFd::from)
             .with_context(|| format!("cannot open {}", path.display()))
     };
-    let mut fds = vec![open(root)?, open(kernel)?];
-    if let Some(initrd) = initrd {
-        fds.push(open(initrd)?);
-    }
-    let size = std::fs::metadata(root).map(|m| m.len()).unwrap_or(0);
+    let mut fds = vec![open(file)?];
+    fds.extend(kernel.map(open).transpose()?);
+    fds.extend(initrd.map(open).transpose()?);
+    let meta = std::fs::metadata(file).ok();
+    let what = match (&kernel, &meta) {
+        (Some(_), _) => "raw disk",
+        (None, Some(m)) if m.is_dir() => "OCI layout",
+        (None, _) => "container tarball",
+    };
+    let size = meta.filter(|m| m.is_file()).map(|m| m.len());
     eprintln!(
-        "importing image {name} from {} ({})...",
-        root.display(),
-        format_size_short(size)
+        "importing image {name} from {what} {}{}...",
+        file.display(),
+        size.map(|s| format!(" ({})", format_size_short(s)))
+            .unwrap_or_default()
     );
     let mut client = client::connect(address).await?;
     let _: (Value, _) = client

@@ -1,5 +1,6 @@
 //! `vmctl image import NAME ROOT --kernel FILE [--initrd FILE]`: an image
-//! from a raw disk with a kernel (and an initrd) beside it.
+//! from a raw disk with a kernel (and an initrd) beside it. With one
+//! descriptor only, a container image ([`crate::container_import`]).
 //!
 //! The client opens the files itself and sends them as descriptors with
 //! the `ImportImage` call (`SCM_RIGHTS`, in the order root disk, kernel,
@@ -24,7 +25,7 @@ use std::{
 
 use vmctl_api::validate_vm_name;
 
-use crate::{authz::Action, disk, Caller, Manager, ManagerError};
+use crate::{authz::Action, container_import, disk, Caller, Manager, ManagerError};
 
 /// How many descriptors `ImportImage` takes at most: root, kernel, initrd.
 pub const MAX_FDS: usize = 3;
@@ -40,11 +41,12 @@ impl Manager {
     ) -> Result<(), ManagerError> {
         self.authorize(caller, Action::ImageManage).await?;
         validate_vm_name(name).map_err(|e| invalid("name", format!("{name:?}: {e}")))?;
-        if !(2..=MAX_FDS).contains(&files.len()) {
+        if !(1..=MAX_FDS).contains(&files.len()) {
             return Err(invalid(
                 "descriptors",
                 format!(
-                    "ImportImage takes the root disk, the kernel and optionally the initrd as \
+                    "ImportImage takes a container image (a tarball or an OCI layout \
+                     directory), or the root disk, the kernel and optionally the initrd, as \
                      descriptors, in that order; {} came",
                     files.len()
                 ),
@@ -59,6 +61,21 @@ impl Manager {
             ));
         }
         let name = name.to_string();
+        if files.len() == 1 {
+            let fd = files.into_iter().next().expect("one descriptor");
+            return tokio::task::spawn_blocking(move || {
+                let source = container_import::Source::from_fd(fd)?;
+                fs::create_dir_all(&images).map_err(io_error(&images))?;
+                let inputs = container_import::Inputs {
+                    images: &images,
+                    name: &name,
+                    agent: Path::new(container_import::GUEST_AGENT),
+                };
+                container_import::import(&inputs, source)
+            })
+            .await
+            .map_err(ManagerError::internal)?;
+        }
         tokio::task::spawn_blocking(move || {
             let mut files = files.into_iter().map(File::from);
             let (root, kernel) = (files.next(), files.next());
@@ -302,13 +319,13 @@ mod tests {
     async fn bad_imports_name_the_cause_and_leave_nothing() {
         let (dir, m) = setup();
         let before = fs::read_dir(dir.path().join("images")).unwrap().count();
-        let mut two = files(dir.path(), true);
-        two.truncate(1);
+        let mut none = files(dir.path(), true);
+        none.clear();
         let mut bad_kernel = files(dir.path(), true);
         bad_kernel.swap(1, 2);
         for (name, fds, what) in [
             ("nomagic", files(dir.path(), false), "no ext4, XFS or btrfs"),
-            ("onefile", two, "ImportImage takes the root disk"),
+            ("nofile", none, "ImportImage takes a container image"),
             ("badkernel", bad_kernel, "not an x86 bzImage"),
             ("../etc", files(dir.path(), true), "\"../etc\""),
         ] {

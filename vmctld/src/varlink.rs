@@ -713,8 +713,9 @@ fn import_without_files() -> ErrorReply {
     crate::ManagerError::InvalidArgument {
         what: "descriptors".into(),
         reason: format!(
-            "ImportImage takes the root disk, the kernel and optionally the initrd as \
-             descriptors (SCM_RIGHTS), in that order: 2 or {}",
+            "ImportImage takes a container image (a tarball or an OCI layout directory), \
+             or the root disk, the kernel and optionally the initrd, as descriptors \
+             (SCM_RIGHTS), in that order: 1 to {}",
             crate::image_import::MAX_FDS
         ),
     }

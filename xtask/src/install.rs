@@ -7,7 +7,7 @@
 //! reports nothing changed.
 
 use crate::cmd;
-use crate::paths::{workspace_root, Profile};
+use crate::paths::{target_dir, workspace_root, Profile};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -106,7 +106,31 @@ pub fn build(profile: Profile) -> Result<()> {
                 "vmctl-guest",
             ])
             .args(profile.cargo_args()),
+    )?;
+    build_static_agent()
+}
+
+/// The target triple of the statically linked agent.
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The guest agent linked statically (glibc's `crt-static`), which vmctld
+/// adds to imported container images whatever C library they have (or
+/// none). Release-built like the image's agent (it is on the boot path).
+/// `--target` keeps the flag off build scripts and proc macros.
+fn build_static_agent() -> Result<()> {
+    cmd::run(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args(["build", "--quiet", "--release", "--target", STATIC_TARGET])
+            .args(["-p", "vmctl-guest", "--bin", "vmctl-guest-agent"]),
     )
+}
+
+fn static_agent() -> PathBuf {
+    target_dir()
+        .join(STATIC_TARGET)
+        .join("release/vmctl-guest-agent")
 }
 
 /// Generates man pages and completions with the built binaries into
@@ -145,6 +169,9 @@ pub fn layout(prefix: &Path, profile: Profile) -> Result<Vec<Entry>> {
             root.join("api/io.vmctl.Manager.varlink"),
             p("share/vmctl/varlink/io.vmctl.Manager.varlink"),
         ),
+        // The static agent vmctld puts into imported container images
+        // (vmctld/src/container_import.rs).
+        Entry::binary(static_agent(), p("lib/vmctl/guest/vmctl-guest-agent")),
         // The guest agent, where the guest image puts it (`xtask image`).
         Entry::binary(
             out.join("vmctl-guest-agent"),

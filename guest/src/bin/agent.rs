@@ -24,8 +24,17 @@ struct Args {
     hello_port: u32,
 }
 
+fn main() -> Result<()> {
+    // In an image without an init (an imported container), the kernel
+    // starts the agent as /sbin/init: before any thread exists.
+    if vmctl_guest::init::is_pid1() {
+        vmctl_guest::init::run();
+    }
+    agent_main()
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn agent_main() -> Result<()> {
     let args = Args::parse();
     init_logging();
     if let Some(path) = &args.listen_unix {
