@@ -35,21 +35,27 @@ pub struct Agent {
 impl Agent {
     /// Starts `pkttyagent` for this process and waits until it has
     /// registered with polkit (it closes its notify descriptor then).
-    /// `--fallback`: an agent the session already has (a desktop's) wins.
+    ///
+    /// In a logind session it is registered with `--fallback`, as
+    /// systemctl does: an agent the session already has (a desktop's)
+    /// wins. Outside a session (`su`, `runuser`, ssh without
+    /// `pam_systemd`, a container entered with `nsenter`) it is not:
+    /// polkitd 126 looks up a fallback agent only through the subject's
+    /// session and so never uses it there ("no agent is available"; seen
+    /// in the dev host, where the same agent without `--fallback` prompts).
     pub fn start() -> io::Result<Agent> {
         let (mut ready, notify) = io::pipe()?;
         // pkttyagent must inherit the write end across exec. vmctl has no
         // other threads yet (this runs before the runtime starts), so no
         // other child can inherit it by accident.
         rustix::io::fcntl_setfd(&notify, rustix::io::FdFlags::empty())?;
-        let spawned = Command::new("pkttyagent")
-            .args([
-                "--notify-fd",
-                &notify.as_raw_fd().to_string(),
-                "--fallback",
-                "--process",
-                &std::process::id().to_string(),
-            ])
+        let mut command = Command::new("pkttyagent");
+        command.args(["--notify-fd", &notify.as_raw_fd().to_string()]);
+        if in_login_session() {
+            command.arg("--fallback");
+        }
+        let spawned = command
+            .args(["--process", &std::process::id().to_string()])
             .spawn();
         drop(notify);
         let mut child = spawned?;
@@ -62,6 +68,30 @@ impl Agent {
     }
 }
 
+/// Whether this process belongs to a logind session, decided as polkitd
+/// decides it for a subject (`sd_pid_get_session`): below the slices of
+/// its cgroup, the first unit is a `session-ID.scope`.
+fn in_login_session() -> bool {
+    std::fs::read_to_string("/proc/self/cgroup").is_ok_and(|cgroups| session_cgroup(&cgroups))
+}
+
+/// [`in_login_session`] for the text of `/proc/PID/cgroup`: the unified
+/// hierarchy (`0::PATH`) or, on a hybrid host, systemd's own
+/// (`N:name=systemd:PATH`).
+fn session_cgroup(cgroups: &str) -> bool {
+    cgroups.lines().any(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next(), fields.next(), fields.next());
+        matches!(controllers, Some("" | "name=systemd"))
+            && path
+                .and_then(|path| {
+                    path.split('/')
+                        .find(|unit| !unit.is_empty() && !unit.ends_with(".slice"))
+                })
+                .is_some_and(|unit| unit.starts_with("session-") && unit.ends_with(".scope"))
+    })
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -71,7 +101,7 @@ impl Drop for Agent {
 
 #[cfg(test)]
 mod tests {
-    use super::decide;
+    use super::{decide, session_cgroup};
 
     #[test]
     fn asks_like_systemctl() {
@@ -81,5 +111,24 @@ mod tests {
         assert!(decide(true, false, false, false), "--ask-password insists");
         assert!(!decide(false, true, false, true), "--no-ask-password");
         assert!(!decide(false, false, true, true), "root is never asked");
+    }
+
+    #[test]
+    fn a_session_is_the_first_unit_below_the_slices() {
+        let unified = "0::/user.slice/user-1000.slice/session-3.scope\n";
+        assert!(session_cgroup(unified));
+        let hybrid = "9:name=systemd:/user.slice/user-1000.slice/session-c2.scope\n\
+                      1:cpu:/\n0::/user.slice/user-1000.slice/session-c2.scope\n";
+        assert!(session_cgroup(hybrid));
+        // A user service manager's process, a system service, a process
+        // from outside the container (the dev host's nsenter), cpu only.
+        for cgroups in [
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope\n",
+            "0::/system.slice/ssh.service\n",
+            "9:name=systemd:/..\n0::/..\n",
+            "1:cpu:/user.slice/user-1000.slice/session-3.scope\n0::/\n",
+        ] {
+            assert!(!session_cgroup(cgroups), "{cgroups}");
+        }
     }
 }
