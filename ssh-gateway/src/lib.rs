@@ -16,6 +16,7 @@
 //! - [`idle`]: the idle timeout's clock and the stream that feeds it.
 //! - [`routing`]: what an SSH user name means (a command or a VM).
 //! - [`commands`]: command mode (`new`, `ls`, `rm`, ...).
+//! - [`registration`]: `register NAME` for a key nobody registered.
 //! - [`vmctld`]: the calls to vmctld.
 //! - [`proxy`]: the SSH connection to a guest and the channel bridge.
 //! - [`server`]: the SSH server tying them together.
@@ -26,6 +27,7 @@ pub mod idle;
 pub mod keys;
 pub mod limits;
 pub mod proxy;
+pub mod registration;
 pub mod routing;
 pub mod server;
 pub mod vmctld;

@@ -29,6 +29,7 @@ use crate::{
     keys::key_line,
     limits::{Limit, LimitState, Slot},
     proxy::{self, Guest},
+    registration,
     routing::{self, Route},
     vmctld::{Identity, Vmctld},
 };
@@ -156,6 +157,8 @@ async fn connection(
         unknown_key_seen: false,
         reason_shown: false,
         channels: 0,
+        registration_open: None,
+        registering: None,
     };
     let auth_timeout = state.limits.auth_timeout;
     let activity = Activity::default();
@@ -233,6 +236,11 @@ struct Connection {
     /// Whether keyboard-interactive told the client why it was refused.
     reason_shown: bool,
     channels: usize,
+    /// Whether vmctld lets unknown keys register (asked once, on the first
+    /// unknown key).
+    registration_open: Option<bool>,
+    /// The proven key of a connection that may only register.
+    registering: Option<String>,
 }
 
 impl Connection {
@@ -292,6 +300,41 @@ impl Connection {
             not_a_vm,
             _slot: slot,
         });
+        self.authenticated.store(true, Ordering::SeqCst);
+        self.unauthenticated = None;
+        Auth::Accept
+    }
+
+    /// Whether an unknown key may log in to register.
+    async fn registration_open(&mut self) -> bool {
+        if self.registration_open.is_none() {
+            let open = match self.shared.vmctld.registration_open().await {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::warn!("cannot ask vmctld whether registration is open: {e}");
+                    false
+                }
+            };
+            self.registration_open = Some(open);
+        }
+        self.registration_open == Some(true)
+    }
+
+    /// Lets an unknown key in to register, if registration is open.
+    async fn unknown_key(&mut self, key: Option<String>) -> Auth {
+        self.unknown_key_seen = true;
+        if !self.registration_open().await {
+            return Auth::reject();
+        }
+        let Some(key) = key else {
+            // Offered, not proven yet: let the client sign.
+            return Auth::Accept;
+        };
+        if !self.shared.limits.per_key.allow(&key) {
+            return Auth::reject();
+        }
+        tracing::info!("{}: an unknown key logs in to register", self.peer);
+        self.registering = Some(key);
         self.authenticated.store(true, Ordering::SeqCst);
         self.unauthenticated = None;
         Auth::Accept
@@ -364,10 +407,7 @@ impl server::Handler for Connection {
             .await
         {
             Ok(Some(_)) => Ok(Auth::Accept),
-            Ok(None) => {
-                self.unknown_key_seen = true;
-                Ok(Auth::reject())
-            }
+            Ok(None) => Ok(self.unknown_key(None).await),
             Err(e) => {
                 tracing::warn!("key lookup failed: {e}");
                 Ok(Auth::reject())
@@ -383,10 +423,7 @@ impl server::Handler for Connection {
         let line = key_line(key.public_key);
         match self.shared.vmctld.lookup_key(&line).await {
             Ok(Some(identity)) => Ok(self.authenticate(user, identity, line).await),
-            Ok(None) => {
-                self.unknown_key_seen = true;
-                Ok(Auth::reject())
-            }
+            Ok(None) => Ok(self.unknown_key(Some(line)).await),
             Err(e) => {
                 tracing::warn!("key lookup failed: {e}");
                 Ok(Auth::reject())
@@ -430,6 +467,11 @@ impl server::Handler for Connection {
             return Ok(());
         }
         let handle = session.handle();
+        if let Some(key) = self.registering.clone() {
+            reply.accept().await;
+            tokio::spawn(register_channel(channel, key, self.shared.vmctld.clone()));
+            return Ok(());
+        }
         let Some(user) = self.user.as_ref() else {
             return Ok(());
         };
@@ -636,6 +678,57 @@ async fn refuse_channel(channel: Channel<Msg>, why: String) {
     let _ = tx.close().await;
 }
 
+/// The channel of a key that may only register: `register NAME`, else
+/// how to.
+async fn register_channel(channel: Channel<Msg>, key: String, vmctld: crate::vmctld::Vmctld) {
+    let (mut rx, tx) = channel.split();
+    let mut output = None;
+    while let Some(msg) = rx.wait().await {
+        match msg {
+            ChannelMsg::Exec { command, .. } => {
+                let line = String::from_utf8_lossy(&command).into_owned();
+                output = Some(registration::run(&line, &key, &vmctld).await);
+                break;
+            }
+            ChannelMsg::RequestShell { .. } | ChannelMsg::RequestSubsystem { .. } => {
+                output = Some(commands::Output {
+                    stderr: registration::usage().replace('\n', "\r\n"),
+                    status: 1,
+                    ..Default::default()
+                });
+                break;
+            }
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    }
+    let Some(out) = output else { return };
+    finish(rx, tx, out).await;
+}
+
+/// Sends a command's output and exit status, closes the channel and
+/// drains what the client still sends until it closes too.
+async fn finish(
+    mut rx: russh::ChannelReadHalf,
+    tx: russh::ChannelWriteHalf<Msg>,
+    out: commands::Output,
+) {
+    if !out.stdout.is_empty() {
+        let _ = tx.data_bytes(out.stdout.into_bytes()).await;
+    }
+    if !out.stderr.is_empty() {
+        let _ = tx.extended_data_bytes(1, out.stderr.into_bytes()).await;
+    }
+    let _ = tx.exit_status(out.status).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+    while let Some(msg) = rx.wait().await {
+        if matches!(msg, ChannelMsg::Close) {
+            break;
+        }
+    }
+}
+
 /// A command-mode channel: runs the `exec` command, or for a shell prints
 /// the help.
 async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm: Option<String>) {
@@ -692,21 +785,7 @@ async fn command_channel(channel: Channel<Msg>, ctx: commands::Context, not_a_vm
         }
     }
     let Some(out) = output else { return };
-    if !out.stdout.is_empty() {
-        let _ = tx.data_bytes(out.stdout.into_bytes()).await;
-    }
-    if !out.stderr.is_empty() {
-        let _ = tx.extended_data_bytes(1, out.stderr.into_bytes()).await;
-    }
-    let _ = tx.exit_status(out.status).await;
-    let _ = tx.eof().await;
-    let _ = tx.close().await;
-    // Drain what the client still sends until it closes.
-    while let Some(msg) = rx.wait().await {
-        if matches!(msg, ChannelMsg::Close) {
-            break;
-        }
-    }
+    finish(rx, tx, out).await;
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ use vmctl_api::{
 /// registered.
 pub const NO_SUCH_KEY: &str = "io.vmctl.Gateway.NoSuchKey";
 
+/// The error of `RegisterSSHKey` when registration is off or full.
+pub const REGISTRATION_REFUSED: &str = "io.vmctl.Gateway.RegistrationRefused";
+
 /// The user a key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Identity {
@@ -84,6 +87,30 @@ impl Vmctld {
             Err(e) if e.error_name() == Some(NO_SUCH_KEY) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether an unknown key may register (`RegistrationOpen`).
+    pub async fn registration_open(&self) -> Result<bool, ClientError> {
+        #[derive(Deserialize)]
+        struct Reply {
+            open: bool,
+        }
+        let mut client = self.connect().await?;
+        let reply: Reply = client
+            .call(&format!("{GATEWAY_INTERFACE}.RegistrationOpen"), None)
+            .await?;
+        Ok(reply.open)
+    }
+
+    /// Makes account `name` for the unknown key `key` (`RegisterSSHKey`).
+    pub async fn register(&self, name: &str, key: &str) -> Result<Identity, ClientError> {
+        let mut client = self.connect().await?;
+        client
+            .call(
+                &format!("{GATEWAY_INTERFACE}.RegisterSSHKey"),
+                Some(json!({ "name": name, "key": key })),
+            )
+            .await
     }
 
     /// Calls `io.vmctl.Manager.<member>` for `uid`.

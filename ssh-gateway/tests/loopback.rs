@@ -145,6 +145,11 @@ struct Stack {
 
 /// Starts vmctld and the gateway, the gateway with `gateway_args` added.
 fn stack(gateway_args: &[&str]) -> Stack {
+    stack_with("", gateway_args)
+}
+
+/// [`stack`] with `config` added to vmctld's configuration file.
+fn stack_with(config_text: &str, gateway_args: &[&str]) -> Stack {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test runs the gateway as nobody: run it as root"
@@ -153,7 +158,7 @@ fn stack(gateway_args: &[&str]) -> Stack {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("io.vmctl.Manager");
     let config = dir.path().join("vmctl.conf");
-    std::fs::write(&config, "[Gateways]\nUsers=nobody\n").unwrap();
+    std::fs::write(&config, format!("[Gateways]\nUsers=nobody\n{config_text}")).unwrap();
     let state = dir.path().join("state");
     let vmctld = Kill(
         Command::new(vmctld())
@@ -532,5 +537,61 @@ fn session_channel_and_key_limits_are_named() {
         text(&fourth.stderr)
             .contains("vmctl-ssh: connection rate limit per key: at most 3 per minute"),
         "{fourth:?}"
+    );
+}
+
+/// Where an administrator opened registration, a key nobody registered
+/// logs in only to `register NAME`, which makes a store-only account
+/// (uid from vmctld's registration range) that the key then opens; a taken
+/// name is refused with the reason.
+#[test]
+fn an_unknown_key_registers_where_it_is_open() {
+    let stack = stack_with("[SSHGateway]\nRegister=yes\nRegisterMax=1\n", &[]);
+    let port = stack.port;
+    let stranger = &stack.stranger_key;
+
+    let before = ssh(port, stranger, "127.0.0.1", "vmctl", "ls", true);
+    assert_eq!(before.status.code(), Some(1), "{before:?}");
+    assert!(
+        text(&before.stderr).contains("ssh -p 2222 HOST register NAME"),
+        "{before:?}"
+    );
+    let bad = ssh(port, stranger, "127.0.0.1", "vmctl", "register Carol", true);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(text(&bad.stderr).contains("is not a user name"), "{bad:?}");
+    let taken = ssh(
+        port,
+        stranger,
+        "127.0.0.1",
+        "vmctl",
+        "register nobody",
+        true,
+    );
+    assert_eq!(taken.status.code(), Some(1), "{taken:?}");
+    assert!(text(&taken.stderr).contains("reserved"), "{taken:?}");
+
+    let made = ssh(port, stranger, "127.0.0.1", "vmctl", "register carol", true);
+    assert_eq!(made.status.code(), Some(0), "{made:?}");
+    assert!(
+        text(&made.stdout).starts_with("registered carol (uid 2147000000)"),
+        "{made:?}"
+    );
+    let who = ssh(port, stranger, "127.0.0.1", "vmctl", "whoami", true);
+    assert_eq!(who.status.code(), Some(0), "{who:?}");
+    assert!(
+        text(&who.stdout).starts_with("carol (uid 2147000000)"),
+        "{who:?}"
+    );
+    let listed = ssh(port, stranger, "127.0.0.1", "carol", "ls --json", true);
+    assert_eq!(text(&listed.stdout).trim(), "[]", "{listed:?}");
+
+    // RegisterMax=1: the next unknown key is told the host is full.
+    let another = stack.dir.path().join("another");
+    keygen(&another);
+    let full = ssh(port, &another, "127.0.0.1", "vmctl", "register dave", true);
+    assert_eq!(full.status.code(), Some(1), "{full:?}");
+    assert!(
+        text(&full.stderr).contains("registration is full on this host"),
+        "{full:?}"
     );
 }

@@ -1,19 +1,45 @@
-//! Host user names: a VM's guest account is named after its owner.
+//! User names: a VM's guest account is named after its owner. Names come
+//! from the host's user database (NSS), and for accounts made by
+//! registration through the SSH gateway (store-only, see
+//! [`crate::registration`]) from the store.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::RwLock};
 
 use nix::unistd::{Uid, User};
 
-/// The user name of `uid` from the host's user database (NSS), `None`
-/// when it has none.
+/// The registered accounts' names by uid (filled when the store opens and
+/// at each registration).
+static REGISTERED: RwLock<Option<HashMap<u32, String>>> = RwLock::new(None);
+
+/// Notes that registration made account `uid` named `name`.
+pub fn remember_registered(uid: u32, name: &str) {
+    let mut known = REGISTERED.write().unwrap_or_else(|p| p.into_inner());
+    known
+        .get_or_insert_with(HashMap::new)
+        .insert(uid, name.to_string());
+}
+
+/// The uid of the registered account `name`, if there is one.
+pub fn registered_uid(name: &str) -> Option<u32> {
+    let known = REGISTERED.read().unwrap_or_else(|p| p.into_inner());
+    known
+        .as_ref()?
+        .iter()
+        .find(|(_, n)| n.as_str() == name)
+        .map(|(uid, _)| *uid)
+}
+
+/// The user name of `uid`: from the host's user database (NSS), else a
+/// registered account's; `None` when it has none.
 pub fn user_name(uid: u32) -> Option<String> {
     if uid == 0 {
         return Some("root".into());
     }
-    User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|user| user.name)
+    if let Some(user) = User::from_uid(Uid::from_raw(uid)).ok().flatten() {
+        return Some(user.name);
+    }
+    let known = REGISTERED.read().unwrap_or_else(|p| p.into_inner());
+    known.as_ref()?.get(&uid).cloned()
 }
 
 /// How a VM's owner is shown: the user name of `uid`, or the uid in

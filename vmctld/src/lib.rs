@@ -38,6 +38,7 @@ pub mod manager;
 pub mod publish;
 pub mod quota;
 pub mod reconcile;
+pub mod registration;
 pub mod registry;
 pub mod rootfs;
 pub mod ssh_keys;

@@ -21,6 +21,29 @@ pub async fn call(manager: &Manager, caller: &Caller, member: &str, call: &RawCa
     match member {
         "Hello" => Answer::Now(check_parameters(call, &[]).and_then(|()| hello(manager, caller))),
         "LookupSSHKey" => Answer::Now(lookup_ssh_key(manager, call)),
+        "RegistrationOpen" => Answer::Now(check_parameters(call, &[]).and_then(|()| {
+            manager
+                .registration_settings()
+                .map(|settings| json!({ "open": settings.open }))
+                .map_err(|e| e.to_varlink())
+        })),
+        "RegisterSSHKey" => Answer::Now(match check_parameters(call, &["name", "key"]) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let text = |name: &str| {
+                    call.parameters
+                        .as_ref()
+                        .and_then(|p| p.get(name))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| invalid_parameter(name))
+                };
+                match (text("name"), text("key")) {
+                    (Ok(name), Ok(key)) => register_ssh_key(manager, &name, &key).await,
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                }
+            }
+        }),
         "SetGuestClientKey" => Answer::Now(crate::varlink::key_parameter(call).and_then(|key| {
             manager
                 .set_guest_client_key(caller, &key)
@@ -102,6 +125,26 @@ fn hello(manager: &Manager, caller: &Caller) -> Result<serde_json::Value, ErrorR
         Err(e) => return Err(e.to_varlink()),
     };
     Ok(json!({ "gateway": gateway }))
+}
+
+/// The error of `RegisterSSHKey` when registration is off or full.
+pub const REGISTRATION_REFUSED: &str = "io.vmctl.Gateway.RegistrationRefused";
+
+/// `RegisterSSHKey(name, key) -> (uid, user)`: a new account for a key
+/// nobody registered (see [`crate::registration`]).
+async fn register_ssh_key(
+    manager: &Manager,
+    name: &str,
+    key: &str,
+) -> Result<serde_json::Value, ErrorReply> {
+    match manager.register_ssh_user(name, key).await {
+        Ok(Ok((uid, user))) => Ok(json!({ "uid": uid, "user": user })),
+        Ok(Err(refused)) => Err(ErrorReply::new(
+            REGISTRATION_REFUSED,
+            json!({ "reason": refused.to_string() }),
+        )),
+        Err(e) => Err(e.to_varlink()),
+    }
 }
 
 /// The error of `LookupSSHKey` for a key nobody registered.

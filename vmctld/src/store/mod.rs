@@ -13,6 +13,7 @@
 
 mod publications;
 mod quotas;
+mod registered;
 mod ssh_keys;
 mod vms;
 mod volumes;
@@ -52,6 +53,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("migrations/0003_publications.sql"),
     ),
     (4, "volumes", include_str!("migrations/0004_volumes.sql")),
+    (
+        5,
+        "registered_users",
+        include_str!("migrations/0005_registered_users.sql"),
+    ),
 ];
 
 /// The schema version this vmctld writes.
@@ -100,6 +106,7 @@ impl Store {
             .map_err(err)?;
         migrate(&mut conn)
             .map_err(|e| ManagerError::internal(format!("{}: {e}", path.display())))?;
+        registered::announce(&conn).map_err(err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),

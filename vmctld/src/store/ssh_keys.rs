@@ -7,7 +7,7 @@ use super::{now, Store};
 use crate::ManagerError;
 
 /// A key split into the stored parts: `TYPE BASE64` and the comment.
-fn split(line: &str) -> (String, String) {
+pub(super) fn split(line: &str) -> (String, String) {
     let mut fields = line.split_ascii_whitespace();
     let kind = fields.next().unwrap_or_default();
     let data = fields.next().unwrap_or_default();
