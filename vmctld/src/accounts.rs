@@ -29,14 +29,25 @@ pub fn registered_uid(name: &str) -> Option<u32> {
         .map(|(uid, _)| *uid)
 }
 
-/// The user name of `uid`: from the host's user database (NSS), else a
-/// registered account's; `None` when it has none.
-pub fn user_name(uid: u32) -> Option<String> {
+/// The user name of `uid` in the host's user database (NSS) only: for
+/// what other programs match against local users (the owner records
+/// polkit reads), where a registered account must never pass for a local
+/// user of the same name.
+pub fn local_user_name(uid: u32) -> Option<String> {
     if uid == 0 {
         return Some("root".into());
     }
-    if let Some(user) = User::from_uid(Uid::from_raw(uid)).ok().flatten() {
-        return Some(user.name);
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// The user name of `uid`: from the host's user database (NSS), else a
+/// registered account's; `None` when it has none.
+pub fn user_name(uid: u32) -> Option<String> {
+    if let Some(name) = local_user_name(uid) {
+        return Some(name);
     }
     let known = REGISTERED.read().unwrap_or_else(|p| p.into_inner());
     known.as_ref()?.get(&uid).cloned()

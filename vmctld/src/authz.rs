@@ -377,7 +377,9 @@ impl Manager {
     pub fn publish_owner(&self, spec: &VmSpec) -> io::Result<()> {
         let dir = self.owners_dir();
         let path = dir.join(&spec.name);
-        let Some(user) = crate::accounts::user_name(spec.owner_uid) else {
+        // NSS only: a registered (store-only) account has no local user
+        // whom polkit should let start the VM.
+        let Some(user) = crate::accounts::local_user_name(spec.owner_uid) else {
             return remove_if_exists(&path);
         };
         fs::DirBuilder::new()

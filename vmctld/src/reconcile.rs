@@ -409,7 +409,7 @@ impl Manager {
         let dir = self.layout().runtime_dir.join(crate::authz::OWNERS_DIR);
         let present: HashSet<String> = dir_names(&dir).into_iter().collect();
         for spec in &vms {
-            let wanted = crate::accounts::user_name(spec.owner_uid).map(|u| format!("{u}\n"));
+            let wanted = crate::accounts::local_user_name(spec.owner_uid).map(|u| format!("{u}\n"));
             let path = dir.join(&spec.name);
             let actual = fs::read_to_string(&path).ok();
             if wanted.is_some() && actual != wanted && !self.registry().is_in_flight(&spec.name) {
