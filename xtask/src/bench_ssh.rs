@@ -1,11 +1,12 @@
 //! `cargo xtask bench --ssh`: the SSH gateway (`ssh -p 2222 VM@HOST`,
-//! through vmctl-ssh and the guest's vsock sshd) against direct OpenSSH to
-//! the guest's sshd over the bridge (`ssh VM.vm`), in the same run.
+//! through vmctl-ssh to the guest's sshd over the bridge) against direct
+//! OpenSSH to the same sshd over the bridge (`ssh VM.vm`), in the same run.
 //!
 //! One VM of user alice runs in the dev host; alice's key opens both paths
 //! (it is in the VM's authorized keys and registered for the gateway).
 //! Inside the host, the two paths alternate, in rotating order:
-//! - `scp` of a 200 MB file into the guest (throughput, MB/s);
+//! - `scp` of a 200 MB file into the guest and back out (throughput,
+//!   MiB/s each way; the copy back is compared with the original);
 //! - 1,000 `echo` round trips in one session: a bash coprocess runs
 //!   `ssh ... cat`, and each line written is read back before the next
 //!   (the time per round trip, µs, after the session is up).
@@ -96,6 +97,8 @@ fn prepare(host: &DevHost) -> Result<()> {
     ])?;
     host.output(&["vmctl", "rm", VM], None)?;
     host.check(&["systemctl", "enable", "--now", "vmctl-ssh.socket"])?;
+    // Started before the VM: its client key reaches a VM at the VM's start.
+    host.check(&["systemctl", "start", "vmctl-ssh.service"])?;
     as_owner(
         host,
         "mkdir -p -m 700 ~/.ssh && { test -f ~/.ssh/id_ed25519 || \
@@ -135,8 +138,10 @@ fn prepare(host: &DevHost) -> Result<()> {
 }
 
 fn measure(host: &DevHost, rounds: usize) -> Result<()> {
-    let mut scp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut up: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut down: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut trip: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mibs = |ns: f64| SCP_MB as f64 * 1e6 / (1 << 20) as f64 / (ns / 1e9);
     for round in 0..rounds {
         for i in 0..PATHS.len() {
             let path = &PATHS[(round + i) % PATHS.len()];
@@ -144,9 +149,16 @@ fn measure(host: &DevHost, rounds: usize) -> Result<()> {
                 host,
                 &format!("scp {} {OPTS} ~/bench.blob {}", path.scp_port, path.scp_to),
             )?;
-            scp.entry(path.key)
-                .or_default()
-                .push(SCP_MB as f64 * 1e6 / (1 << 20) as f64 / (ns / 1e9));
+            up.entry(path.key).or_default().push(mibs(ns));
+            // Back again: guest to host, the direction proxy mode once broke.
+            let ns = timed(
+                host,
+                &format!(
+                    "scp {} {OPTS} {} ~/bench.back && cmp ~/bench.blob ~/bench.back",
+                    path.scp_port, path.scp_to
+                ),
+            )?;
+            down.entry(path.key).or_default().push(mibs(ns));
             trip.entry(path.key)
                 .or_default()
                 .push(round_trips(host, path)?);
@@ -158,18 +170,27 @@ fn measure(host: &DevHost, rounds: usize) -> Result<()> {
          {rounds} rounds"
     );
     println!(
-        "{:<40} {:>22} {:>9} {:>24} {:>10}",
-        "", "scp 200 MB, MiB/s", "/direct", "echo round trip, µs", "added µs"
+        "{:<40} {:>22} {:>7} {:>22} {:>7} {:>22} {:>9}",
+        "",
+        "scp 200 MB up, MiB/s",
+        "/direct",
+        "scp 200 MB down, MiB/s",
+        "/direct",
+        "echo round trip, µs",
+        "added µs"
     );
-    let base_mibs = median(&scp["direct"]);
+    let base_up = median(&up["direct"]);
+    let base_down = median(&down["direct"]);
     let base_us = median(&trip["direct"]);
     for path in &PATHS {
-        let (s, t) = (&scp[path.key], &trip[path.key]);
+        let (u, d, t) = (&up[path.key], &down[path.key], &trip[path.key]);
         println!(
-            "{:<40} {:>22} {:>9.2} {:>24} {:>10.0}",
+            "{:<40} {:>22} {:>7.2} {:>22} {:>7.2} {:>22} {:>9.0}",
             path.label,
-            spread(s),
-            median(s) / base_mibs,
+            spread(u),
+            median(u) / base_up,
+            spread(d),
+            median(d) / base_down,
             spread(t),
             median(t) - base_us
         );

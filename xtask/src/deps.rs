@@ -38,6 +38,11 @@ pub const BUILD_MACHINE_PACKAGES: &[&str] = &[
     // ssh, ssh-keygen: vmctld's host keys and the SSH gateway's loopback
     // test (ssh-gateway/tests/loopback.rs), which runs the real client.
     "openssh-client",
+    // sshd: the SSH gateway's guest client against a real OpenSSH server
+    // on loopback, started by the test itself (ssh-gateway/tests/
+    // guest_sshd.rs). Where PID 1 is systemd the package also enables its
+    // own ssh.service; on the build machines (no systemd) nothing starts.
+    "openssh-server",
     // The ACME test server (and its DNS stub) the HTTPS proxy's e2e test
     // copies into the dev host: static binaries, bookworm 2.4.0.
     "pebble",
