@@ -616,3 +616,114 @@ fn an_imported_image_boots() {
     ])
     .ok();
 }
+
+/// Builds, in the host's /var/tmp/ctr, a tiny root file system from the
+/// host's own `sh`, `cat` and `ls` and their libraries (no Docker daemon
+/// here), then from it: `rootfs.tar.gz` (what `docker export | gzip`
+/// gives), an OCI layout `oci/` of two layers (a gzip layer with the
+/// programs and `/etc/whiteme`, a plain tar layer with a whiteout of it and
+/// its own os-release) and `corrupt.tar.gz` (the tarball cut short).
+const MAKE_CONTAINERS: &str = r#"set -eu
+d=/var/tmp/ctr
+rm -rf $d
+mkdir -p $d/rootfs/etc $d/rootfs/root $d/upper/etc $d/oci/blobs/sha256
+for b in /usr/bin/sh /usr/bin/cat /usr/bin/ls; do
+  cp --parents -L $b $d/rootfs
+  for lib in $(ldd $b | grep -o '/[^ ]*'); do cp --parents -L $lib $d/rootfs; done
+done
+ln -s usr/bin $d/rootfs/bin
+printf 'ID=vmctlctr\nPRETTY_NAME="vmctl e2e container"\n' > $d/rootfs/etc/os-release
+tar -C $d/rootfs -czf $d/rootfs.tar.gz .
+head -c 4000 $d/rootfs.tar.gz > $d/corrupt.tar.gz
+echo 'hidden by the upper layer' > $d/rootfs/etc/whiteme
+printf 'ID=vmctloci\nPRETTY_NAME="vmctl e2e OCI"\n' > $d/upper/etc/os-release
+: > $d/upper/etc/.wh.whiteme
+tar -C $d/rootfs -czf $d/layer1 .
+tar -C $d/upper -cf $d/layer2 .
+blob() { s=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" $d/oci/blobs/sha256/$s; echo "$s $(stat -c %s $d/oci/blobs/sha256/$s)"; }
+set -- $(blob $d/layer1); l1=$1 l1s=$2
+set -- $(blob $d/layer2); l2=$1 l2s=$2
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' > $d/config
+set -- $(blob $d/config); c=$1 cs=$2
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' $c $cs $l1 $l1s $l2 $l2s > $d/manifest
+set -- $(blob $d/manifest); m=$1 ms=$2
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"}}]}' $m $ms > $d/oci/index.json
+printf '{"imageLayoutVersion":"1.0.0"}' > $d/oci/oci-layout
+"#;
+
+/// The image names `vmctl image list` shows, and the entries of the images
+/// directory (dot-directories of imports in progress included).
+fn images_state() -> (Vec<String>, String) {
+    let list = vmctl(&["image", "list"]).ok().stdout;
+    let names = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let dir = host(&["ls", "-a", "/var/lib/vmctl/images"]).ok().stdout;
+    (names, dir)
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn container_images_are_imported_and_boot_with_the_agent_as_init() {
+    for vm in ["stoctr", "stooci"] {
+        let _ = vmctl(&["rm", vm]);
+    }
+    for image in ["ctr", "oci", "corrupt"] {
+        let _ = vmctl(&["image", "rm", image]);
+    }
+    host(&["sh", "-c", MAKE_CONTAINERS]).ok();
+
+    // A corrupt tarball: the error names the cause, nothing is left.
+    let before = images_state();
+    let r = vmctl(&["image", "import", "corrupt", "/var/tmp/ctr/corrupt.tar.gz"]);
+    assert_ne!(r.code, Some(0), "{r:#?}");
+    assert!(
+        r.stderr.contains("InvalidArgument")
+            && r.stderr
+                .contains("the tarball is not a valid tar archive: at byte"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(images_state(), before);
+
+    vmctl(&["image", "import", "ctr", "/var/tmp/ctr/rootfs.tar.gz"]).ok();
+    vmctl(&["image", "import", "oci", "/var/tmp/ctr/oci"]).ok();
+    let (names, _) = images_state();
+    assert!(
+        names.contains(&"ctr".to_string()) && names.contains(&"oci".to_string()),
+        "{names:?}"
+    );
+
+    for (vm, image, id) in [("stoctr", "ctr", "vmctlctr"), ("stooci", "oci", "vmctloci")] {
+        vmctl(&["create", vm, "--image", image, "--memory", "256M"]).ok();
+        vmctl(&["start", vm]).ok();
+        let release = vm_exec(vm, &["cat", "/etc/os-release"]).ok().stdout;
+        assert!(release.contains(&format!("ID={id}\n")), "{vm}: {release}");
+        let etc = vm_exec(vm, &["ls", "-a", "/etc"]).ok().stdout;
+        assert!(!etc.contains("whiteme"), "{vm}: {etc}");
+        // The init mounted /proc and runs the agent as its child.
+        let pid1 = vm_exec(vm, &["cat", "/proc/1/cmdline"]).ok().stdout;
+        assert!(pid1.starts_with("/sbin/init"), "{vm}: {pid1:?}");
+        let host_name = vm_exec(vm, &["cat", "/proc/sys/kernel/hostname"])
+            .ok()
+            .stdout;
+        assert_eq!(host_name.trim(), vm);
+        // The power button powers the guest off (no systemd, no logind).
+        vmctl(&["stop", vm]).ok();
+        let journal = host(&["journalctl", "-o", "cat", "-u", &format!("vm@{vm}.service")])
+            .ok()
+            .stdout;
+        assert!(
+            journal.contains("vmctl init: stopping every process")
+                && !journal.contains("ignored the power button"),
+            "{vm}: {journal}"
+        );
+        vmctl(&["rm", vm]).ok();
+    }
+    for image in ["ctr", "oci"] {
+        vmctl(&["image", "rm", image]).ok();
+    }
+    host(&["rm", "-rf", "/var/tmp/ctr"]).ok();
+}
