@@ -7,15 +7,17 @@
 //!   files under the state directory; a root volume is a `FICLONE` of the
 //!   image's `root.raw` on btrfs/XFS (O(1) whatever the size), a sparse copy
 //!   with one warning line elsewhere;
-//! - **LVM thin** (`Backend=lvm-thin`): accepted in the configuration but
-//!   not implemented in this build; opening the storage says so rather than
-//!   pretending.
+//! - **LVM thin** (`Backend=lvm-thin`, [`lvm`]): the backend's commands
+//!   and report parsing exist, but opening the storage refuses it (vmctld's
+//!   unit has no capabilities or devices for LVM, and it has not run
+//!   against a real pool yet) rather than pretending.
 //!
 //! The interface is store-agnostic: callers record which volumes a VM
 //! uses; the pool only makes, grows, lists and deletes them.
 
 pub mod config;
 pub mod directory;
+pub mod lvm;
 pub mod vm;
 
 use std::{fmt, io, path::PathBuf};
