@@ -72,6 +72,29 @@ fn the_default_image_boots_vmctls_kernel_without_initrd_and_stops_by_acpi() {
     eprintln!("start -> READY: {:?}", started.elapsed());
     exec(vm, &["true"]);
     eprintln!("start -> first exec done: {:?}", started.elapsed());
+    // At READY /tmp is usable and stays so: a directory of the root
+    // filesystem (the image masks tmp.mount), so no later mount can hide
+    // what a first exec writes there.
+    assert_eq!(exec(vm, &["stat", "-c", "%a", "/tmp"]).trim(), "1777");
+    let tmp = vm_exec(vm, &["findmnt", "/tmp"]);
+    assert_eq!(tmp.code, Some(1), "/tmp is a mount: {tmp:#?}");
+    // The agent's start is favoured while the guest boots (its start job
+    // and its CPU share), and only then.
+    let weights = exec(
+        vm,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "StartupCPUWeight,CPUWeight",
+            "vmctl-guest-agent.service",
+        ],
+    );
+    let has = |line: &str| weights.lines().any(|l| l.trim() == line);
+    assert!(
+        has("StartupCPUWeight=1000") && !has("CPUWeight=1000"),
+        "{weights}"
+    );
 
     // vmctl's kernel: not Debian's cloud kernel, no modules directory
     // (everything built in), no initrd on the command line.
