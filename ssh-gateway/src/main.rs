@@ -50,6 +50,11 @@ struct Args {
     /// Authentications per key per minute.
     #[arg(long, value_name = "N", default_value_t = 60)]
     rate_per_key: u32,
+    /// Let clients forward their SSH agent into their VMs (`ssh -A`).
+    /// Off by default: a VM's root could then use the agent's keys while
+    /// the session lasts.
+    #[arg(long)]
+    agent_forwarding: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +111,7 @@ async fn run(args: Args, listener: std::net::TcpListener) -> anyhow::Result<()> 
         limits: LimitState::new(limits),
         client_key: Arc::new(client_key),
         known_hosts: args.known_hosts,
+        agent_forwarding: args.agent_forwarding,
     });
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tokio::select! {

@@ -45,6 +45,8 @@ pub struct Shared {
     pub client_key: Arc<PrivateKey>,
     /// vmctld's published guest host keys.
     pub known_hosts: PathBuf,
+    /// Whether clients may forward their SSH agent into their VMs.
+    pub agent_forwarding: bool,
 }
 
 /// What an unregistered key is told.
@@ -159,6 +161,7 @@ async fn connection(
         channels: 0,
         registration_open: None,
         registering: None,
+        handle: None,
     };
     let auth_timeout = state.limits.auth_timeout;
     let activity = Activity::default();
@@ -241,6 +244,8 @@ struct Connection {
     registration_open: Option<bool>,
     /// The proven key of a connection that may only register.
     registering: Option<String>,
+    /// This connection's handle (for agent channels towards the client).
+    handle: Option<server::Handle>,
 }
 
 impl Connection {
@@ -347,12 +352,18 @@ impl Connection {
         let uid = user.identity.uid;
         let vm = user.vm.as_mut()?;
         if vm.guest.is_none() {
+            let agent = if shared.agent_forwarding {
+                self.handle.clone()
+            } else {
+                None
+            };
             let connected = proxy::connect(
                 &shared.vmctld,
                 uid,
                 &vm.details,
                 shared.client_key.clone(),
                 &shared.known_hosts,
+                agent,
             )
             .await
             .map(Arc::new);
@@ -481,14 +492,16 @@ impl server::Handler for Connection {
             return Ok(());
         }
         if user.vm.is_some() {
+            self.handle.get_or_insert_with(|| session.handle());
             let guest = self.guest().await;
+            let forward_agent = self.shared.agent_forwarding;
             reply.accept().await;
             match guest {
                 Some(Ok(guest)) => {
                     tokio::spawn(async move {
                         match guest.channel_open_session().await {
                             Ok(guest_channel) => {
-                                proxy::bridge(channel, guest_channel, handle).await
+                                proxy::bridge(channel, guest_channel, handle, forward_agent).await
                             }
                             Err(e) => {
                                 refuse_channel(channel, format!("vmctl-ssh: guest session: {e}"))
@@ -531,6 +544,7 @@ impl server::Handler for Connection {
             reply.reject(self.channel_limit_failure()).await;
             return Ok(());
         }
+        self.handle.get_or_insert_with(|| session.handle());
         let refuse_with = |reason: String| ChannelOpenFailure::Other { code: 1, reason };
         let guest = match self.user.as_ref() {
             Some(User {
@@ -562,7 +576,7 @@ impl server::Handler for Connection {
             Ok(guest_channel) => {
                 reply.accept().await;
                 let handle = session.handle();
-                tokio::spawn(proxy::bridge(_channel, guest_channel, handle));
+                tokio::spawn(proxy::bridge(_channel, guest_channel, handle, false));
             }
             Err(e) => {
                 self.channel_refused();
@@ -639,6 +653,25 @@ impl server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)
+    }
+
+    /// `ssh -A`: granted only where the administrator allowed agent
+    /// forwarding and the connection goes to a VM; the request then
+    /// reaches the guest through the channel's bridge.
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.shared.agent_forwarding
+            && matches!(
+                self.user.as_ref(),
+                Some(User {
+                    vm: Some(_),
+                    refused: None,
+                    ..
+                })
+            ))
     }
 
     async fn x11_request(

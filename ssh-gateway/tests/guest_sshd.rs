@@ -139,6 +139,11 @@ fn start_sshd() -> Sshd {
 
 /// Logs in to `sshd`; with `chopped`, through [`chop`].
 async fn login(sshd: &Sshd, chopped: bool) -> Guest {
+    login_with_agent(sshd, chopped, None).await
+}
+
+/// [`login`], agent channels the guest opens going to `agent`.
+async fn login_with_agent(sshd: &Sshd, chopped: bool, agent: Option<server::Handle>) -> Guest {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", sshd.port))
         .await
         .unwrap();
@@ -149,6 +154,7 @@ async fn login(sshd: &Sshd, chopped: bool) -> Guest {
         &sshd.user,
         sshd.client_key.clone(),
         "loopback",
+        agent,
     )
     .await
     .unwrap()
@@ -258,7 +264,10 @@ async fn fifty_megabytes_down_and_up_through_the_guest_client_in_pieces() {
 /// key gets in, every session channel is bridged to a new guest channel,
 /// requests are answered at once (as [`vmctl_ssh::server`] does).
 struct Front {
-    guest: Arc<Guest>,
+    sshd: Arc<Sshd>,
+    /// The guest connection, made at the first channel with this
+    /// connection's handle for agent channels.
+    guest: Option<Arc<Guest>>,
 }
 
 impl server::Handler for Front {
@@ -278,14 +287,26 @@ impl server::Handler for Front {
         reply: ChannelOpenHandle,
         session: &mut server::Session,
     ) -> Result<(), Self::Error> {
-        reply.accept().await;
-        let guest = self.guest.clone();
         let handle = session.handle();
+        if self.guest.is_none() {
+            let guest = login_with_agent(&self.sshd, false, Some(handle.clone())).await;
+            self.guest = Some(Arc::new(guest));
+        }
+        reply.accept().await;
+        let guest = self.guest.clone().unwrap();
         tokio::spawn(async move {
             let guest_channel = guest.channel_open_session().await.unwrap();
-            proxy::bridge(channel, guest_channel, handle).await
+            proxy::bridge(channel, guest_channel, handle, true).await
         });
         Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut server::Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
     }
 
     async fn exec_request(
@@ -318,8 +339,8 @@ impl server::Handler for Front {
 }
 
 /// Serves one front connection on a loopback port; returns the port.
-async fn front(sshd: &Sshd) -> u16 {
-    let guest = Arc::new(login(sshd, false).await);
+async fn front(sshd: &Arc<Sshd>) -> u16 {
+    let sshd = sshd.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let config = Arc::new(server::Config {
@@ -329,7 +350,7 @@ async fn front(sshd: &Sshd) -> u16 {
     });
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let session = server::run_stream(config, stream, Front { guest })
+        let session = server::run_stream(config, stream, Front { sshd, guest: None })
             .await
             .unwrap();
         let _ = session.await;
@@ -339,7 +360,7 @@ async fn front(sshd: &Sshd) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_downloads_through_the_bridge() {
-    let sshd = start_sshd();
+    let sshd = Arc::new(start_sshd());
     let data = noise(50 * 1024 * 1024);
     let file = sshd.files.join("big");
     std::fs::write(&file, &data).unwrap();
@@ -383,4 +404,60 @@ async fn openssh_downloads_through_the_bridge() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `ssh -A` through the bridge: the guest's `ssh-add -l` lists the key of
+/// the agent on the client's side, over an agent channel the gateway's
+/// guest client takes and opens back to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_forwarded_through_the_bridge() {
+    let sshd = Arc::new(start_sshd());
+    let key = sshd.files.join("front_key");
+    keygen(&key);
+    let agent_socket = sshd.files.join("agent.sock");
+    let agent = Kill(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&agent_socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent_socket.exists() {
+        assert!(Instant::now() < deadline, "ssh-agent did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent_socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8(fingerprint.stdout).unwrap();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+
+    let port = front(&sshd).await;
+    let out = tokio::process::Command::new("timeout")
+        .args(["60", "ssh", "-A", "-p", &port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .arg("-i")
+        .arg(&key)
+        .args(["x@127.0.0.1", "ssh-add -l"])
+        .env("SSH_AUTH_SOCK", &agent_socket)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&fingerprint), "{listed}");
+    drop(agent);
 }

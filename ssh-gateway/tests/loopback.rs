@@ -179,7 +179,7 @@ fn stack_with(config_text: &str, gateway_args: &[&str]) -> Stack {
             .unwrap(),
     );
     wait_for("vmctld", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        std::os::unix::net::UnixStream::connect(&socket).is_ok() && state.join("vmctl.db").exists()
     });
 
     // Two users' keys in the store, as `vmctl ssh-key add` puts them.
