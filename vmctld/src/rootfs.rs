@@ -2,11 +2,12 @@
 //! entries applied in order, whiteouts honoured, nothing written outside
 //! the tree.
 //!
-//! Every entry's parent directory is opened with `openat2(RESOLVE_IN_ROOT)`
-//! on the tree, so a symbolic link in the image (`/lib -> usr/lib`, or an
-//! absolute `/etc/alternatives/x`) resolves as it would inside the guest,
-//! never on the host; the entry itself is created without following a link
-//! at its own name. Paths with `..` are refused outright.
+//! Every entry's parent directory is resolved inside the tree, component
+//! by component (as `openat2(RESOLVE_IN_ROOT)` would), so a symbolic link
+//! in the image (`/lib -> usr/lib`, or an absolute `/etc/alternatives/x`)
+//! resolves as it would inside the guest, never on the host; the entry
+//! itself is created without following a link at its own name. Paths with
+//! `..` are refused outright.
 //!
 //! vmctld has no `CAP_CHOWN` or `CAP_FOWNER` and may not make setuid files,
 //! so files are written owned by vmctld with their owner's bits widened
@@ -15,18 +16,13 @@
 //! (`debugfs set_inode_field`) by the caller.
 
 use std::{
-    collections::BTreeMap,
-    ffi::OsStr,
+    collections::{BTreeMap, VecDeque},
+    ffi::{OsStr, OsString},
     fs::{self, File, OpenOptions},
     io::{self, Read},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt},
-    },
+    os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Component, Path, PathBuf},
 };
-
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// The name prefix of a whiteout entry (OCI image spec, "Whiteouts").
 const WHITEOUT: &str = ".wh.";
@@ -47,7 +43,6 @@ pub struct Owner {
 /// A tree under construction.
 pub struct Tree {
     root: PathBuf,
-    root_fd: OwnedFd,
     owners: BTreeMap<PathBuf, Owner>,
     skipped: usize,
 }
@@ -123,14 +118,11 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> EntryError + '_ {
 impl Tree {
     /// A tree in the existing empty directory `root`.
     pub fn new(root: &Path) -> io::Result<Self> {
-        let root_fd = rustix::fs::open(
-            root,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        if !fs::symlink_metadata(root)?.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
         Ok(Self {
             root: root.to_path_buf(),
-            root_fd,
             owners: BTreeMap::new(),
             skipped: 0,
         })
@@ -142,53 +134,48 @@ impl Tree {
     }
 
     /// The real host path of directory `rel` (relative to the root),
-    /// resolved inside the root; `create` makes missing directories (also
-    /// where a dangling link in the image points).
+    /// resolved inside the root as the guest's kernel would: a link's
+    /// target is followed inside the tree (an absolute one from the root,
+    /// `..` stopping at the root). `create` makes missing directories (also
+    /// where a dangling link points).
+    ///
+    /// Component by component with `lstat`, not `openat2(RESOLVE_IN_ROOT)`:
+    /// vmctld's `RestrictSUIDSGID=yes` filter refuses openat2 (ENOSYS). No
+    /// race: only this import writes its private tree.
     fn dir(&self, rel: &Path, create: bool) -> io::Result<PathBuf> {
-        self.dir_at(rel, create, 0)
-    }
-
-    fn dir_at(&self, rel: &Path, create: bool, depth: u32) -> io::Result<PathBuf> {
-        if rel.as_os_str().is_empty() {
-            return Ok(self.root.clone());
-        }
-        if depth > 40 {
-            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-        }
-        let open = || {
-            rustix::fs::openat2(
-                &self.root_fd,
-                rel,
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            )
-        };
-        let fd = match open() {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) if create => {
-                let parent_rel = rel.parent().unwrap_or(Path::new(""));
-                let parent = self.dir_at(parent_rel, true, depth + 1)?;
-                let at = parent.join(rel.file_name().unwrap_or_default());
-                match fs::symlink_metadata(&at) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        // A dangling link: make what it points at, inside
-                        // the root (openat2 checks the result again).
-                        let target = fs::read_link(&at)?;
-                        let base = parent.strip_prefix(&self.root).unwrap_or(Path::new(""));
-                        let inside = lexical(&base.join(target));
-                        return self.dir_at(&inside, true, depth + 1);
-                    }
-                    Ok(_) => {}
-                    Err(_) => fs::create_dir(&at)?,
-                }
-                open()?
+        let mut todo: VecDeque<OsString> = components(rel).collect();
+        let mut at = PathBuf::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            if c == ".." {
+                at.pop();
+                continue;
             }
-            Err(e) => return Err(e.into()),
-        };
-        // The kernel's name for the directory it resolved: inside the root
-        // by RESOLVE_IN_ROOT.
-        fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            let host = self.root.join(&at).join(&c);
+            match fs::symlink_metadata(&host) {
+                Ok(m) if m.is_dir() => at.push(&c),
+                Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > 40 {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    let target = fs::read_link(&host)?;
+                    if target.is_absolute() {
+                        at = PathBuf::new();
+                    }
+                    for t in components(&target).rev() {
+                        todo.push_front(t);
+                    }
+                }
+                Ok(_) => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::create_dir(&host)?;
+                    at.push(&c);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.root.join(at))
     }
 
     /// The host path entry `rel` lands on: its parent resolved inside the
@@ -396,20 +383,13 @@ impl Tree {
     }
 }
 
-/// `path` with `.` and `..` folded lexically, `..` stopping at the root
-/// (as the kernel does at a process's root).
-fn lexical(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out
+/// The normal and `..` components of `path` (root and `.` dropped).
+fn components(path: &Path) -> impl DoubleEndedIterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::ParentDir => Some(OsString::from("..")),
+        _ => None,
+    })
 }
 
 /// Removes `path` whatever it is, without following it.
