@@ -122,10 +122,9 @@ pub async fn connect(
     let user = vm.ssh_user.clone().unwrap_or_else(|| "root".to_string());
     // The bridge first: over vsock (vmctld's `OpenGuest` channel `ssh`;
     // QEMU with vhost-device-vsock in the dev host) every 50 MB download
-    // broke the connection with a garbage packet length, while the same
-    // file came intact over the bridge and this client is intact against
-    // OpenSSH on loopback (tests/guest_sshd.rs). So vsock is only for a VM
-    // without an address.
+    // broke, for this client (a garbage packet length) and for OpenSSH's
+    // alike, while the same file came intact over the bridge. So vsock is
+    // only for a VM without an address.
     if let Some(ipv4) = &vm.ipv4 {
         match tokio::net::TcpStream::connect((ipv4.as_str(), 22)).await {
             Ok(stream) => {

@@ -261,17 +261,6 @@ fn proxy_when_up(user: &str, vm: &str, cmd: &str, within: Duration) -> Run {
 #[test]
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn proxy_mode_into_a_vm() {
-    // Not passing yet, so not run by `cargo xtask test`: in the dev host
-    // (20:41 UTC run) new, hostname, `id -un` and exit status 7 passed
-    // through the gateway, then the PTY step hung (fixed below, not rerun);
-    // by hand, scp and sftp uploads of 50 MB and `ssh -L` worked, but
-    // downloads from the guest broke the gateway's russh client connection
-    // (PacketSize / DecryptionError), which the scp/sftp steps below would
-    // hit. Runs with VMCTL_E2E_SSH_PROXY=1.
-    if std::env::var_os("VMCTL_E2E_SSH_PROXY").is_none() {
-        eprintln!("SKIPPED: ssh_gateway::proxy_mode_into_a_vm (set VMCTL_E2E_SSH_PROXY=1)");
-        return;
-    }
     const VM: &str = "gwt1";
     ensure_test_users();
     host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
@@ -308,9 +297,11 @@ fn proxy_mode_into_a_vm() {
             &format!(
                 // --foreground: else ssh, in a background process group
                 // of script's terminal, stops on SIGTTIN (seen in the dev
-                // host: the step hung).
+                // host: the step hung). stdin stays the terminal: ssh
+                // takes the window size from it (with /dev/null it sent
+                // 0x0 and the guest said "0 0", 23:07 run).
                 "stty rows 41 cols 137; timeout --foreground 60 ssh -tt -p {PORT} {OPTS} \
-                 {VM}@127.0.0.1 stty size < /dev/null"
+                 {VM}@127.0.0.1 stty size"
             ),
             "/dev/null",
         ],
@@ -331,6 +322,14 @@ fn proxy_mode_into_a_vm() {
     .ok();
     let remote = gw("alice", VM, "sha256sum blob.scp").ok();
     assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
+    // And back out of the guest (the direction that once broke).
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} {VM}@127.0.0.1:blob.scp ~/blob.scp.back"),
+    )
+    .ok();
+    let back = sh_as("alice", "sha256sum < ~/blob.scp.back").ok().stdout;
+    assert!(back.starts_with(sum.trim()), "{back}");
     sh_as(
         "alice",
         &format!(
