@@ -110,17 +110,25 @@ fn prepare(host: &DevHost) -> Result<()> {
     // Every path works and streams every byte, before anything is timed.
     for path in &PATHS {
         eprintln!("bench exec: checking {}", path.label);
-        let out = host.check(&[
-            "sh",
-            "-c",
-            &format!(
-                "timeout {COMMAND_LIMIT} {} vmctl exec {VM} -- head -c {STREAM_BYTES} /dev/zero \
-                 | wc -c",
-                path.prefix
-            ),
-        ])?;
-        if out.trim() != STREAM_BYTES.to_string() {
-            bail!("{}: {STREAM_BYTES} bytes expected, got {out}", path.label);
+        let out = host.output(
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "timeout {COMMAND_LIMIT} {} vmctl exec {VM} -- head -c {STREAM_BYTES} \
+                     /dev/zero | wc -c",
+                    path.prefix
+                ),
+            ],
+            None,
+        )?;
+        let count = String::from_utf8_lossy(&out.stdout);
+        if count.trim() != STREAM_BYTES.to_string() {
+            bail!(
+                "{}: {STREAM_BYTES} bytes expected, got {count}{}",
+                path.label,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(())
