@@ -6,7 +6,10 @@
 //! garbage and a flood of connections (the gateway stays up and a good
 //! client still gets in), and proxy mode into a booted VM (hostname, exit
 //! status, PTY size, scp and sftp of 50 MB, `ssh -L`, a stopped VM's
-//! message, `systemctl restart vmctl-ssh` leaving the VM alone).
+//! message, `systemctl restart vmctl-ssh` leaving the VM alone), and
+//! registration where an administrator opened it (a store-only account
+//! whose VM runs under systemd) with agent forwarding off by default and
+//! on only where the gateway allows it.
 
 use std::time::{Duration, Instant};
 use vmctl_e2e::{ensure_test_users, host, host_as, serve_in_vm, Run};
@@ -70,11 +73,17 @@ fn fresh_gateway() {
 }
 
 /// Removes the test's VMs even when an assertion fails.
-struct Cleanup(&'static [&'static str]);
+struct Cleanup(Vec<String>);
+
+impl Cleanup {
+    fn new(vms: &[&str]) -> Cleanup {
+        Cleanup(vms.iter().map(|vm| vm.to_string()).collect())
+    }
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for vm in self.0 {
+        for vm in &self.0 {
             host(&["sh", "-c", &format!("vmctl rm {vm} 2>/dev/null; true")]);
         }
     }
@@ -84,7 +93,7 @@ impl Drop for Cleanup {
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn command_mode_keys_denials_and_floods() {
     ensure_test_users();
-    let _cleanup = Cleanup(&["gwdefined"]);
+    let _cleanup = Cleanup::new(&["gwdefined"]);
     fresh_gateway();
     // Socket activation: nothing runs until the first connection.
     assert_eq!(
@@ -264,7 +273,7 @@ fn proxy_mode_into_a_vm() {
     const VM: &str = "gwt1";
     ensure_test_users();
     host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
-    let _cleanup = Cleanup(&[VM]);
+    let _cleanup = Cleanup::new(&[VM]);
     fresh_gateway();
     make_key("alice");
     register_key("alice");
@@ -400,4 +409,192 @@ fn proxy_mode_into_a_vm() {
         stopped.stderr.contains(&format!("start {VM}")),
         "{stopped:#?}"
     );
+}
+
+/// Where this test's own key lives in the host (root's, not a test user's:
+/// registration needs no local account).
+const REG_KEY: &str = "/root/.ssh/e2e-register";
+
+/// `ssh -p 2222 [-A] SSH_USER@127.0.0.1 CMD` as root with [`REG_KEY`],
+/// through the ssh-agent at `agent` when given.
+fn gw_reg(ssh_user: &str, cmd: &str, agent: Option<&str>) -> Run {
+    let (forward, env) = match agent {
+        Some(socket) => (
+            "-A",
+            format!("SSH_AUTH_SOCK={socket}; export SSH_AUTH_SOCK; "),
+        ),
+        None => ("", "unset SSH_AUTH_SOCK; ".to_owned()),
+    };
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "HOME=/root; export HOME; {env}timeout 600 ssh {forward} -p {PORT} -o BatchMode=yes \
+             -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+             -o IdentitiesOnly=yes -i {REG_KEY} {ssh_user}@127.0.0.1 {cmd} < /dev/null"
+        ),
+    ])
+}
+
+/// Puts `/etc/vmctl/vmctl.conf` back as it was, and the gateway's unit
+/// without the test's drop-in, even when an assertion fails.
+struct RestoreConfig(Option<String>);
+
+impl Drop for RestoreConfig {
+    fn drop(&mut self) {
+        match &self.0 {
+            Some(text) => host(&[
+                "sh",
+                "-c",
+                &format!("printf '%s' '{text}' > /etc/vmctl/vmctl.conf"),
+            ]),
+            None => host(&["rm", "-f", "/etc/vmctl/vmctl.conf"]),
+        };
+        host(&["rm", "-rf", "/run/systemd/system/vmctl-ssh.service.d"]);
+        host(&["systemctl", "daemon-reload"]);
+        host(&["systemctl", "stop", "vmctl-ssh.service"]);
+        host(&["sh", "-c", "pkill -f 'ssh-agent -a /run/e2e-agent' ; true"]);
+    }
+}
+
+/// Registration where an administrator opened it, end to end under the
+/// real units: a key nobody registered makes a store-only account with
+/// `register NAME` (no passwd entry on the host), that account's VM runs
+/// under systemd and is owned by its uid (the CLI and D-Bus say so), the
+/// guest account is the registered name; and agent forwarding, off by
+/// default (the guest sees no agent even when the client asks), reaches
+/// the guest only when the gateway is started with `--agent-forwarding`.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn registration_and_agent_forwarding() {
+    // A name no earlier run on this host took (accounts are never deleted).
+    let name = format!("reg{}", std::process::id());
+    let vm = format!("{name}vm");
+    let saved = host(&["cat", "/etc/vmctl/vmctl.conf"]);
+    assert!(
+        !saved.stdout.contains('\''),
+        "the test restores vmctl.conf with printf '%s' '...'"
+    );
+    let _restore = RestoreConfig((saved.code == Some(0)).then_some(saved.stdout));
+    host(&["sh", "-c", &format!("vmctl rm {vm} 2>/dev/null; true")]);
+    let _cleanup = Cleanup::new(&[&vm]);
+    fresh_gateway();
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p -m 700 /root/.ssh && rm -f {REG_KEY} {REG_KEY}.pub \
+             && ssh-keygen -q -t ed25519 -N '' -f {REG_KEY}"
+        ),
+    ])
+    .ok();
+
+    // Closed (no [SSHGateway] Register=yes): the key is refused.
+    host(&["rm", "-f", "/etc/vmctl/vmctl.conf"]).ok();
+    let closed = gw_reg("vmctl", &format!("register {name}"), None);
+    assert_eq!(closed.code, Some(255), "{closed:#?}");
+    // Opened by the administrator: vmctld reads it at the next call.
+    host(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/vmctl && printf '[SSHGateway]\\nRegister=yes\\n' > /etc/vmctl/vmctl.conf",
+    ])
+    .ok();
+    let made = gw_reg("vmctl", &format!("register {name}"), None);
+    assert_eq!(made.code, Some(0), "{made:#?}");
+    let uid: u32 = made
+        .stdout
+        .strip_prefix(&format!("registered {name} (uid "))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("{made:#?}"));
+    assert!((2_147_000_000..=2_147_099_999).contains(&uid), "{uid}");
+    assert_ne!(
+        host(&["getent", "passwd", &uid.to_string()]).code,
+        Some(0),
+        "a registered account has no entry in the host's user database"
+    );
+    let who = gw_reg("vmctl", "whoami", None).ok();
+    assert!(
+        who.stdout.starts_with(&format!("{name} (uid {uid})")),
+        "{who:#?}"
+    );
+
+    // Its VM, under systemd, is the registered uid's.
+    let started = gw_reg("vmctl", &format!("new --name {vm}"), None).ok();
+    assert!(started.stdout.contains("Started"), "{started:#?}");
+    let listed = host(&["vmctl", "list", "--json"]).ok().stdout;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm.as_str())
+        .unwrap_or_else(|| panic!("{listed:#}"));
+    assert_eq!(entry["owner"], name.as_str(), "{entry:#}");
+    let owner_uid = host(&[
+        "busctl",
+        "get-property",
+        "org.vmctl.Manager1",
+        &format!("/org/vmctl/VM/{vm}"),
+        "org.vmctl.VM1",
+        "OwnerUID",
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(owner_uid.trim(), format!("u {uid}"));
+
+    // In the guest: the account is the registered name.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let inside = loop {
+        let run = gw_reg(&vm, "id -un", None);
+        let not_yet =
+            run.stderr.contains("cannot reach the sshd") || run.stderr.contains("SSH to VM");
+        if !not_yet || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert_eq!(inside.code, Some(0), "{inside:#?}");
+    assert_eq!(inside.stdout.trim(), name);
+
+    // Agent forwarding: an agent holding the key, a client asking with -A.
+    host(&[
+        "sh",
+        "-c",
+        &format!(
+            "rm -f /run/e2e-agent; ssh-agent -a /run/e2e-agent > /dev/null \
+             && SSH_AUTH_SOCK=/run/e2e-agent ssh-add -q {REG_KEY}"
+        ),
+    ])
+    .ok();
+    let agent = Some("/run/e2e-agent");
+    let probe = "'echo agent=${SSH_AUTH_SOCK:-none}; ssh-add -l; true'";
+    let off = gw_reg(&vm, probe, agent).ok();
+    assert!(
+        off.stdout.contains("agent=none"),
+        "off by default: {off:#?}"
+    );
+    host(&[
+        "sh",
+        "-c",
+        "mkdir -p /run/systemd/system/vmctl-ssh.service.d && printf \
+         '[Service]\\nExecStart=\\nExecStart=/usr/libexec/vmctl/vmctl-ssh --agent-forwarding\\n' \
+         > /run/systemd/system/vmctl-ssh.service.d/e2e-agent.conf \
+         && systemctl daemon-reload && systemctl restart vmctl-ssh.service",
+    ])
+    .ok();
+    let key = host(&["ssh-keygen", "-l", "-f", &format!("{REG_KEY}.pub")])
+        .ok()
+        .stdout;
+    let fingerprint = key.split_whitespace().nth(1).unwrap().to_owned();
+    let on = gw_reg(&vm, probe, agent).ok();
+    assert!(!on.stdout.contains("agent=none"), "{on:#?}");
+    assert!(
+        on.stdout.contains(&fingerprint),
+        "the guest lists the key: {on:#?}"
+    );
+    // Without -A the guest gets no agent even where forwarding is allowed.
+    let unasked = gw_reg(&vm, probe, None).ok();
+    assert!(unasked.stdout.contains("agent=none"), "{unasked:#?}");
 }
