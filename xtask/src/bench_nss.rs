@@ -8,13 +8,18 @@
 //!   `*.macs` file mapping each domain to its MAC and a `*.status` file of
 //!   dnsmasq leases for those MACs (the JSON both files hold in libvirt).
 //!
+//! Each is asked twice: as most programs ask (`AF_UNSPEC`, so both the
+//! IPv4 and the IPv6 address come back) and for IPv4 only (`AF_INET`, as
+//! `ssh -4` or `curl -4` ask), which returns one address.
+//!
 //! Two last rows measure glibc's own floor with no module but nss-files:
 //! `localhost` (IPv4 and IPv6) from a two-line `/etc/hosts`, and a name
 //! with one IPv4 address. With two addresses `getaddrinfo` sorts them by
 //! RFC 6724, which costs a netlink dump of the host's addresses and a
 //! `socket` + `connect` + `getsockname` per address: that, not the module,
 //! is most of every dual-stack figure, and the difference of the two rows
-//! shows it.
+//! shows it. The `AF_INET` rows carry no sort, so they show each module's
+//! own cost.
 //!
 //! The cases are interleaved: [`ROUNDS`] rounds each run every case once
 //! with its share of the lookups, so load from other work on the machine
@@ -33,8 +38,9 @@
 use crate::cmd;
 use crate::paths::{target_dir, workspace_root, Profile};
 use anyhow::{bail, Context, Result};
+use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,6 +105,39 @@ impl Backend {
             Backend::Files | Backend::Floor | Backend::Floor4 => "hosts: files\n",
             Backend::Vmctl => "hosts: files vmctl\n",
             Backend::Libvirt => "hosts: files libvirt_guest\n",
+        }
+    }
+}
+
+/// The address family a lookup asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `AF_UNSPEC`: IPv4 and IPv6, sorted by glibc (RFC 6724).
+    Any,
+    /// `AF_INET`: the IPv4 address alone.
+    Inet,
+}
+
+impl Family {
+    fn label(self) -> &'static str {
+        match self {
+            Family::Any => "any",
+            Family::Inet => "inet",
+        }
+    }
+
+    fn from_label(label: &str) -> Result<Family> {
+        match label {
+            "any" => Ok(Family::Any),
+            "inet" => Ok(Family::Inet),
+            other => bail!("unknown address family {other:?} (any or inet)"),
+        }
+    }
+
+    fn libc(self) -> libc::c_int {
+        match self {
+            Family::Any => libc::AF_UNSPEC,
+            Family::Inet => libc::AF_INET,
         }
     }
 }
@@ -184,40 +223,48 @@ pub fn run(lookups: usize) -> Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
     let stage_root = target_dir().join("bench-nss");
-    // Every case, staged once: (VM count, backend, its tree).
+    // Every case, staged once: (VM count, backend, family, its tree).
     let mut cases = Vec::new();
     for count in VM_COUNTS {
         let vms = vms(count);
         for &backend in &backends {
             let stage = stage_root.join(format!("{count}-{backend:?}").to_lowercase());
             stage_case(&stage, backend, &vms, &module)?;
-            cases.push((count, backend, stage));
+            for family in [Family::Any, Family::Inet] {
+                cases.push((count, backend, family, stage.clone()));
+            }
         }
     }
     for backend in [Backend::Floor, Backend::Floor4] {
         let stage = stage_root.join(format!("{backend:?}").to_lowercase());
         stage_case(&stage, backend, &[], &module)?;
-        cases.push((0, backend, stage));
+        cases.push((0, backend, Family::Any, stage));
     }
     let per_round = lookups.div_ceil(ROUNDS);
     let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
     for round in 1..=ROUNDS {
         eprintln!("xtask: == round {round}/{ROUNDS}, {per_round} lookups per case ==");
-        for ((count, backend, stage), results) in cases.iter().zip(&mut figures) {
-            let f = run_case(&exe, stage, per_round)?;
+        for ((count, backend, family, stage), results) in cases.iter().zip(&mut figures) {
+            let f = run_case(&exe, stage, *family, per_round)?;
             eprintln!(
-                "xtask:   {:>4} VMs {:<24} p50 {:>8} µs",
+                "xtask:   {:>4} VMs {:<24} {:<5} p50 {:>8} µs",
                 count,
                 backend.label(),
+                family.label(),
                 micros(f.p50)
             );
             results.push(f);
         }
     }
-    let rows: Vec<(usize, Backend, Summary)> = cases
+    let rows: Vec<Row> = cases
         .iter()
         .zip(&figures)
-        .map(|((count, backend, _), f)| (*count, *backend, Summary::of(f)))
+        .map(|((count, backend, family, _), f)| Row {
+            count: *count,
+            backend: *backend,
+            family: *family,
+            summary: Summary::of(f),
+        })
         .collect();
     let _ = std::fs::remove_dir_all(&stage_root);
     print!("{}", table(&rows, per_round * ROUNDS));
@@ -335,7 +382,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Runs the child for one staged case in its own mount namespace.
-fn run_case(exe: &Path, stage: &Path, lookups: usize) -> Result<Figures> {
+fn run_case(exe: &Path, stage: &Path, family: Family, lookups: usize) -> Result<Figures> {
     let mut child = Command::new("unshare");
     child
         .args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -346,6 +393,7 @@ fn run_case(exe: &Path, stage: &Path, lookups: usize) -> Result<Figures> {
         .arg("bench-nss-child")
         .arg(stage.join("names"))
         .arg(lookups.to_string())
+        .arg(family.label())
         .env("LD_LIBRARY_PATH", stage.join("lib"));
     let out = cmd::output(&mut child)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -364,26 +412,29 @@ fn run_case(exe: &Path, stage: &Path, lookups: usize) -> Result<Figures> {
 }
 
 /// The child: checks every name in `names_file` (lines `NAME.vm IPV4`)
-/// resolves to its address, then times `lookups` `getaddrinfo` calls and
-/// prints `RESULT <p50 ns> <p99 ns>`.
-pub fn child(names_file: &Path, lookups: usize) -> Result<()> {
+/// resolves to its address, then times `lookups` `getaddrinfo` calls
+/// asking for `family` and prints `RESULT <p50 ns> <p99 ns>`.
+pub fn child(names_file: &Path, lookups: usize, family: &str) -> Result<()> {
+    let family = Family::from_label(family)?;
     let text = std::fs::read_to_string(names_file)
         .with_context(|| format!("cannot read {}", names_file.display()))?;
     let mut names = Vec::new();
     for line in text.lines() {
         let (name, ip) = line.split_once(' ').context("bad names line")?;
-        names.push((name.to_owned(), ip.parse::<Ipv4Addr>()?));
+        names.push((CString::new(name)?, ip.parse::<Ipv4Addr>()?));
     }
     if names.is_empty() || lookups == 0 {
         bail!("nothing to look up");
     }
     for (name, ip) in &names {
-        let addrs: Vec<_> = (name.as_str(), 0)
-            .to_socket_addrs()
-            .with_context(|| format!("{name} does not resolve"))?
-            .collect();
-        if !addrs.iter().any(|a| a.ip() == *ip) {
-            bail!("{name} resolved to {addrs:?}, not {ip}");
+        let addrs =
+            getaddrinfo(name, family).with_context(|| format!("{name:?} does not resolve"))?;
+        if !addrs.contains(&IpAddr::V4(*ip)) {
+            bail!("{name:?} resolved to {addrs:?}, not {ip}");
+        }
+        let expected = if family == Family::Inet { 1 } else { 2 };
+        if addrs.len() != expected && !name.to_bytes().starts_with(b"floor") {
+            bail!("{name:?} resolved to {addrs:?}: expected {expected} address(es) for {family:?}");
         }
     }
     // A stride coprime with the name count visits every name in a
@@ -392,10 +443,10 @@ pub fn child(names_file: &Path, lookups: usize) -> Result<()> {
     for i in 0..lookups {
         let (name, _) = &names[(i * 7919) % names.len()];
         let start = Instant::now();
-        let resolved = (name.as_str(), 0).to_socket_addrs();
+        let resolved = getaddrinfo(name, family);
         times.push(start.elapsed());
         if resolved.is_err() {
-            bail!("{name} stopped resolving");
+            bail!("{name:?} stopped resolving");
         }
     }
     times.sort_unstable();
@@ -404,57 +455,117 @@ pub fn child(names_file: &Path, lookups: usize) -> Result<()> {
     Ok(())
 }
 
+/// glibc's `getaddrinfo(name, NULL, {family, SOCK_STREAM})`: the addresses,
+/// in glibc's order. Called directly rather than through `ToSocketAddrs`,
+/// which always asks for `AF_UNSPEC`.
+fn getaddrinfo(name: &CStr, family: Family) -> Result<Vec<IpAddr>> {
+    // SAFETY: addrinfo is a plain C struct; all-zero is its documented
+    // "no hints" value, and the fields that matter are set below.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = family.libc();
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut list: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: name is NUL-terminated, hints lives across the call, and
+    // list receives a list this function frees below.
+    let rc = unsafe { libc::getaddrinfo(name.as_ptr(), std::ptr::null(), &hints, &mut list) };
+    if rc != 0 {
+        bail!("getaddrinfo failed with EAI code {rc}");
+    }
+    let mut addrs = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: entry is a node of the list getaddrinfo returned, not yet
+        // freed; ai_addr points at a sockaddr of ai_family's size.
+        unsafe {
+            let ai = &*entry;
+            match ai.ai_family {
+                libc::AF_INET => {
+                    let sa = &*(ai.ai_addr as *const libc::sockaddr_in);
+                    addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ai.ai_addr as *const libc::sockaddr_in6);
+                    addrs.push(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+            entry = ai.ai_next;
+        }
+    }
+    // SAFETY: list came from a successful getaddrinfo and is freed once.
+    unsafe { libc::freeaddrinfo(list) };
+    Ok(addrs)
+}
+
 fn micros(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e6)
 }
 
-/// The results as a table: per VM count, each backend's p50 (median of
-/// the rounds), the rounds' p50 spread, p99, and its p50 as a multiple of
-/// nss-files' and of nss-vmctl's; then each backend's growth from the
-/// smallest to the largest count.
-fn table(rows: &[(usize, Backend, Summary)], lookups: usize) -> String {
-    let find = |count: usize, backend: Backend| {
+/// One row of the results.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    count: usize,
+    backend: Backend,
+    family: Family,
+    summary: Summary,
+}
+
+/// The results as a table: per VM count and address family, each
+/// backend's p50 (median of the rounds), the rounds' p50 spread, p99, and
+/// its p50 as a multiple of nss-files' and of nss-vmctl's for the same
+/// family; then each backend's growth from the smallest to the largest
+/// count.
+fn table(rows: &[Row], lookups: usize) -> String {
+    let find = |count: usize, backend: Backend, family: Family| {
         rows.iter()
-            .find(|(c, b, _)| *c == count && *b == backend)
-            .map(|(_, _, f)| *f)
+            .find(|r| r.count == count && r.backend == backend && r.family == family)
+            .map(|r| r.summary)
     };
     let mut out = format!(
         "\nNSS getaddrinfo latency through glibc, {lookups} lookups per row in {ROUNDS} \
          interleaved rounds (µs; p50 and p99 are medians over the rounds)\n\
-         {:>5}  {:<24} {:>9} {:>15} {:>9} {:>11} {:>11}\n",
-        "VMs", "module", "p50", "p50 spread", "p99", "p50/files", "p50/vmctl"
+         {:>5}  {:<24} {:<6} {:>9} {:>15} {:>9} {:>11} {:>11}\n",
+        "VMs", "module", "family", "p50", "p50 spread", "p99", "p50/files", "p50/vmctl"
     );
-    for &(count, backend, figures) in rows {
-        let ratio = |other: Option<Summary>| {
-            other.map_or("-".to_owned(), |o| {
-                format!("{:.2}", figures.p50.as_secs_f64() / o.p50.as_secs_f64())
-            })
-        };
-        let vms = if count == 0 {
-            "-".to_owned()
-        } else {
-            count.to_string()
-        };
-        let _ = writeln!(
-            out,
-            "{vms:>5}  {:<24} {:>9} {:>15} {:>9} {:>11} {:>11}",
-            backend.label(),
-            micros(figures.p50),
-            format!("{}-{}", micros(figures.low), micros(figures.high)),
-            micros(figures.p99),
-            ratio(find(count, Backend::Files)),
-            ratio(find(count, Backend::Vmctl)),
-        );
-    }
-    let (small, large) = (VM_COUNTS[0], VM_COUNTS[VM_COUNTS.len() - 1]);
-    for backend in [Backend::Files, Backend::Vmctl, Backend::Libvirt] {
-        if let (Some(a), Some(b)) = (find(small, backend), find(large, backend)) {
+    for family in [Family::Any, Family::Inet] {
+        for row in rows.iter().filter(|r| r.family == family) {
+            let figures = row.summary;
+            let ratio = |other: Option<Summary>| {
+                other.map_or("-".to_owned(), |o| {
+                    format!("{:.2}", figures.p50.as_secs_f64() / o.p50.as_secs_f64())
+                })
+            };
+            let vms = if row.count == 0 {
+                "-".to_owned()
+            } else {
+                row.count.to_string()
+            };
             let _ = writeln!(
                 out,
-                "{}: p50 at {large} VMs / at {small} VMs = {:.2}",
-                backend.label(),
-                b.p50.as_secs_f64() / a.p50.as_secs_f64()
+                "{vms:>5}  {:<24} {:<6} {:>9} {:>15} {:>9} {:>11} {:>11}",
+                row.backend.label(),
+                family.label(),
+                micros(figures.p50),
+                format!("{}-{}", micros(figures.low), micros(figures.high)),
+                micros(figures.p99),
+                ratio(find(row.count, Backend::Files, family)),
+                ratio(find(row.count, Backend::Vmctl, family)),
             );
+        }
+    }
+    let (small, large) = (VM_COUNTS[0], VM_COUNTS[VM_COUNTS.len() - 1]);
+    for family in [Family::Any, Family::Inet] {
+        for backend in [Backend::Files, Backend::Vmctl, Backend::Libvirt] {
+            if let (Some(a), Some(b)) = (find(small, backend, family), find(large, backend, family))
+            {
+                let _ = writeln!(
+                    out,
+                    "{} ({}): p50 at {large} VMs / at {small} VMs = {:.2}",
+                    backend.label(),
+                    family.label(),
+                    b.p50.as_secs_f64() / a.p50.as_secs_f64()
+                );
+            }
         }
     }
     out

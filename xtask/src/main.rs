@@ -80,6 +80,11 @@ enum Task {
         /// through the SSH gateway against direct ssh to the guest.
         #[arg(long)]
         ssh: bool,
+        /// Instead: vmctl-https against nginx as a TLS reverse proxy on
+        /// loopback on this machine (wrk: small-response req/s and p99,
+        /// large-response throughput; 3 x --runs rounds).
+        #[arg(long)]
+        https: bool,
         /// Only the List rows: varlink List with 1000 VMs defined against
         /// machined's ListMachines, and vmctld's memory with them.
         #[arg(long)]
@@ -95,7 +100,12 @@ enum Task {
     },
     /// Internal: the timed child of `bench --nss`, run inside its namespace.
     #[command(hide = true)]
-    BenchNssChild { names: PathBuf, lookups: usize },
+    BenchNssChild {
+        names: PathBuf,
+        lookups: usize,
+        /// `any` (AF_UNSPEC) or `inet` (AF_INET).
+        family: String,
+    },
     /// Run every fuzz target in guest/fuzz/ for a bounded time (cargo-fuzz).
     Soak {
         /// Seconds each target runs.
@@ -252,7 +262,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             ..
         } => xtask::bench_clone::run(&clone_sizes, runs.max(3))?,
-        Task::BenchNssChild { names, lookups } => xtask::bench_nss::child(&names, lookups)?,
+        Task::Bench {
+            https: true, runs, ..
+        } => xtask::bench_https::run(3 * runs)?,
+        Task::BenchNssChild {
+            names,
+            lookups,
+            family,
+        } => xtask::bench_nss::child(&names, lookups, &family)?,
         Task::Bench {
             ssh: true, runs, ..
         } => {
