@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod bench_clone;
 pub mod bench_exec;
+pub mod bench_https;
 pub mod bench_list;
 pub mod bench_nss;
 pub mod bench_ssh;
