@@ -67,6 +67,33 @@ pub fn unit_property(unit: &str, property: &str) -> String {
         .to_owned()
 }
 
+/// Field `key` of VM `vm`'s stored spec (`/var/lib/vmctl/vms/VM.json`),
+/// found at any depth (the addresses sit under `network`): a string as
+/// it is, any other value as JSON. Panics naming the VM when it is absent.
+pub fn vm_spec_field(vm: &str, key: &str) -> String {
+    let text = host(&["cat", &format!("/var/lib/vmctl/vms/{vm}.json")])
+        .ok()
+        .stdout;
+    let spec: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("the spec of {vm}: {e}: {text}"));
+    match json_field(&spec, key) {
+        Some(serde_json::Value::String(value)) => value.clone(),
+        Some(value) => value.to_string(),
+        None => panic!("no {key} in the spec of {vm}: {text}"),
+    }
+}
+
+/// The first value named `key` in `value`, depth first.
+fn json_field<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .get(key)
+            .or_else(|| map.values().find_map(|v| json_field(v, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| json_field(v, key)),
+        _ => None,
+    }
+}
+
 /// Whether `path` exists in the host.
 pub fn host_path_exists(path: &str) -> bool {
     host(&["test", "-e", path]).code == Some(0)
@@ -139,4 +166,20 @@ pub fn host_uid(user: &str) -> u32 {
     out.trim()
         .parse()
         .unwrap_or_else(|_| panic!("id -u {user}: {out:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_field;
+
+    #[test]
+    fn json_field_finds_nested_keys() {
+        let spec: serde_json::Value = serde_json::from_str(
+            r#"{"name":"x","cid":7,"network":{"ipv4":"10.77.0.2","ipv6":"fd77::2"}}"#,
+        )
+        .unwrap();
+        assert_eq!(json_field(&spec, "ipv4").unwrap(), "10.77.0.2");
+        assert_eq!(json_field(&spec, "cid").unwrap(), 7);
+        assert!(json_field(&spec, "mac").is_none());
+    }
 }

@@ -15,7 +15,7 @@
 //! One VM serves every step, because a TCG boot costs tens of seconds.
 
 use std::path::Path;
-use vmctl_e2e::{copy_into_vm, host, vm_exec, Run};
+use vmctl_e2e::{copy_into_vm, host, vm_exec, vm_spec_field, Run};
 use vmctl_guest::protocol::{Control, ExecRequest, Frame};
 use xtask::host::DevHost;
 
@@ -41,19 +41,9 @@ fn guest_as_nobody(argv: &[&str]) -> Run {
 
 /// The VM's vsock CID, from its spec.
 fn vm_cid(name: &str) -> u32 {
-    let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{name}.json")])
-        .ok()
-        .stdout;
-    let after = spec
-        .split("\"cid\":")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no cid in the spec: {spec}"));
-    after
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("bad cid in the spec: {spec}"))
+    let cid = vm_spec_field(name, "cid");
+    cid.parse()
+        .unwrap_or_else(|_| panic!("bad cid in the spec of {name}: {cid}"))
 }
 
 /// Copies a file of this machine into the guest, through the dev host.

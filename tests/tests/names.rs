@@ -9,7 +9,7 @@
 //! records). Creating a VM does not boot it, so neither test needs QEMU.
 
 use std::time::Instant;
-use vmctl_e2e::{host, Run};
+use vmctl_e2e::{host, vm_spec_field, Run};
 
 /// `getent ARGS` in the dev host, bounded so a hang fails instead of
 /// stalling the suite.
@@ -45,15 +45,6 @@ fn assert_not_found(args: &[&str]) {
     let run = getent(args);
     assert_eq!(run.code, Some(2), "getent {args:?}: {run:#?}");
     assert!(run.stdout.is_empty(), "getent {args:?}: {run:#?}");
-}
-
-/// The first JSON string value of `key` in `json` (enough for a spec file
-/// whose keys are unique).
-fn json_string<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let at = json.find(&format!("\"{key}\""))? + key.len() + 2;
-    let rest = json[at..].trim_start().strip_prefix(':')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    Some(&rest[..rest.find('"')?])
 }
 
 /// `getent ahosts*` asks `getaddrinfo` with `AI_ADDRCONFIG`, which drops a
@@ -179,11 +170,9 @@ fn a_created_vm_resolves_by_name_until_rm() {
     let fqdn = "namesvm.vm";
     host(&["vmctl", "create", name, "--memory", "512M"]).ok();
     let result = std::panic::catch_unwind(|| {
-        let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{name}.json")])
-            .ok()
-            .stdout;
-        let ipv4 = json_string(&spec, "ipv4").expect("the spec has an IPv4 address");
-        let ipv6 = json_string(&spec, "ipv6").expect("the spec has an IPv6 address");
+        let ipv4 = vm_spec_field(name, "ipv4");
+        let ipv6 = vm_spec_field(name, "ipv6");
+        let (ipv4, ipv6) = (ipv4.as_str(), ipv6.as_str());
         eprintln!("{name}: {ipv4} {ipv6}");
 
         let check = || {
@@ -215,12 +204,4 @@ fn a_created_vm_resolves_by_name_until_rm() {
     assert_not_found(&["ahosts", fqdn]);
     assert_not_found(&["hosts", &ipv4]);
     assert_not_found(&["hosts", &ipv6]);
-}
-
-#[test]
-fn json_string_reads_spec_fields() {
-    let spec = r#"{"name":"x","network":{"ipv4": "10.77.0.2","ipv4_prefix":16,"ipv6":"fd77::2"}}"#;
-    assert_eq!(json_string(spec, "ipv4"), Some("10.77.0.2"));
-    assert_eq!(json_string(spec, "ipv6"), Some("fd77::2"));
-    assert_eq!(json_string(spec, "mac"), None);
 }

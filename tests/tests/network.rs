@@ -29,7 +29,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, vm_exec, Run};
+use vmctl_e2e::{ensure_test_users, host, host_as, host_uid, vm_exec, vm_spec_field, Run};
 use xtask::host::DevHost;
 
 /// VM1 and VM2 are alice's.
@@ -51,26 +51,8 @@ fn guest(vm: &str, argv: &[&str]) -> Run {
     vm_exec(vm, argv)
 }
 
-/// `"key":VALUE` from the VM's stored spec (a string value unquoted).
-fn spec_field(vm: &str, key: &str) -> String {
-    let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{vm}.json")])
-        .ok()
-        .stdout;
-    let after = spec
-        .split(&format!("\"{key}\":"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {key} in the spec of {vm}: {spec}"));
-    after
-        .trim_start()
-        .trim_start_matches('"')
-        .split(['"', ',', '}'])
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 fn tap_of(vm: &str) -> String {
-    format!("vmt-{}", spec_field(vm, "cid"))
+    format!("vmt-{}", vm_spec_field(vm, "cid"))
 }
 
 fn link_exists(name: &str) -> bool {
@@ -105,7 +87,7 @@ fn create_and_start(user: &str, vm: &str) {
     )
     .ok();
     host_as(Some(user), &["systemctl", "start", &format!("vm@{vm}")]).ok();
-    assert_eq!(spec_field(vm, "owner_uid"), host_uid(user).to_string());
+    assert_eq!(vm_spec_field(vm, "owner_uid"), host_uid(user).to_string());
 }
 
 /// The device group of `user`'s TAPs (uid + 1).
@@ -298,9 +280,9 @@ fn addresses_and_tap(vm: &str) {
 /// is on vmbr0 in device group `group` (the owner's uid + 1) and known to
 /// machined.
 fn addresses_and_tap_of_owner(vm: &str, group: &str) {
-    let ipv4 = spec_field(vm, "ipv4");
-    let ipv6 = spec_field(vm, "ipv6");
-    let mac = spec_field(vm, "mac");
+    let ipv4 = vm_spec_field(vm, "ipv4");
+    let ipv6 = vm_spec_field(vm, "ipv6");
+    let mac = vm_spec_field(vm, "mac");
     eprintln!("{vm}: {ipv4} {ipv6} {mac}");
 
     // The agent says hello before guest networkd is up; static addresses
@@ -388,7 +370,7 @@ fn nat_to_the_outside(vm: &str) {
 fn vms_reach_each_other() {
     for (from, to) in [(VM1, VM2), (VM2, VM1)] {
         for key in ["ipv4", "ipv6"] {
-            let ip = spec_field(to, key);
+            let ip = vm_spec_field(to, key);
             let banner = ssh_banner_from(from, &ip);
             eprintln!("{from} -> {to} {ip}:22: {banner:?}");
             assert!(banner.stdout.starts_with("SSH-2.0"), "{banner:?}");
@@ -430,7 +412,7 @@ fn assert_isolated() {
             continue;
         }
         for key in ["ipv4", "ipv6"] {
-            let ip = spec_field(to, key);
+            let ip = vm_spec_field(to, key);
             let banner = ssh_banner_from(from, &ip);
             eprintln!("{from} -> {to} {ip}:22 (other owner): {banner:?}");
             assert!(
@@ -644,7 +626,7 @@ fn configured_subnets_reach_the_bridge_and_the_vms() {
         );
         ensure_test_users();
         create_and_start(OWNER, VM);
-        assert_eq!(spec_field(VM, "ipv4"), "10.78.0.2");
+        assert_eq!(vm_spec_field(VM, "ipv4"), "10.78.0.2");
         // READY comes before the guest's networkd has applied its address.
         assert!(
             wait_for(Duration::from_secs(60), || {
@@ -679,7 +661,7 @@ fn configured_subnets_reach_the_bridge_and_the_vms() {
 /// After `vmctl rm` a VM's addresses are free: the next VM gets them (the
 /// lowest free ones), and its name, not the old one, resolves to them.
 fn addresses_are_reused_after_rm() {
-    let (ipv4, ipv6) = (spec_field(VM1, "ipv4"), spec_field(VM1, "ipv6"));
+    let (ipv4, ipv6) = (vm_spec_field(VM1, "ipv4"), vm_spec_field(VM1, "ipv6"));
     host_as(Some(OWNER), &["vmctl", "rm", VM1]).ok();
     let gone = host(&["getent", "hosts", &format!("{VM1}.vm")]);
     assert_eq!(gone.code, Some(2), "{VM1}.vm still resolves: {gone:?}");
@@ -689,7 +671,7 @@ fn addresses_are_reused_after_rm() {
     )
     .ok();
     assert_eq!(
-        (spec_field(VM4, "ipv4"), spec_field(VM4, "ipv6")),
+        (vm_spec_field(VM4, "ipv4"), vm_spec_field(VM4, "ipv6")),
         (ipv4.clone(), ipv6.clone()),
         "{VM4} did not get the addresses {VM1} freed"
     );

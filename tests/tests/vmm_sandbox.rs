@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use vmctl_e2e::{host, vm_exec, Run};
+use vmctl_e2e::{host, vm_exec, vm_spec_field, Run};
 
 const VM: &str = "sbx1";
 const OTHER: &str = "sbx2";
@@ -47,24 +47,6 @@ impl Drop for Vm {
         host(&["systemctl", "stop", &format!("vm@{}", self.0)]);
         host(&["vmctl", "rm", self.0]);
     }
-}
-
-/// `"key":VALUE` from the VM's stored spec (a string value unquoted).
-fn spec_field(vm: &str, key: &str) -> String {
-    let spec = host(&["cat", &format!("/var/lib/vmctl/vms/{vm}.json")])
-        .ok()
-        .stdout;
-    let after = spec
-        .split(&format!("\"{key}\":"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {key} in the spec of {vm}: {spec}"));
-    after
-        .trim_start()
-        .trim_start_matches('"')
-        .split(['"', ',', '}'])
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 /// The pid of the unit's child process whose command name starts with `comm`.
@@ -211,7 +193,7 @@ fn the_vmm_runs_unprivileged_and_sees_only_its_own_vm() {
     }
 
     // The identity: 0x7F000000 + CID, no capabilities, no_new_privs.
-    let cid: u32 = spec_field(VM, "cid").parse().unwrap();
+    let cid: u32 = vm_spec_field(VM, "cid").parse().unwrap();
     let uid = (0x7F00_0000 + cid).to_string();
     let qemu = vmm_pid(VM, "qemu-system");
     for comm in ["qemu-system", "vhost-device-vs"] {
@@ -314,7 +296,7 @@ fn the_vmm_runs_unprivileged_and_sees_only_its_own_vm() {
     // The agent is ready before the guest's networkd has configured the
     // NIC (dev host, 23:20 UTC: "Destination Host Unreachable" right after
     // the exec), so the host pings for up to 30 s.
-    let ipv4 = spec_field(VM, "ipv4");
+    let ipv4 = vm_spec_field(VM, "ipv4");
     let deadline = Instant::now() + Duration::from_secs(30);
     let ping = loop {
         let ping = host(&["ping", "-c1", "-W2", &ipv4]);
