@@ -245,8 +245,25 @@ fn the_debian_kernel_with_its_initrd_still_boots() {
         "is-system-running",
         "--wait",
     ]);
+    // Debian's kernel has the ACPI button driver and evdev as modules,
+    // which udev's coldplug loads seconds after systemd says "running"
+    // under TCG (seen: udevd still "Processing with 10 children" then, no
+    // "Power Button" input device yet, and a stop at that moment took the
+    // launcher's fallback). Once udev has settled the button is there and
+    // the stop is a real ACPI power-off too, not the fallback.
+    vm_exec(vm, &["udevadm", "settle", "--timeout=120"]).ok();
+    let inputs = exec(vm, &["cat", "/proc/bus/input/devices"]);
+    assert!(inputs.contains("Power Button"), "{inputs}");
+    let stopping = Instant::now();
     host(&["systemctl", "stop", unit]).ok();
+    eprintln!("debian kernel: stop took {:?}", stopping.elapsed());
     assert_eq!(unit_property(unit, "Result"), "success");
+    let journal = host(&["journalctl", "-u", unit, "--no-pager", "-o", "cat"]).ok();
+    assert!(
+        !journal.stdout.contains("ignored the power button"),
+        "the launcher fell back to the agent's shutdown:\n{}",
+        journal.stdout
+    );
     drop(guard);
 }
 
