@@ -225,9 +225,9 @@ fn flood_result(run: &Run) -> (usize, usize) {
     }
 }
 
-#[test]
-#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
-fn unprivileged_floods_leave_vmctld_serving_root() {
+/// Puts the attacker's tool (this crate's `varlink-flood`) into the dev
+/// host and makes sure vmctld is up before it is used.
+fn install_varlink_flood() {
     DevHost::current()
         .unwrap()
         .copy_in(
@@ -236,6 +236,12 @@ fn unprivileged_floods_leave_vmctld_serving_root() {
         )
         .unwrap();
     host(&["vmctl", "list"]).ok();
+}
+
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn unprivileged_floods_leave_vmctld_serving_root() {
+    install_varlink_flood();
     let pid = vmctld_pid();
     assert_ne!(pid, "0", "vmctld is not running");
     let memory_max: u64 = unit_property("vmctld.service", "MemoryMax")
@@ -348,14 +354,7 @@ fn message_result(run: &Run) -> (usize, String) {
 #[test]
 #[ignore = "needs the systemd dev host: run `cargo xtask test`"]
 fn malformed_messages_get_an_error_or_a_close() {
-    DevHost::current()
-        .unwrap()
-        .copy_in(
-            std::path::Path::new(env!("CARGO_BIN_EXE_varlink-flood")),
-            "/usr/local/bin/varlink-flood",
-        )
-        .unwrap();
-    host(&["vmctl", "list"]).ok();
+    install_varlink_flood();
     let pid = vmctld_pid();
     let send = |kind: &str| {
         let run = host_as(Some("nobody"), &["varlink-flood", "message", SOCKET, kind]).ok();
