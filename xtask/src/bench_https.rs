@@ -89,7 +89,7 @@ impl Drop for Scratch {
 
 /// Runs `rounds` interleaved rounds and prints the table.
 pub fn run(rounds: usize) -> Result<()> {
-    deps::ensure_debian_packages(&["wrk", "nginx", "openssl"])?;
+    deps::ensure_debian_packages(&["wrk", "nginx", "openssl", "curl"])?;
     cmd::run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "vmctl-https"]))?;
     let bin = crate::paths::target_dir()
         .join("release/vmctl-https")
