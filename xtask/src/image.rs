@@ -22,6 +22,12 @@
 //! `debian-stock/`, the same package set built from `mkosi/stock/` without
 //! the boot trims (the image as it was when issue 8 was filed), with
 //! Debian's kernel and initrd: the benchmark's old path.
+//!
+//! A fourth, built only for the LVM e2e test ([`ensure_lvm`]): `debian-lvm/`,
+//! the default tree's configuration plus lvm2 and thin-provisioning-tools
+//! (`mkosi/lvm/`), the agent and its unit, with Debian's kernel and initrd,
+//! whose `dm-thin-pool` is a module (vmctl's own kernel has no
+//! device-mapper).
 
 use crate::cmd;
 use crate::kernel::{self, Kernel};
@@ -46,6 +52,9 @@ pub const DEBIAN_KERNEL: &str = "debian-kernel";
 
 /// Name of the untrimmed image booted with Debian's kernel and initrd.
 pub const STOCK: &str = "debian-stock";
+
+/// Name of the image with LVM (Debian's kernel and initrd).
+pub const LVM: &str = "debian-lvm";
 
 /// A built pair of guest images sharing one root filesystem.
 #[derive(Debug, Clone)]
@@ -196,6 +205,38 @@ pub fn ensure_stock() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Builds the LVM test image (`mkosi/lvm/`, the release agent and its
+/// unit, Debian's kernel and initrd) unless cached; returns its directory.
+pub fn ensure_lvm() -> Result<PathBuf> {
+    build_agent()?;
+    let images = cache_dir().join("images");
+    let tree = ensure_tree(&images, &lvm_config(), &lvm_inputs()?, "lvm-tree-")?;
+    let key = hash_strings(&[
+        LAYOUT,
+        &tree.key,
+        &hash_files(&[agent_binary(), agent_unit()])?,
+    ]);
+    let top = images.join(format!("lvm-image-{key}"));
+    let dir = top.join(LVM);
+    if dir.join("initrd.img").exists() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&images)?;
+    remove_stale(&images, "lvm-image-", &top)?;
+    eprintln!("xtask: making the LVM test image from the cached LVM tree and the agent");
+    let tmp = top.with_extension("tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    let out = tmp.join(LVM);
+    fs::create_dir_all(&out)?;
+    make_root(&tree.dir, &tmp.join("stage"), true, &out.join("root.raw"))?;
+    copy_boot_file(&tree.dir, "vmlinuz-", &out.join("vmlinuz"))?;
+    copy_boot_file(&tree.dir, "initrd.img-", &out.join("initrd.img"))?;
+    fs::rename(&tmp, &top)?;
+    Ok(dir)
+}
+
 /// Makes `root` (an ext4 image) from `tree` plus the agent (and its unit
 /// from `guest/` when `with_unit`), staged in `stage`.
 fn make_root(tree: &Path, stage: &Path, with_unit: bool, root: &Path) -> Result<()> {
@@ -223,13 +264,25 @@ fn stock_config() -> PathBuf {
     mkosi_dir().join("stock")
 }
 
+fn lvm_config() -> PathBuf {
+    mkosi_dir().join("lvm")
+}
+
 /// What the default tree is built from: `mkosi/` but its documentation and
-/// the stock configuration.
+/// the stock and LVM variants.
 fn default_inputs() -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     collect_files(&mkosi_dir(), &mut files)?;
-    let stock = stock_config();
-    files.retain(|f| !f.starts_with(&stock));
+    let (stock, lvm) = (stock_config(), lvm_config());
+    files.retain(|f| !f.starts_with(&stock) && !f.starts_with(&lvm));
+    Ok(files)
+}
+
+/// What the LVM tree is built from: everything of the default tree (its
+/// `mkosi.conf` includes `mkosi/` whole) and `mkosi/lvm/`.
+fn lvm_inputs() -> Result<Vec<PathBuf>> {
+    let mut files = default_inputs()?;
+    collect_files(&lvm_config(), &mut files)?;
     Ok(files)
 }
 
@@ -429,6 +482,20 @@ mod tests {
         assert!(!stock_files
             .iter()
             .any(|f| f.starts_with(mkosi_dir().join("mkosi.extra"))));
+    }
+
+    #[test]
+    fn lvm_inputs_do_not_key_the_default_tree() {
+        let lvm = lvm_config();
+        assert!(lvm.join("mkosi.conf").exists());
+        assert!(!default_inputs()
+            .unwrap()
+            .iter()
+            .any(|f| f.starts_with(&lvm)));
+        let lvm_files = lvm_inputs().unwrap();
+        assert!(lvm_files.contains(&lvm.join("mkosi.conf")));
+        assert!(lvm_files.contains(&mkosi_dir().join("mkosi.finalize")));
+        assert!(!lvm_files.iter().any(|f| f.starts_with(stock_config())));
     }
 
     #[test]

@@ -44,7 +44,11 @@ enum Task {
         no_lintian: bool,
     },
     /// Build the default guest image (cached by content) and print its directory.
-    Image,
+    Image {
+        /// Build the LVM test image (`mkosi/lvm/`) instead.
+        #[arg(long)]
+        lvm: bool,
+    },
     /// Manage the systemd development host.
     Host {
         #[command(subcommand)]
@@ -233,9 +237,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", deb.display());
             }
         }
-        Task::Image => {
+        Task::Image { lvm } => {
             deps::ensure_build_machine()?;
-            println!("{}", xtask::image::ensure_default()?.dir.display());
+            if lvm {
+                println!("{}", xtask::image::ensure_lvm()?.display());
+            } else {
+                println!("{}", xtask::image::ensure_default()?.dir.display());
+            }
         }
         Task::Host { action } => return host_action(action),
         Task::Test { keep_host } => test(keep_host)?,

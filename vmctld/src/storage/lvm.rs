@@ -14,13 +14,17 @@
 //! json --units b --nosuffix`), never by scraping text. Before a volume is
 //! made the pool's fullness is checked: thin pools overcommit, and a full
 //! pool fails writes inside the guests, so a pool at or above
-//! [`FULL_PERCENT`] of its data or metadata refuses new volumes.
+//! [`FULL_PERCENT`] of its data or metadata refuses new volumes, and an
+//! image volume (written in full right after) needs its size free in the
+//! pool. A missing volume group is named as such, not as LVM's failure.
 //!
 //! The commands go through [`Lvm`] so that the argv and the parsing are
 //! checked by unit tests here; the same code runs against real LVM in a
-//! guest (device-mapper is not available on the development machines).
-//! Not wired into [`super::Storage::open`] yet: vmctld's unit has no
-//! capabilities and `PrivateDevices=yes`, which LVM cannot work under.
+//! guest by `vmctld/examples/lvm-thin-check.rs` (the e2e test
+//! `tests/tests/storage_lvm.rs`; device-mapper is not available on the
+//! development machines). Not wired into [`super::Storage::open`] yet:
+//! vmctld's unit has no capabilities and `PrivateDevices=yes`, which LVM
+//! cannot work under.
 
 use std::process::Command;
 
@@ -97,6 +101,12 @@ impl Lv {
     /// Whether the LV is active (5th `lv_attr` character).
     pub fn active(&self) -> bool {
         self.lv_attr.chars().nth(4) == Some('a')
+    }
+
+    /// Whether the LV has the activation skip flag (10th `lv_attr`
+    /// character `k`): plain activation leaves it inactive, `-K` does not.
+    pub fn activation_skip(&self) -> bool {
+        self.lv_attr.chars().nth(9) == Some('k')
     }
 }
 
@@ -295,7 +305,8 @@ impl ThinPool {
         a
     }
 
-    /// `vgs` of the volume group.
+    /// `vgs` of every volume group (naming a missing one would fail the
+    /// whole report).
     pub fn vgs_argv(&self) -> Vec<String> {
         let mut a = argv(&["vgs"]);
         a.extend(argv(&REPORT));
@@ -303,7 +314,6 @@ impl ThinPool {
             "--nosuffix",
             "--options",
             "vg_name,vg_size,vg_free",
-            &self.vg,
         ]));
         a
     }
@@ -322,9 +332,22 @@ impl<L: Lvm> LvmThinPool<L> {
         Self { pool, lvm }
     }
 
-    /// Every LV of the volume group.
+    /// Every LV of the volume group; a missing volume group is an error
+    /// naming it (see [`Self::vg`]).
     pub fn lvs(&self) -> Result<Vec<Lv>, StorageError> {
-        parse_lvs(&self.lvm.run(&self.pool.lvs_argv())?)
+        match self.lvm.run(&self.pool.lvs_argv()) {
+            Ok(json) => parse_lvs(&json),
+            // lvs fails for a missing VG with text only: ask vgs which.
+            Err(e) => Err(self.vg().err().unwrap_or(e)),
+        }
+    }
+
+    /// Makes the thin pool itself, `size` bytes, in the volume group (the
+    /// administrator's set-up; tests).
+    pub fn create_pool(&self, size: u64) -> Result<(), StorageError> {
+        self.vg()?;
+        self.lvm.run(&self.pool.create_pool_argv(size))?;
+        Ok(())
     }
 
     fn lv(&self, name: &str) -> Result<Option<Lv>, StorageError> {
@@ -343,8 +366,9 @@ impl<L: Lvm> LvmThinPool<L> {
     }
 
     /// Refuses new volumes when the pool's data or metadata is at least
-    /// [`FULL_PERCENT`] used.
-    pub fn check_room(&self) -> Result<(), StorageError> {
+    /// [`FULL_PERCENT`] used, or when less than `needed` bytes of data are
+    /// free (0 for volumes that allocate only as the guest writes).
+    pub fn check_room(&self, needed: u64) -> Result<(), StorageError> {
         let pool = self.pool_lv()?;
         for (what, used) in [
             ("data", pool.data_percent),
@@ -358,15 +382,30 @@ impl<L: Lvm> LvmThinPool<L> {
                 )));
             }
         }
+        let free = free_bytes(&pool);
+        if needed > free {
+            return Err(StorageError::Unavailable(format!(
+                "the thin pool {}/{} has {free} bytes free, {needed} are needed: extend it \
+                 (lvextend) or remove volumes",
+                self.pool.vg, self.pool.pool
+            )));
+        }
         Ok(())
     }
 
-    /// Makes image `image`'s thin volume of `size` bytes (then written by
-    /// the caller through [`ThinPool::device`]).
+    /// Makes image `image`'s thin volume of `size` bytes (then written in
+    /// full by the caller through [`ThinPool::device`], so `size` bytes
+    /// must be free in the pool).
     pub fn create_image(&self, image: &str, size: u64) -> Result<String, StorageError> {
         validate_volume_name(image)?;
-        self.check_room()?;
         let lv = ThinPool::image_lv_name(image);
+        if self.lv(&lv)?.is_some() {
+            return Err(StorageError::Unavailable(format!(
+                "image {image:?} has a thin volume {}/{lv} already",
+                self.pool.vg
+            )));
+        }
+        self.check_room(size)?;
         self.lvm.run(&self.pool.create_thin_argv(&lv, size))?;
         Ok(lv)
     }
@@ -380,7 +419,7 @@ impl<L: Lvm> LvmThinPool<L> {
         if self.lv(&lv)?.is_some() {
             return Err(StorageError::Exists(root.clone()));
         }
-        self.check_room()?;
+        self.check_room(0)?;
         let base = self.lv(&origin)?.ok_or_else(|| {
             StorageError::Unavailable(format!(
                 "image {image:?} has no thin volume {}/{origin}",
@@ -388,10 +427,35 @@ impl<L: Lvm> LvmThinPool<L> {
             ))
         })?;
         self.lvm.run(&self.pool.snapshot_argv(&origin, &lv))?;
-        if size > base.lv_size {
-            self.lvm.run(&self.pool.extend_argv(&lv, size))?;
-        }
+        let finish = || -> Result<(), StorageError> {
+            if size > base.lv_size {
+                self.lvm.run(&self.pool.extend_argv(&lv, size))?;
+            }
+            self.lvm.run(&self.pool.activate_argv(&lv))?;
+            Ok(())
+        };
+        // No half-made root: a snapshot that could not be grown or
+        // activated goes again.
+        finish().inspect_err(|_| {
+            let _ = self.lvm.run(&self.pool.remove_argv(&lv));
+        })
+    }
+
+    /// Activates `volume`, also when it has the activation skip flag.
+    pub fn activate(&self, volume: &Volume) -> Result<(), StorageError> {
+        let lv = ThinPool::lv_name(volume);
+        self.lv(&lv)?
+            .ok_or_else(|| StorageError::Missing(volume.clone()))?;
         self.lvm.run(&self.pool.activate_argv(&lv))?;
+        Ok(())
+    }
+
+    /// Deactivates `volume` (its device node goes).
+    pub fn deactivate(&self, volume: &Volume) -> Result<(), StorageError> {
+        let lv = ThinPool::lv_name(volume);
+        self.lv(&lv)?
+            .ok_or_else(|| StorageError::Missing(volume.clone()))?;
+        self.lvm.run(&self.pool.deactivate_argv(&lv))?;
         Ok(())
     }
 
@@ -402,7 +466,7 @@ impl<L: Lvm> LvmThinPool<L> {
         if self.lv(&lv)?.is_some() {
             return Err(StorageError::Exists(volume.clone()));
         }
-        self.check_room()?;
+        self.check_room(0)?;
         self.lvm.run(&self.pool.create_thin_argv(&lv, size))?;
         Ok(())
     }
@@ -467,26 +531,34 @@ impl<L: Lvm> LvmThinPool<L> {
     /// size less its data usage).
     pub fn status(&self) -> Result<PoolStatus, StorageError> {
         let pool = self.pool_lv()?;
-        let used = pool.data_percent.unwrap_or(0.0);
-        let free = (pool.lv_size as f64 * (100.0 - used) / 100.0).max(0.0) as u64;
         Ok(PoolStatus {
             backend: "lvm-thin",
             location: format!("{}/{}", self.pool.vg, self.pool.pool),
             total_bytes: pool.lv_size,
-            free_bytes: free,
+            free_bytes: free_bytes(&pool),
             reflink: true,
         })
     }
 
-    /// The volume group (for a missing-VG error that names it).
+    /// The volume group; a missing one is an error naming it and the fix.
     pub fn vg(&self) -> Result<Vg, StorageError> {
         parse_vgs(&self.lvm.run(&self.pool.vgs_argv())?)?
             .into_iter()
             .find(|vg| vg.vg_name == self.pool.vg)
             .ok_or_else(|| {
-                StorageError::Unavailable(format!("volume group {:?} not found", self.pool.vg))
+                StorageError::Unavailable(format!(
+                    "the volume group {:?} of Pool={}/{} does not exist: create it \
+                     (vgcreate {} DEVICE) or name an existing one (vgs lists them)",
+                    self.pool.vg, self.pool.vg, self.pool.pool, self.pool.vg
+                ))
             })
     }
+}
+
+/// A thin pool LV's unused data bytes (its size less its data usage).
+fn free_bytes(pool: &Lv) -> u64 {
+    let used = pool.data_percent.unwrap_or(0.0);
+    (pool.lv_size as f64 * (100.0 - used) / 100.0).max(0.0) as u64
 }
 
 #[cfg(test)]
@@ -506,7 +578,11 @@ mod tests {
         fn run(&self, argv: &[String]) -> Result<String, StorageError> {
             self.calls.borrow_mut().push(argv.join(" "));
             if matches!(argv[0].as_str(), "lvs" | "vgs") {
-                Ok(self.reports.borrow_mut().pop_front().expect("a report"))
+                let report = self.reports.borrow_mut().pop_front().expect("a report");
+                match report.strip_prefix("FAIL ") {
+                    Some(error) => Err(StorageError::Unavailable(error.into())),
+                    None => Ok(report),
+                }
             } else {
                 Ok(String::new())
             }
@@ -620,6 +696,72 @@ mod tests {
         );
         // Nothing was created.
         assert!(!rec.calls.borrow().iter().any(|c| c.starts_with("lvcreate")));
+    }
+
+    #[test]
+    fn a_missing_volume_group_is_named_and_an_image_needs_its_size_free() {
+        let rec = Recorder::default();
+        rec.reports.borrow_mut().extend([
+            "FAIL lvs failed (exit status: 5): Volume group \"vg0\" not found".to_string(),
+            r#"{"report":[{"vg":[{"vg_name":"other","vg_size":"4096","vg_free":"0"}]}]}"#
+                .to_string(),
+        ]);
+        let pool = LvmThinPool::new(ThinPool::parse("vg0/thin").unwrap(), &rec);
+        let e = pool.create(&Volume::Data("db".into()), G).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the volume group \"vg0\" of Pool=vg0/thin does not exist: create it \
+             (vgcreate vg0 DEVICE) or name an existing one (vgs lists them)"
+        );
+        assert_eq!(
+            rec.calls.borrow().last().unwrap(),
+            "vgs --reportformat json --units b --nosuffix --options vg_name,vg_size,vg_free"
+        );
+        // 10 GiB pool, 80% used: 2 GiB free, a 3 GiB image does not fit.
+        rec.reports
+            .borrow_mut()
+            .extend([pool_with("80.00", &[]), pool_with("80.00", &[])]);
+        let e = pool.create_image("big", 3 * G).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the thin pool vg0/thin has 2147483648 bytes free, 3221225472 are needed: \
+             extend it (lvextend) or remove volumes"
+        );
+        assert!(!rec.calls.borrow().iter().any(|c| c.starts_with("lvcreate")));
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_activated_is_removed_again() {
+        struct FailActivate<'a>(&'a Recorder);
+        impl Lvm for FailActivate<'_> {
+            fn run(&self, argv: &[String]) -> Result<String, StorageError> {
+                let out = (&self.0).run(argv)?;
+                if argv[0] == "lvchange" {
+                    return Err(StorageError::Unavailable("activation failed".into()));
+                }
+                Ok(out)
+            }
+        }
+        let rec = Recorder::default();
+        for _ in 0..3 {
+            rec.reports.borrow_mut().push_back(pool_with(
+                "20.00",
+                &[("vmctl-image-default", 2 * G, "thin", "50.00", "Vwi-a-tz--")],
+            ));
+        }
+        let pool = LvmThinPool::new(ThinPool::parse("vg0/thin").unwrap(), FailActivate(&rec));
+        let e = pool
+            .clone_image("default", &Volume::Root("web".into()), 2 * G)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "activation failed");
+        assert_eq!(
+            rec.calls.borrow()[3..],
+            [
+                "lvcreate --yes --snapshot --setactivationskip n --name vmctl-root-web vg0/vmctl-image-default",
+                "lvchange --activate y --ignoreactivationskip vg0/vmctl-root-web",
+                "lvremove --yes vg0/vmctl-root-web",
+            ]
+        );
     }
 
     #[test]
