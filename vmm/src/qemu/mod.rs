@@ -4,7 +4,8 @@
 //! Start-up sequence:
 //! 1. Validate the config, resolve acceleration ([`crate::Accel::resolve`]).
 //! 2. With vsock: start `vhost-device-vsock --guest-cid N --socket VHOST
-//!    --uds-path HOST.sock` and wait for its vhost-user socket.
+//!    --uds-path HOST.sock --tx-buffer-size 16384` (see
+//!    [`VSOCK_TX_BUFFER_SIZE`]) and wait for its vhost-user socket.
 //! 3. Start QEMU with `-S` and `-qmp unix:...,server=on,wait=off`.
 //! 4. Connect QMP and do the capabilities handshake.
 //! 5. [`Vmm::boot`] sends `cont`.
@@ -12,7 +13,7 @@
 pub mod argv;
 pub mod qmp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -28,6 +29,36 @@ pub use qmp::{Qmp, QmpEvent, QmpStatus};
 
 /// How long QEMU and the vsock helper get to create their sockets.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The host's receive buffer per vsock connection, which caps every packet
+/// a guest sends to the host at this many bytes.
+///
+/// vhost-device-vsock (0.3.0, the newest release) reads a guest→host packet
+/// only when its data sits in one descriptor (`virtio-vsock`'s
+/// `VsockPacket::from_tx_virtq_chain`); otherwise it drops the packet and
+/// never returns the descriptor (`process_tx_queue`, "error reading TX
+/// packet"), so the stream loses data and then stalls. Linux guests since
+/// 6.12.x stable build packets over ~32 KiB from page fragments, one
+/// descriptor each, and the default buffer (64 KiB) lets them send 64 KiB
+/// packets. At 16 KiB every packet is one linear buffer: one descriptor.
+/// It must be a power of two (the helper's ring buffer indexes with `%`
+/// on wrapping `u32` counters).
+pub const VSOCK_TX_BUFFER_SIZE: u32 = 16 * 1024;
+
+/// The `vhost-device-vsock` arguments for guest `cid`: QEMU connects to
+/// `vhost_user`, host programs to the hybrid-vsock socket `uds`.
+fn vsock_helper_args(cid: u32, vhost_user: &Path, uds: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "--guest-cid".into(),
+        cid.to_string().into(),
+        "--socket".into(),
+        vhost_user.into(),
+        "--uds-path".into(),
+        uds.into(),
+        "--tx-buffer-size".into(),
+        VSOCK_TX_BUFFER_SIZE.to_string().into(),
+    ]
+}
 
 /// Programs the QEMU driver runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,14 +130,7 @@ impl QemuVm {
             Some(vsock) => {
                 process::remove_stale(&paths.vhost_vsock)?;
                 process::remove_stale(&vsock.socket)?;
-                let args = vec![
-                    "--guest-cid".into(),
-                    vsock.cid.to_string().into(),
-                    "--socket".into(),
-                    paths.vhost_vsock.clone().into_os_string(),
-                    "--uds-path".into(),
-                    vsock.socket.clone().into_os_string(),
-                ];
+                let args = vsock_helper_args(vsock.cid, &paths.vhost_vsock, &vsock.socket);
                 let (mut helper, helper_stderr) =
                     process::spawn(&bins.vhost_device_vsock, &args, config.identity)?;
                 let program = "vhost-device-vsock";
@@ -231,5 +255,29 @@ mod tests {
             state_from_qmp("inmigrate"),
             VmState::Other("inmigrate".into())
         );
+    }
+
+    #[test]
+    fn vsock_helper_caps_guest_packets() {
+        let args = vsock_helper_args(7, Path::new("/run/v/vhost.sock"), Path::new("/run/v/vsock"));
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--guest-cid",
+                "7",
+                "--socket",
+                "/run/v/vhost.sock",
+                "--uds-path",
+                "/run/v/vsock",
+                "--tx-buffer-size",
+                "16384",
+            ]
+        );
+        // Linux allocates a TX packet (44-byte header + data) as one linear
+        // buffer up to SKB_WITH_OVERHEAD(32 KiB), 32 KiB less ~320 bytes of
+        // skb_shared_info; above that it splits the data into fragments.
+        assert!(VSOCK_TX_BUFFER_SIZE.is_power_of_two());
+        assert!(VSOCK_TX_BUFFER_SIZE + 44 <= 32 * 1024 - 512);
     }
 }
