@@ -45,6 +45,12 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// on wrapping `u32` counters).
 pub const VSOCK_TX_BUFFER_SIZE: u32 = 16 * 1024;
 
+// Linux allocates a TX packet (44-byte header + data) as one linear buffer
+// up to SKB_WITH_OVERHEAD(32 KiB), 32 KiB less ~320 bytes of
+// skb_shared_info; above that it splits the data into fragments.
+const _: () =
+    assert!(VSOCK_TX_BUFFER_SIZE.is_power_of_two() && VSOCK_TX_BUFFER_SIZE + 44 <= 32 * 1024 - 512);
+
 /// The `vhost-device-vsock` arguments for guest `cid`: QEMU connects to
 /// `vhost_user`, host programs to the hybrid-vsock socket `uds`.
 fn vsock_helper_args(cid: u32, vhost_user: &Path, uds: &Path) -> Vec<std::ffi::OsString> {
@@ -274,10 +280,5 @@ mod tests {
                 "16384",
             ]
         );
-        // Linux allocates a TX packet (44-byte header + data) as one linear
-        // buffer up to SKB_WITH_OVERHEAD(32 KiB), 32 KiB less ~320 bytes of
-        // skb_shared_info; above that it splits the data into fragments.
-        assert!(VSOCK_TX_BUFFER_SIZE.is_power_of_two());
-        assert!(VSOCK_TX_BUFFER_SIZE + 44 <= 32 * 1024 - 512);
     }
 }
