@@ -123,8 +123,12 @@ pub async fn connect(
     // The bridge first: over vsock (vmctld's `OpenGuest` channel `ssh`;
     // QEMU with vhost-device-vsock in the dev host) every 50 MB download
     // broke, for this client (a garbage packet length) and for OpenSSH's
-    // alike, while the same file came intact over the bridge. So vsock is
-    // only for a VM without an address.
+    // alike, while the same file came intact over the bridge. The cause:
+    // vhost-device-vsock dropped guest packets spread over several
+    // descriptors; since the QEMU driver caps them (`VSOCK_TX_BUFFER_SIZE`
+    // in vmctl-vmm), OpenSSH moves 50 MB intact through the hybrid-vsock
+    // socket (docs/architecture.md, "Bulk data over vsock under QEMU").
+    // The bridge stays first; vsock is for a VM without an address.
     if let Some(ipv4) = &vm.ipv4 {
         match tokio::net::TcpStream::connect((ipv4.as_str(), 22)).await {
             Ok(stream) => {
