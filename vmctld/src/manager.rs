@@ -139,7 +139,7 @@ impl Manager {
         let mut owners = crate::accounts::OwnerNames::default();
         let mut vms = Vec::new();
         for row in rows
-            .into_iter()
+            .iter()
             .filter(|row| all || caller.is_root() || row.owner_uid == caller.uid)
         {
             let state = self.vm_state(&row.name).await;
@@ -151,12 +151,12 @@ impl Manager {
 }
 
 /// What the API shows of a stored VM in `state`.
-fn public_view(row: crate::store::VmSummary, state: String, owner: String) -> Vm {
+fn public_view(row: &crate::store::VmSummary, state: String, owner: String) -> Vm {
     Vm {
-        ipv4: row.ipv4,
-        ipv6: row.ipv6,
-        mac: row.mac,
-        name: row.name,
+        ipv4: row.ipv4.clone(),
+        ipv6: row.ipv6.clone(),
+        mac: row.mac.clone(),
+        name: row.name.clone(),
         state,
         owner_uid: row.owner_uid,
         owner,

@@ -8,9 +8,10 @@ use std::{
     collections::{HashMap, HashSet},
     fs::{self, OpenOptions},
     io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
 };
 
 use vmctl_api::{names::DEFAULT_STATE_DIRECTORY, spec::VmSpec, validate_vm_name};
@@ -29,7 +30,26 @@ pub struct Registry {
     /// reconciliation must leave alone (counted: two calls may race on
     /// one name, and the loser's end must not unmark the winner).
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// The spec directory and store as the last import found them: while
+    /// both stay so, no spec file can lack a row it did not lack then.
+    scanned: Arc<Mutex<Option<SpecDirState>>>,
 }
+
+/// What a scan of the spec files depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SpecDirState {
+    /// The directory's change time (seconds, nanoseconds): it moves when a
+    /// file is added, removed or renamed there, and cannot be set back.
+    ctime: (i64, i64),
+    /// The store's version: a row removed by hand would make its file
+    /// importable again.
+    store: crate::store::Version,
+}
+
+/// How old the directory's change time must be before a scan is trusted
+/// to stand for it: file-system timestamps are coarse (a clock tick), so
+/// a file added in the same tick as the scan may leave the time as it was.
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// Marks a VM's operation as under way until dropped.
 #[derive(Debug)]
@@ -50,6 +70,18 @@ impl Drop for InFlight {
     }
 }
 
+/// Whether a change time `(seconds, nanoseconds)` lies at least
+/// [`SETTLED`] in the past.
+fn settled((secs, nanos): (i64, i64)) -> bool {
+    let Ok(secs) = u64::try_from(secs) else {
+        return false;
+    };
+    let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.clamp(0, 999_999_999) as u32);
+    SystemTime::now()
+        .duration_since(changed)
+        .is_ok_and(|age| age >= SETTLED)
+}
+
 fn lock(set: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -65,6 +97,7 @@ impl Registry {
             vms_dir: state_dir.join("vms"),
             store: Arc::new(Store::open(&state_dir.join(DB_FILE))?),
             in_flight: Arc::default(),
+            scanned: Arc::default(),
         };
         // Not fatal: the store works without the files, and List says
         // what is wrong with them.
@@ -80,13 +113,34 @@ impl Registry {
     /// before the store) is taken in; vmctld itself never leaves a spec
     /// file without a row (the row comes first and goes last).
     fn import_spec_files(&self) -> Result<(), ManagerError> {
+        // Reading 1,000 directory entries and names took a quarter of a
+        // `List` of 1,000 VMs; nothing can have changed since the last
+        // scan while directory and store are as they were.
+        let before = self.spec_dir_state()?;
+        let mut scanned = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
+        if before.is_some() && *scanned == before {
+            return Ok(());
+        }
         let known: HashSet<String> = self.store.names()?.into_iter().collect();
         for name in self.spec_file_names()? {
             if !known.contains(&name) {
                 self.import_spec_file(&name)?;
             }
         }
+        // A change made during the scan moved the state past `before`, so
+        // the next call scans again.
+        *scanned = before.filter(|state| settled(state.ctime));
         Ok(())
+    }
+
+    /// The spec directory's and the store's state now; `None` without the
+    /// directory.
+    fn spec_dir_state(&self) -> Result<Option<SpecDirState>, ManagerError> {
+        let store = self.store.version()?;
+        Ok(fs::metadata(&self.vms_dir).ok().map(|meta| SpecDirState {
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            store,
+        }))
     }
 
     /// Imports VM `name`'s spec file if it has one and no row; returns the
@@ -190,7 +244,7 @@ impl Registry {
     /// What `List` shows of every VM (not those being created), sorted by
     /// name; spec files without a row are imported first, as in
     /// [`Registry::list`].
-    pub fn summaries(&self) -> Result<Vec<crate::store::VmSummary>, ManagerError> {
+    pub fn summaries(&self) -> Result<Arc<[crate::store::VmSummary]>, ManagerError> {
         self.import_spec_files()?;
         self.store.summaries()
     }
@@ -353,6 +407,35 @@ mod tests {
             Registry::new(dir.path()).vms_dir(),
             layout.spec_file("a").parent().unwrap()
         );
+    }
+
+    #[test]
+    fn a_settled_directory_is_scanned_again_after_any_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |registry: &Registry| -> Vec<String> {
+            registry
+                .summaries()
+                .unwrap()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        let file = |name: &str| serde_json::to_string(&spec(name, 0)).unwrap();
+        write(dir.path(), "a.json", &file("a"));
+        let registry = Registry::new(dir.path());
+        // Past the coarse timestamps: the next scan is remembered.
+        std::thread::sleep(SETTLED + Duration::from_millis(100));
+        assert_eq!(names(&registry), ["a"]);
+        assert!(registry.scanned.lock().unwrap().is_some());
+        // A file put in place by hand: the directory's change time moved.
+        write(dir.path(), "b.json", &file("b"));
+        assert_eq!(names(&registry), ["a", "b"]);
+        // A row removed behind vmctld's back while its file stays: the
+        // store's version moved, so the file is imported again.
+        std::thread::sleep(SETTLED + Duration::from_millis(100));
+        assert_eq!(names(&registry), ["a", "b"]);
+        registry.store().delete("b").unwrap();
+        assert_eq!(names(&registry), ["a", "b"]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::{
     fs,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -41,6 +41,19 @@ pub const DB_FILE: &str = "vmctl.db";
 
 /// How long a write waits for another writer before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The [`Version`] of the database `conn` sees.
+fn version_of(conn: &Connection) -> rusqlite::Result<Version> {
+    // data_version moves with the commits of other connections only; this
+    // connection's own changes are counted apart.
+    let others = conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
+    Ok(Version {
+        others,
+        own: conn.total_changes(),
+    })
+}
 
 /// The migrations, in order: `(version, name, SQL)`. A new table is a new
 /// file here with the next number, never an edit of an applied one.
@@ -68,6 +81,18 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The last [`Store::summaries`] and the [`Version`] it was read at.
+    summaries: Mutex<Option<(Version, Arc<[VmSummary]>)>>,
+}
+
+/// Which state of the database a read saw: it differs after any change,
+/// through this connection or another one (see [`Store::version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// `PRAGMA data_version`: moves with commits of other connections.
+    others: i64,
+    /// Rows this connection inserted, updated or deleted, ever.
+    own: u64,
 }
 
 impl Store {
@@ -110,7 +135,14 @@ impl Store {
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            summaries: Mutex::default(),
         })
+    }
+
+    /// The database's current [`Version`]; two equal versions mean no row
+    /// changed in between (a rolled back change may still move it).
+    pub fn version(&self) -> Result<Version, ManagerError> {
+        version_of(&self.conn()).map_err(|e| self.error(e))
     }
 
     /// The database file.

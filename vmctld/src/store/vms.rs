@@ -1,6 +1,8 @@
 //! The `vms` table: one row per VM with its allocations and the state of
 //! the operation on it.
 
+use std::sync::Arc;
+
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use vmctl_api::spec::VmSpec;
 
@@ -288,16 +290,25 @@ impl Store {
     }
 
     /// Every VM not being created, sorted by name, as [`VmSummary`]s
-    /// (cheaper than [`Store::vms`]).
-    pub fn summaries(&self) -> Result<Vec<VmSummary>, ManagerError> {
+    /// (cheaper than [`Store::vms`]). Read again only after a change to
+    /// the database: with 1,000 VMs the query took about 1 ms of each
+    /// `List`, which is most of what `List` may cost.
+    pub fn summaries(&self) -> Result<Arc<[VmSummary]>, ManagerError> {
         let conn = self.conn();
+        let version = super::version_of(&conn).map_err(|e| self.error(e))?;
+        let mut cached = self.summaries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, summaries)) = cached.as_ref() {
+            if *at == version {
+                return Ok(summaries.clone());
+            }
+        }
         let mut stmt = conn
             .prepare_cached(
                 "SELECT name, owner_uid, vcpus, memory, ipv4, ipv6, mac FROM vms \
                  WHERE state != 'creating' ORDER BY name",
             )
             .map_err(|e| self.error(e))?;
-        let summaries = stmt
+        let summaries: Arc<[VmSummary]> = stmt
             .query_map([], |r| {
                 Ok(VmSummary {
                     name: r.get(0)?,
@@ -310,8 +321,9 @@ impl Store {
                 })
             })
             .and_then(|rows| rows.collect())
-            .map_err(|e| self.error(e));
-        summaries
+            .map_err(|e| self.error(e))?;
+        *cached = Some((version, summaries.clone()));
+        Ok(summaries)
     }
 
     /// The names of every VM (cheaper than [`Store::vms`]).
@@ -465,7 +477,7 @@ mod tests {
             .unwrap();
         let net = a.network.as_ref().unwrap();
         assert_eq!(
-            store.summaries().unwrap(),
+            *store.summaries().unwrap(),
             [
                 VmSummary {
                     name: "a".into(),
@@ -487,6 +499,37 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn summaries_follow_every_change_of_either_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::super::DB_FILE);
+        let store = Store::open(&path).unwrap();
+        let other = Store::open(&path).unwrap();
+        let names = |store: &Store| -> Vec<String> {
+            store
+                .summaries()
+                .unwrap()
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        store.adopt(&spec("a", 0)).unwrap();
+        assert_eq!(names(&store), ["a"]);
+        // Unchanged: the very same rows, not read again.
+        let first = store.summaries().unwrap();
+        assert!(Arc::ptr_eq(&first, &store.summaries().unwrap()));
+        // A change through this connection...
+        store.adopt(&spec("b", 0)).unwrap();
+        assert_eq!(names(&store), ["a", "b"]);
+        // ...and one committed by another connection (another process).
+        other.adopt(&spec("c", 0)).unwrap();
+        assert_eq!(names(&store), ["a", "b", "c"]);
+        store.delete("b").unwrap();
+        assert_eq!(names(&store), ["a", "c"]);
+        other.delete("a").unwrap();
+        assert_eq!(names(&store), ["c"]);
     }
 
     #[test]
