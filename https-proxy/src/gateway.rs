@@ -39,6 +39,9 @@ struct RouteReply {
     ipv4: Option<String>,
     port: i64,
     owner_uid: i64,
+    // Absent from a vmctld older than sharing.
+    #[serde(default)]
+    shared_uids: Vec<i64>,
     public: bool,
     state: String,
 }
@@ -144,6 +147,14 @@ impl GatewayClient {
                 .map_err(|_| self.transport(format!("ResolveRoute: port {}", reply.port)))?,
             owner_uid: u32::try_from(reply.owner_uid)
                 .map_err(|_| self.transport(format!("ResolveRoute: uid {}", reply.owner_uid)))?,
+            shared_uids: reply
+                .shared_uids
+                .iter()
+                .map(|&uid| {
+                    u32::try_from(uid)
+                        .map_err(|_| self.transport(format!("ResolveRoute: shared uid {uid}")))
+                })
+                .collect::<Result<_, _>>()?,
             public: reply.public,
             state: reply.state,
         }))

@@ -47,7 +47,9 @@ fn init_logging() {
         .init();
 }
 
-#[tokio::main]
+// This thread accepts, renews certificates and waits for signals; the
+// connections are served by one worker thread per core (see `server`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let args = Args::parse();

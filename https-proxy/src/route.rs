@@ -54,10 +54,21 @@ pub struct Route {
     pub port: u16,
     /// The owner's uid.
     pub owner_uid: u32,
-    /// Open to anyone (`vmctl publish --public`), else only to the owner.
+    /// The users it is shared with (`vmctl share`).
+    pub shared_uids: Vec<u32>,
+    /// Open to anyone (`vmctl publish --public`), else only to the owner
+    /// and the users it is shared with.
     pub public: bool,
     /// `running`, `stopped`, ... (see `io.vmctl.Manager` VM.state).
     pub state: String,
+}
+
+impl Route {
+    /// Whether a private VM lets `uid` in: its owner or a user it is
+    /// shared with.
+    pub fn admits(&self, uid: u32) -> bool {
+        uid == self.owner_uid || self.shared_uids.contains(&uid)
+    }
 }
 
 /// Resolves VM names through vmctld, with a short cache.

@@ -6,7 +6,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     os::fd::{FromRawFd, OwnedFd},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -17,7 +20,10 @@ use hyper_util::{
     server::conn::auto,
 };
 use rustls::{server::Acceptor, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::{
@@ -109,19 +115,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves both listeners until the process ends.
+    /// Serves both listeners until the process ends: this task accepts,
+    /// one worker thread per core serves the connections.
     pub async fn run(self: Arc<Self>, listeners: Listeners) -> anyhow::Result<()> {
+        let workers = Arc::new(Workers::start(&self)?);
         let https = to_tokio(listeners.https)?;
         let http = listeners.http.map(to_tokio).transpose()?;
-        let plain = http.map(|l| tokio::spawn(self.clone().accept_loop(l, false)));
-        self.accept_loop(https, true).await;
+        let plain = http.map(|l| tokio::spawn(self.clone().accept_loop(l, false, workers.clone())));
+        self.accept_loop(https, true, workers).await;
         if let Some(plain) = plain {
             plain.abort();
         }
         Ok(())
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: bool) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: bool, workers: Arc<Workers>) {
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -136,12 +144,15 @@ impl Server {
                 tracing::debug!("{peer}: over the connection cap, closed");
                 continue;
             };
-            let server = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = server.connection(tcp, peer, tls, permit).await {
-                    tracing::debug!("{peer}: {e:#}");
-                }
-            });
+            match tcp.into_std() {
+                Ok(tcp) => workers.hand_over(Accepted {
+                    tcp,
+                    peer,
+                    tls,
+                    permit,
+                }),
+                Err(e) => tracing::warn!("{peer}: {e}"),
+            }
         }
     }
 
@@ -226,6 +237,78 @@ impl Server {
             .serve_connection_with_upgrades(io, service)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// A connection accepted and admitted, on its way to a worker.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    permit: Permit,
+}
+
+/// One thread per core, each with its own single-threaded runtime, taking
+/// connections in turn. A connection, its requests and the keepalive
+/// connections to VMs they use (see [`crate::proxy`]) stay on one thread:
+/// no work stealing and no cross-thread wake-ups per request, the way
+/// nginx's worker processes run. `cargo xtask bench --https` measured
+/// tokio's work-stealing runtime at 2 workers doing markedly worse here
+/// (see https-proxy/README.md).
+struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts one worker per available core; they end when `Workers` is
+    /// dropped (their queues close).
+    fn start(server: &Arc<Server>) -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let queues = (0..cores)
+            .map(|i| Self::spawn(server.clone(), i))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            queues,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn spawn(server: Arc<Server>, i: usize) -> anyhow::Result<mpsc::UnboundedSender<Accepted>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Accepted>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("worker runtime")?;
+        std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some(a) = rx.recv().await {
+                        let server = server.clone();
+                        tokio::spawn(async move {
+                            let peer = a.peer;
+                            let result = match TcpStream::from_std(a.tcp) {
+                                Ok(tcp) => server.connection(tcp, peer, a.tls, a.permit).await,
+                                Err(e) => Err(e.into()),
+                            };
+                            if let Err(e) = result {
+                                tracing::debug!("{peer}: {e:#}");
+                            }
+                        });
+                    }
+                })
+            })
+            .context("worker thread")?;
+        Ok(tx)
+    }
+
+    /// Gives `a` to the next worker in turn.
+    fn hand_over(&self, a: Accepted) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        if self.queues[i].send(a).is_err() {
+            tracing::error!("worker {i} has ended; a connection was dropped");
+        }
     }
 }
 

@@ -179,6 +179,7 @@ async fn pebble_issues_on_first_use_and_renewal_needs_no_restart() {
         ipv4: Some(Ipv4Addr::LOCALHOST),
         port: 9,
         owner_uid: 1000,
+        shared_uids: Vec::new(),
         public: false,
         state: "running".into(),
     };

@@ -100,6 +100,7 @@ fn route(name: &str, port: u16, owner_uid: u32, public: bool, state: &str) -> (S
             ipv4: Some(Ipv4Addr::LOCALHOST),
             port,
             owner_uid,
+            shared_uids: Vec::new(),
             public,
             state: state.to_string(),
         },
@@ -119,7 +120,7 @@ impl Proxy {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "20", "-D", "-", "--cacert"])
             .arg(self.dir.path().join("cert.pem"));
-        for name in ["priv", "pub", "stopped", "dead", "nope"] {
+        for name in ["priv", "pub", "stopped", "dead", "nope", "shared"] {
             cmd.arg("--resolve")
                 .arg(format!("{name}.vm.test:443:{}", self.https.ip()))
                 .arg("--connect-to")
@@ -170,6 +171,11 @@ async fn start(extra: &str) -> Proxy {
             route("pub", backend.port(), 1000, true, "running"),
             route("stopped", backend.port(), 1000, false, "stopped"),
             route("dead", dead_port, 1000, true, "running"),
+            {
+                let (name, mut shared) = route("shared", backend.port(), 1000, false, "running");
+                shared.shared_uids = vec![1001];
+                (name, shared)
+            },
         ]
         .into_iter()
         .collect(),
@@ -287,6 +293,14 @@ async fn access_matrix_pages_and_headers() {
             text.contains("There is no VM published at priv.vm.test"),
             "{text}"
         );
+
+        // A private VM shared with bob: bob is let in and named to it;
+        // alice, its owner, still is.
+        let (code, text) = p.curl(&["-b", bob, "https://shared.vm.test/"]);
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("\nx-vmctl-user: bob\n"), "{text}");
+        let (code, _) = p.curl(&["-b", jar, "https://shared.vm.test/"]);
+        assert_eq!(code, 200);
 
         // Public: anyone; with a session the VM is told who.
         let (code, text) = p.curl(&["https://pub.vm.test/"]);

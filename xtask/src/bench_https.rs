@@ -79,7 +79,18 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: a killed nginx master leaves its workers
+        // running, still listening (seen here after the first runs).
+        for child in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
         for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
