@@ -75,6 +75,10 @@ pub struct VmDetails {
     /// The OpenSSH public keys allowed to log in.
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
+    /// The users the VM's site on the HTTPS proxy is shared with
+    /// (`vmctl share`), by name.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
 }
 
 /// The parameters of `Create`; omitted values get the daemon's defaults.

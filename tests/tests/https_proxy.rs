@@ -398,6 +398,66 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
         "{run:#?}"
     );
 
+    // Sharing. Before: bob can neither get a login link for alice's VM
+    // nor share it himself; to him it does not exist.
+    let run = host_as(Some("bob"), &["vmctl", "login", VM]);
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr.contains("(io.vmctl.Manager.NoSuchVM)"),
+        "{run:#?}"
+    );
+    let run = host_as(Some("bob"), &["vmctl", "share", VM, "bob"]);
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("no VM named \"web\" (io.vmctl.Manager.NoSuchVM)"),
+        "{run:#?}"
+    );
+    // alice shares it: show (text and JSON) names bob.
+    let run = host_as(Some("alice"), &["vmctl", "share", VM, "bob"]).ok();
+    assert_eq!(run.stdout.trim(), "web: shared with bob", "{run:#?}");
+    let run = host_as(Some("alice"), &["vmctl", "show", VM]).ok();
+    assert!(run.stdout.contains("  Shared: bob\n"), "{run:#?}");
+    let run = host_as(Some("alice"), &["vmctl", "describe", VM, "--json"]).ok();
+    let details: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:#?}"));
+    assert_eq!(
+        details["shared_with"],
+        serde_json::json!(["bob"]),
+        "{run:#?}"
+    );
+    // bob logs in with his own link and gets in, named as himself.
+    let bob_link = host_as(Some("bob"), &["vmctl", "login", VM]).ok().stdout;
+    let bob_jar = "/var/tmp/https-e2e-bob.jar";
+    assert_eq!(status(&curl(&["-c", bob_jar, bob_link.trim()])), 303);
+    let run = wait_for_status(&["-b", bob_jar, &url("/")], 200, Duration::from_secs(10));
+    assert_eq!(status(&run), 200, "{run:#?}");
+    let bob_uid = host_uid("bob");
+    assert!(run.stdout.contains("\nx-vmctl-user: bob\n"), "{run:#?}");
+    assert!(
+        run.stdout.contains(&format!("\nx-vmctl-uid: {bob_uid}\n")),
+        "{run:#?}"
+    );
+    // After unshare bob's session is refused again (within the proxy's
+    // 3 s route cache), with the same 404 as an unknown name.
+    let run = host_as(Some("alice"), &["vmctl", "unshare", VM, "bob"]).ok();
+    assert_eq!(run.stdout.trim(), "web: shared with nobody", "{run:#?}");
+    let run = wait_for_status(&["-b", bob_jar, &url("/")], 404, Duration::from_secs(10));
+    assert_eq!(status(&run), 404, "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("There is no VM published at web.vm.test"),
+        "{run:#?}"
+    );
+    // Unsharing a user it is not shared with names the mistake.
+    let run = host_as(Some("alice"), &["vmctl", "unshare", VM, "bob"]);
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stderr.contains("web is not shared with bob")
+            && run.stderr.contains("(io.vmctl.Manager.InvalidArgument)"),
+        "{run:#?}"
+    );
+
     // 100 MB down and up through the proxy, intact.
     let run = host(&[
         "sh",

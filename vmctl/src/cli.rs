@@ -181,6 +181,7 @@ pub enum Command {
         action: PoolCommand,
     },
     /// Show everything vmctld knows about a VM.
+    #[command(visible_alias = "show")]
     Describe {
         /// The VM's name.
         name: String,
@@ -236,6 +237,21 @@ pub enum Command {
         /// Only the owner, after a login (the default).
         #[arg(long)]
         private: bool,
+    },
+    /// Let USER into your VM's private site on the HTTPS proxy too (after
+    /// their own `vmctl login`); the VM itself stays yours to manage.
+    Share {
+        /// The VM's name.
+        name: String,
+        /// A user name (or uid) on this host.
+        user: String,
+    },
+    /// Stop sharing your VM's site with USER.
+    Unshare {
+        /// The VM's name.
+        name: String,
+        /// A user name (or uid) it is shared with.
+        user: String,
     },
     /// Print a one-time link that logs you in to your VM's private site on
     /// the HTTPS proxy (valid for 5 minutes).

@@ -223,6 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             public,
             private,
         } => web::publish(&cli.address, &name, port, web::visibility(public, private)?).await?,
+        Command::Share { name, user } => web::share(&cli.address, &name, &user, true).await?,
+        Command::Unshare { name, user } => web::share(&cli.address, &name, &user, false).await?,
         Command::Login { name } => web::login(&cli.address, &name).await?,
         Command::SshKey { action } => keys::ssh_key(&cli.address, action).await?,
         Command::Quota { action } => match action {

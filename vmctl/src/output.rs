@@ -54,10 +54,20 @@ pub fn details(vm: &VmDetails) -> String {
             vm.ssh_user.clone().unwrap_or_else(|| "-".into()),
         ),
         ("SSH keys", vm.ssh_authorized_keys.len().to_string()),
+        ("Shared", shared_with(&vm.shared_with)),
     ];
     rows.iter()
         .map(|(k, v)| format!("{:>8}: {v}\n", k))
         .collect()
+}
+
+/// The users a VM's site is shared with, or `-`.
+fn shared_with(users: &[String]) -> String {
+    if users.is_empty() {
+        "-".into()
+    } else {
+        users.join(", ")
+    }
 }
 
 /// Bytes in binary units, e.g. `512M`, `2G`, `1.5G`.
@@ -89,6 +99,7 @@ mod tests {
             mac: Some("02:76:6d:00:00:03".into()),
             ssh_user: Some("root".into()),
             ssh_authorized_keys: vec!["ssh-ed25519 AAAA a".into()],
+            shared_with: vec!["bob".into(), "carol".into()],
         };
         let text = details(&vm);
         assert!(
@@ -101,6 +112,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("SSH user: root\nSSH keys: 1\n"), "{text}");
+        assert!(text.contains("  Shared: bob, carol\n"), "{text}");
         assert!(created(&vm).contains("2 vCPUs, 1G memory, 4G disk"));
         assert!(created(&vm).contains("then: ssh root@blog.vm"));
         assert!(created(&vm).contains("\nNetwork: blog.vm, 10.77.0.2, fd77:766d:6374::2\n"));

@@ -52,6 +52,28 @@ pub async fn publish(
     Ok(())
 }
 
+/// `vmctl share NAME USER` (`share`) and `vmctl unshare NAME USER`.
+pub async fn share(address: &Path, name: &str, user: &str, share: bool) -> anyhow::Result<()> {
+    #[derive(Deserialize)]
+    struct Shares {
+        shared_with: Vec<String>,
+    }
+    let method = if share { "Share" } else { "Unshare" };
+    let mut client = client::connect(address).await?;
+    let reply: Shares = client
+        .call(
+            &format!("{VARLINK_INTERFACE}.{method}"),
+            Some(json!({ "name": name, "user": user })),
+        )
+        .await?;
+    if reply.shared_with.is_empty() {
+        println!("{name}: shared with nobody");
+    } else {
+        println!("{name}: shared with {}", reply.shared_with.join(", "));
+    }
+    Ok(())
+}
+
 /// `vmctl login NAME`: prints a one-time login link.
 pub async fn login(address: &Path, name: &str) -> anyhow::Result<()> {
     let domain = domain(Path::new(HTTPS_CONF))?;

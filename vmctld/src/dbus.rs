@@ -280,6 +280,33 @@ impl ManagerObject {
         Ok((p.port, p.public))
     }
 
+    /// Shares the VM's site on the HTTPS proxy with `user` (a user name
+    /// or uid); returns the user names it is shared with now. The twin of
+    /// varlink `Share`.
+    async fn share(
+        &self,
+        name: String,
+        user: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.share(&caller, &name, &user).await?)
+    }
+
+    /// Stops sharing the VM's site with `user`; the twin of varlink
+    /// `Unshare`.
+    async fn unshare(
+        &self,
+        name: String,
+        user: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>, DbusError> {
+        let caller = caller(conn, &header).await?;
+        Ok(self.manager.unshare(&caller, &name, &user).await?)
+    }
+
     /// Everything known about the VM, as a dictionary.
     async fn describe(
         &self,
@@ -536,6 +563,7 @@ pub fn details_dict(vm: VmDetails) -> HashMap<String, OwnedValue> {
     put("mac", Value::from(vm.mac.unwrap_or_default()));
     put("ssh_user", Value::from(vm.ssh_user.unwrap_or_default()));
     put("ssh_authorized_keys", Value::from(vm.ssh_authorized_keys));
+    put("shared_with", Value::from(vm.shared_with));
     dict
 }
 

@@ -41,6 +41,7 @@ pub mod reconcile;
 pub mod registration;
 pub mod registry;
 pub mod rootfs;
+pub mod sharing;
 pub mod ssh_keys;
 pub mod storage;
 pub mod store;

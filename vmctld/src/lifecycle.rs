@@ -314,6 +314,10 @@ impl Manager {
 
     async fn details(&self, spec: VmSpec) -> VmDetails {
         let state = self.vm_state(&spec.name).await;
+        let shared_with = self.shared_with(&spec.name).unwrap_or_else(|e| {
+            tracing::warn!("{}: cannot read its shares: {e}", spec.name);
+            Vec::new()
+        });
         VmDetails {
             unit: unit_name(&spec.name),
             name: spec.name,
@@ -332,6 +336,7 @@ impl Manager {
             mac: spec.network.as_ref().map(|n| n.mac.clone()),
             ssh_user: spec.guest_user,
             ssh_authorized_keys: spec.ssh_authorized_keys,
+            shared_with,
         }
     }
 

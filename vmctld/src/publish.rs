@@ -25,6 +25,8 @@ pub struct Route {
     pub publication: Publication,
     /// Its owner.
     pub owner_uid: u32,
+    /// The users it is shared with (`vmctl share`).
+    pub shared_uids: Vec<u32>,
     /// Its state (see `VM.state`).
     pub state: String,
 }
@@ -58,13 +60,23 @@ impl Manager {
 
     /// A one-time login token for the caller, for the HTTPS proxy's
     /// `https://NAME.<domain>/.vmctl/login?token=...` (the caller must be
-    /// able to manage VM `name`; the session is the caller's own).
+    /// able to manage VM `name`, or be one it is shared with; the session
+    /// is the caller's own).
     pub async fn issue_login_token(
         &self,
         caller: &Caller,
         name: &str,
     ) -> Result<String, ManagerError> {
-        self.manageable_unit(caller, name).await?;
+        match self.manageable_unit(caller, name).await {
+            Ok(_) => {}
+            // Told apart from a VM nobody may see only by the share.
+            Err(e @ ManagerError::NoSuchVm { .. }) => {
+                if !self.is_shared_with(caller, name)? {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
         let mut bytes = [0u8; 32];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut bytes))
@@ -90,6 +102,7 @@ impl Manager {
             ipv4: spec.network.as_ref().map(|n| n.ipv4),
             publication: self.registry().store().publication(name)?,
             owner_uid: spec.owner_uid,
+            shared_uids: self.registry().store().shares(name)?,
             state: self.vm_state(name).await,
         })
     }

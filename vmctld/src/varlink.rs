@@ -448,6 +448,20 @@ impl VarlinkService {
                     }
                 }
             }),
+            "Share" | "Unshare" => Answer::Now(match share_parameters(call) {
+                Err(e) => Err(e),
+                Ok((name, user)) => {
+                    let result = if member == "Share" {
+                        self.manager.share(&caller, &name, &user).await
+                    } else {
+                        self.manager.unshare(&caller, &name, &user).await
+                    };
+                    match result {
+                        Ok(users) => Ok(json!({ "shared_with": users })),
+                        Err(e) => Err(e.to_varlink()),
+                    }
+                }
+            }),
             "IssueLoginToken" => Answer::Now(match name_parameter(call) {
                 Err(e) => Err(e),
                 Ok(name) => match self.manager.issue_login_token(&caller, &name).await {
@@ -645,6 +659,18 @@ fn publish_parameters(call: &RawCall) -> Result<(String, Option<u16>, Option<boo
     check_parameters(call, &["name", "port", "public"])?;
     let input: In = parameters(call, "port")?;
     Ok((input.name, input.port, input.public))
+}
+
+/// `Share`'s and `Unshare`'s VM name and user.
+fn share_parameters(call: &RawCall) -> Result<(String, String), ErrorReply> {
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        user: String,
+    }
+    check_parameters(call, &["name", "user"])?;
+    let input: In = parameters(call, "user")?;
+    Ok((input.name, input.user))
 }
 
 /// `List`'s `all`.
@@ -930,6 +956,8 @@ mod tests {
                 "ListSSHKeys",
                 "RemoveSSHKey",
                 "Publish",
+                "Share",
+                "Unshare",
                 "IssueLoginToken"
             ]
         );

@@ -101,6 +101,7 @@ async fn resolve_route(
         "ipv4": route.ipv4.map(|a| a.to_string()),
         "port": route.publication.port,
         "owner_uid": route.owner_uid,
+        "shared_uids": route.shared_uids,
         "public": route.publication.public,
         "state": route.state,
     }))

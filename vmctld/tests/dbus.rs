@@ -169,6 +169,27 @@ async fn manager_on_dbus() {
         "{e}"
     );
 
+    // Share and Unshare (uid 4242, a user without a name here): the
+    // users it is shared with now, shown by Describe; unsharing a user it
+    // is not shared with is InvalidArgument.
+    let shared: Vec<String> = proxy.call("Share", &("blog", "4242")).await.unwrap();
+    assert_eq!(shared, ["4242"]);
+    let details: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        proxy.call("Describe", &("blog",)).await.unwrap();
+    let users = <Vec<String>>::try_from(details["shared_with"].try_clone().unwrap()).unwrap();
+    assert_eq!(users, ["4242"]);
+    let shared: Vec<String> = proxy.call("Unshare", &("blog", "4242")).await.unwrap();
+    assert!(shared.is_empty());
+    let e = proxy
+        .call::<_, _, Vec<String>>("Unshare", &("blog", "4242"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("org.vmctl.Manager1.Error.InvalidArgument"),
+        "{e}"
+    );
+
     // busctl, as users will call it.
     // Run it off this thread: the fake systemd is served by this runtime.
     let address = format!("--address={}", bus.address);

@@ -14,6 +14,7 @@
 mod publications;
 mod quotas;
 mod registered;
+mod shares;
 mod ssh_keys;
 mod vms;
 mod volumes;
@@ -71,6 +72,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "registered_users",
         include_str!("migrations/0005_registered_users.sql"),
     ),
+    (6, "shares", include_str!("migrations/0006_shares.sql")),
 ];
 
 /// The schema version this vmctld writes.
