@@ -78,7 +78,8 @@ pub fn build_with(
     let proxy = proxy::Proxy::new(&config.domain, vmctld, sessions, challenges);
     Ok(Arc::new(server::Server {
         proxy: Arc::new(proxy),
-        tls: tls::server_config(store),
+        tls: tls::server_config(store.clone()),
+        certs: store,
         issuer,
         limiter: limits::ConnLimiter::new(config.max_connections_per_ip, config.max_connections),
         config,
@@ -86,8 +87,25 @@ pub fn build_with(
 }
 
 /// Runs the proxy on `listeners` (renewing certificates in the
-/// background) until the process ends.
+/// background, reloading a user-provided certificate on SIGHUP) until the
+/// process ends.
 pub async fn run(server: Arc<server::Server>, listeners: server::Listeners) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Before anything is served, so that a SIGHUP never finds the default
+    // action (termination) in place.
+    let mut hangups = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let reloading = server.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reloading.reload_certificate() {
+                Ok(true) => tracing::info!("certificate reloaded"),
+                Ok(false) => {
+                    tracing::info!("SIGHUP: ACME certificates renew themselves; nothing to reload")
+                }
+                Err(e) => tracing::error!("certificate not reloaded, the old one stays: {e:#}"),
+            }
+        }
+    });
     if let Some(issuer) = &server.issuer {
         tokio::spawn(issuer.clone().renew_loop(server.config.acme_renew_check));
     }

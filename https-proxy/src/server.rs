@@ -29,8 +29,10 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::{
     acme::Issuer,
     config::Config,
+    config::TlsSource,
     limits::{ConnLimiter, Permit},
     proxy::{ConnInfo, Proxy},
+    tls::{Cert, CertStore},
 };
 
 /// The name systemd gives the HTTPS socket (`FileDescriptorName=`).
@@ -106,6 +108,8 @@ pub struct Server {
     pub proxy: Arc<Proxy>,
     /// TLS settings (certificates by SNI).
     pub tls: Arc<ServerConfig>,
+    /// The certificates `tls` serves.
+    pub certs: Arc<CertStore>,
     /// Orders certificates on first use (ACME only).
     pub issuer: Option<Arc<Issuer>>,
     /// Connection caps.
@@ -154,6 +158,19 @@ impl Server {
                 Err(e) => tracing::warn!("{peer}: {e}"),
             }
         }
+    }
+
+    /// Reads the configured certificate and key files again and serves
+    /// them from the next handshake on (`systemctl reload vmctl-https`,
+    /// SIGHUP); `false` with ACME, whose certificates renew themselves. A
+    /// pair that does not load is an error and the old one stays.
+    pub fn reload_certificate(&self) -> anyhow::Result<bool> {
+        let TlsSource::Files { certificate, key } = &self.config.tls else {
+            return Ok(false);
+        };
+        self.certs
+            .replace_fixed(Cert::from_files(certificate, key)?);
+        Ok(true)
     }
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {

@@ -93,8 +93,9 @@ impl Cert {
 /// The certificates by name, shared by the TLS acceptor and the issuer.
 #[derive(Debug, Default)]
 pub struct CertStore {
-    /// Served for every name (user-provided certificate).
-    fixed: Option<Cert>,
+    /// Served for every name (user-provided certificate); replaced by a
+    /// reload ([`CertStore::replace_fixed`]).
+    fixed: RwLock<Option<Cert>>,
     by_name: RwLock<HashMap<String, Cert>>,
 }
 
@@ -102,9 +103,15 @@ impl CertStore {
     /// A store that serves `cert` for every name.
     pub fn fixed(cert: Cert) -> Self {
         Self {
-            fixed: Some(cert),
+            fixed: RwLock::new(Some(cert)),
             by_name: RwLock::default(),
         }
+    }
+
+    /// Serves `cert` for every name from the next handshake on (open
+    /// connections keep the certificate they were made with).
+    pub fn replace_fixed(&self, cert: Cert) {
+        *self.fixed.write().unwrap() = Some(cert);
     }
 
     /// An empty per-name store (ACME).
@@ -114,9 +121,8 @@ impl CertStore {
 
     /// The certificate for `name` (the fixed one if any).
     pub fn get(&self, name: &str) -> Option<Cert> {
-        self.fixed
-            .clone()
-            .or_else(|| self.by_name.read().unwrap().get(name).cloned())
+        let fixed = self.fixed.read().unwrap().clone();
+        fixed.or_else(|| self.by_name.read().unwrap().get(name).cloned())
     }
 
     /// Serves `cert` for `name` from the next handshake on.
@@ -132,7 +138,7 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(fixed) = &self.fixed {
+        if let Some(fixed) = &*self.fixed.read().unwrap() {
             return Some(fixed.key.clone());
         }
         let name = hello.server_name()?.to_ascii_lowercase();
