@@ -53,6 +53,47 @@ pub fn login_required(name: &str, host: &str) -> Response<Body> {
     )
 }
 
+/// `GET /.vmctl/login?token=T`: asks before logging in, so that merely
+/// opening a link (or a page elsewhere making the browser open one) logs
+/// nobody in. `token` is hex digits (checked by the caller). The page may
+/// not be framed (no clickjacking of its button) and sends no referrer.
+pub fn confirm_login(name: &str, host: &str, token: &str) -> Response<Body> {
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Log in</title></head>\
+         <body><h1>Log in to {host}</h1><p>This link logs this browser in as the user who \
+         ran <code>vmctl login {name}</code>. Continue only if that was you, just now.</p>\
+         <form method=\"post\" action=\"/.vmctl/login\">\
+         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <button type=\"submit\">Log in</button></form><hr><p>vmctl-https</p></body></html>\n",
+        host = escape(host),
+        name = escape(name),
+        token = escape(token),
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(header::X_FRAME_OPTIONS, "DENY")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+        )
+        .body(full(html))
+        .expect("static headers are valid")
+}
+
+/// A login form sent from another site.
+pub fn cross_site_login(name: &str) -> Response<Body> {
+    page(
+        StatusCode::FORBIDDEN,
+        "Login refused",
+        &format!(
+            "This login was sent from another site. Open the link `vmctl login {name}` \
+             prints yourself and confirm there."
+        ),
+    )
+}
+
 /// A login link that is unknown, used or expired.
 pub fn bad_login(name: &str) -> Response<Body> {
     page(

@@ -16,9 +16,9 @@ use std::{
 use http::{
     header::{self, HeaderName, HeaderValue},
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, Request, Response, StatusCode, Uri,
+    HeaderMap, Method, Request, Response, StatusCode, Uri,
 };
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -175,7 +175,7 @@ impl Proxy {
             return pages::misdirected();
         }
         if req.uri().path() == "/.vmctl/login" {
-            return self.login(&req, &name).await;
+            return self.login(req, &name, &host).await;
         }
         if req.uri().path().starts_with(OWN_PREFIX) {
             return pages::not_found(&host);
@@ -236,20 +236,38 @@ impl Proxy {
         }
     }
 
-    /// `/.vmctl/login?token=T`: exchanges the one-time token for a
-    /// session cookie and sends the browser to `/` (the token leaves the
-    /// address bar and history).
-    async fn login(&self, req: &Request<Incoming>, name: &str) -> Response<Body> {
-        let token = req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .unwrap_or("");
-        if token.is_empty() || token.len() > 256 {
+    /// `/.vmctl/login`. `GET ?token=T` (the link `vmctl login` prints)
+    /// only shows a page asking to confirm; the form on it `POST`s the
+    /// token, which is exchanged for a session cookie, and the browser is
+    /// sent to `/` (the token leaves the address bar and history). A POST
+    /// from another site (its `Origin` or `Sec-Fetch-Site` says so) is
+    /// refused: a page elsewhere cannot log a visitor in under its own
+    /// link (login CSRF); the confirmation page may not be framed.
+    async fn login(&self, req: Request<Incoming>, name: &str, host: &str) -> Response<Body> {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            let token = form_value(req.uri().query().unwrap_or(""), "token");
+            return match token.filter(|t| valid_token(t)) {
+                Some(token) => pages::confirm_login(name, host, token),
+                None => pages::bad_login(name),
+            };
+        }
+        if req.method() != Method::POST {
             return pages::bad_login(name);
         }
+        if !same_origin(req.headers(), host) {
+            return pages::cross_site_login(name);
+        }
+        let body = match Limited::new(req.into_body(), MAX_LOGIN_FORM)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return pages::bad_login(name),
+        };
+        let form = String::from_utf8_lossy(&body);
+        let Some(token) = form_value(&form, "token").filter(|t| valid_token(t)) else {
+            return pages::bad_login(name);
+        };
         match self.vmctld.redeem_login_token(token).await {
             Ok(Some(login)) => {
                 let cookie = self.sessions.set_cookie(
@@ -340,6 +358,36 @@ impl Proxy {
         }
         strip_set_session_cookie(&mut parts.headers);
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Largest login form body (a token is 64 hex digits).
+const MAX_LOGIN_FORM: usize = 1024;
+
+/// The value of `key` in a query string or form body (`a=1&key=v`), as
+/// sent (tokens need no decoding).
+fn form_value<'a>(form: &'a str, key: &str) -> Option<&'a str> {
+    form.split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A login token as vmctld makes them: hex digits, not too long.
+fn valid_token(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 256 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a POST comes from the site itself: a browser says where a form
+/// was sent from (`Origin`, `Sec-Fetch-Site`); a client that says neither
+/// (curl, scripts) is no browser another site could steer.
+fn same_origin(headers: &HeaderMap, host: &str) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return origin
+            .to_str()
+            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("https://{host}")));
+    }
+    match headers.get("sec-fetch-site") {
+        Some(site) => site == "same-origin",
+        None => true,
     }
 }
 
@@ -516,6 +564,35 @@ mod tests {
         assert_eq!(h["x-vmctl-uid"], "1000");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn login_forms_come_from_the_site_itself() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h, "web.vm.test"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h, "web.vm.test"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h, "web.vm.test"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.test"),
+        );
+        assert!(!same_origin(&h, "web.vm.test"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h, "web.vm.test"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://web.vm.test"),
+        );
+        assert!(same_origin(&h, "web.vm.test"));
+        assert!(!same_origin(&h, "web.vm.test:8443"));
+
+        assert_eq!(form_value("a=1&token=ab12", "token"), Some("ab12"));
+        assert_eq!(form_value("xtoken=ab12", "token"), None);
+        assert!(valid_token("00ff"));
+        assert!(!valid_token("\"><script>"));
+        assert!(!valid_token(""));
     }
 
     #[test]

@@ -180,7 +180,7 @@ async fn start(extra: &str) -> Proxy {
         .into_iter()
         .collect(),
         tokens: Mutex::new(
-            [("alice-token", 1000, "alice"), ("bob-token", 1001, "bob")]
+            [("a11ce0", 1000, "alice"), ("b0b0", 1001, "bob")]
                 .into_iter()
                 .map(|(t, uid, user)| {
                     (
@@ -230,18 +230,57 @@ async fn access_matrix_pages_and_headers() {
         assert_eq!(code, 401, "{text}");
         assert!(text.contains("vmctl login priv"), "{text}");
 
-        // alice logs in; the token works once.
+        // alice opens her link: a page that asks first, unframeable, and
+        // the token is not used up by opening it.
         let jar = p.dir.path().join("alice.jar");
         let jar = jar.to_str().unwrap();
+        for _ in 0..2 {
+            let (code, text) = p.curl(&["https://priv.vm.test/.vmctl/login?token=a11ce0"]);
+            assert_eq!(code, 200, "{text}");
+            assert!(!text.contains("set-cookie"), "{text}");
+            assert!(text.contains("x-frame-options: DENY"), "{text}");
+            assert!(text.contains("frame-ancestors 'none'"), "{text}");
+            assert!(
+                text.contains(r#"<form method="post" action="/.vmctl/login">"#)
+                    && text.contains(r#"name="token" value="a11ce0""#),
+                "{text}"
+            );
+        }
+        let (code, text) = p.curl(&["https://priv.vm.test/.vmctl/login?token=%22%3E%3Cx"]);
+        assert_eq!(code, 403, "{text}");
+        // A form sent from another site (login CSRF) is refused and does
+        // not use the token up.
+        for header in ["Origin: https://evil.test", "Sec-Fetch-Site: cross-site"] {
+            let (code, text) = p.curl(&[
+                "-c",
+                jar,
+                "-H",
+                header,
+                "--data",
+                "token=a11ce0",
+                "https://priv.vm.test/.vmctl/login",
+            ]);
+            assert_eq!(code, 403, "{header}: {text}");
+            assert!(text.contains("sent from another site"), "{text}");
+        }
+        // Confirmed from the page itself: the session; the token works once.
         let (code, text) = p.curl(&[
             "-c",
             jar,
-            "https://priv.vm.test/.vmctl/login?token=alice-token",
+            "-H",
+            "Origin: https://priv.vm.test",
+            "--data",
+            "token=a11ce0",
+            "https://priv.vm.test/.vmctl/login",
         ]);
         assert_eq!(code, 303, "{text}");
         assert!(text.contains("Domain=vm.test; Path=/; Max-Age="), "{text}");
         assert!(text.contains("HttpOnly; Secure; SameSite=Lax"), "{text}");
-        let (code, _) = p.curl(&["https://priv.vm.test/.vmctl/login?token=alice-token"]);
+        let (code, _) = p.curl(&[
+            "--data",
+            "token=a11ce0",
+            "https://priv.vm.test/.vmctl/login",
+        ]);
         assert_eq!(code, 403);
 
         // Owner: through, told who, spoofed headers gone, over HTTP/2.
@@ -282,11 +321,14 @@ async fn access_matrix_pages_and_headers() {
         // Another user: the same 404 as a missing name.
         let bob = p.dir.path().join("bob.jar");
         let bob = bob.to_str().unwrap();
-        p.curl(&[
+        let (code, _) = p.curl(&[
             "-c",
             bob,
-            "https://priv.vm.test/.vmctl/login?token=bob-token",
+            "--data",
+            "token=b0b0",
+            "https://priv.vm.test/.vmctl/login",
         ]);
+        assert_eq!(code, 303);
         let (code, text) = p.curl(&["-b", bob, "https://priv.vm.test/"]);
         assert_eq!(code, 404, "{text}");
         assert!(

@@ -9,11 +9,18 @@
 //! - TLS with a user-provided certificate (CertificateFile=/KeyFile=);
 //! - unknown name 404; HTTP on port 80 redirects to HTTPS (308);
 //! - private by default: no session 401 with how to log in; alice's
-//!   one-time link (`vmctl login`) gives a session cookie (HttpOnly,
+//!   one-time link (`vmctl login`) opens a page that asks to confirm,
+//!   whose form (posted from the site) gives a session cookie (HttpOnly,
 //!   Secure, for the domain); with it 200 and the VM sees
 //!   `X-VmCtl-User: alice` and her uid, never a client-sent one, plus
 //!   `X-Forwarded-For/-Proto/-Host`; the link works once; root's session
 //!   (another user) gets the same 404 as an unknown name;
+//! - sharing: bob cannot get a link for alice's VM or share it
+//!   (`io.vmctl.Manager.NoSuchVM`); after `vmctl share web bob` his own
+//!   link lets him in (200, `X-VmCtl-User: bob`), `vmctl show` names him;
+//!   after `vmctl unshare` his session gets the 404 again;
+//! - `systemctl reload vmctl-https` (SIGHUP: the certificate files are
+//!   read again) leaves the service running and answering;
 //! - `vmctl publish --public`: 200 without a session;
 //! - a VM not answering 502, a stopped VM 503 naming `vmctl start`;
 //! - 100 MB up and down through the proxy, sha256 intact;
@@ -189,6 +196,25 @@ fn status(run: &Run) -> u16 {
         .unwrap_or_else(|| panic!("no HTTP status: {run:#?}"))
 }
 
+/// What a browser does with a `vmctl login` link once its user confirms:
+/// the page's form posts the token (from the site itself); the session
+/// cookie goes to `jar`.
+fn log_in(link: &str, jar: &str) -> Run {
+    let (action, token) = link
+        .split_once("?token=")
+        .unwrap_or_else(|| panic!("not a login link: {link}"));
+    let origin = action.trim_end_matches("/.vmctl/login");
+    curl(&[
+        "-c",
+        jar,
+        "-H",
+        &format!("Origin: {origin}"),
+        "--data",
+        &format!("token={token}"),
+        action,
+    ])
+}
+
 fn url(path: &str) -> String {
     format!("https://{VM}.{DOMAIN}{path}")
 }
@@ -325,7 +351,11 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
         "{link}"
     );
     let jar = "/var/tmp/https-e2e-alice.jar";
-    let run = curl(&["-c", jar, link]);
+    // Opening the link only asks to confirm (a form posting the token).
+    let run = curl(&[link]);
+    assert_eq!(status(&run), 200, "{run:#?}");
+    assert!(run.stdout.contains("<form method=\"post\""), "{run:#?}");
+    let run = log_in(link, jar);
     assert_eq!(status(&run), 303, "{run:#?}");
     let set_cookie = run
         .stdout
@@ -339,7 +369,7 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     // The link works once.
-    let run = curl(&[link]);
+    let run = log_in(link, "/var/tmp/https-e2e-again.jar");
     assert_eq!(status(&run), 403, "{run:#?}");
 
     // With the session: the VM answers, told who it is, and a client's
@@ -389,7 +419,7 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     // name that does not exist.
     let root_link = host(&["vmctl", "login", VM]).ok().stdout;
     let root_jar = "/var/tmp/https-e2e-root.jar";
-    assert_eq!(status(&curl(&["-c", root_jar, root_link.trim()])), 303);
+    assert_eq!(status(&log_in(root_link.trim(), root_jar)), 303);
     let run = curl(&["-b", root_jar, &url("/")]);
     assert_eq!(status(&run), 404, "{run:#?}");
     assert!(
@@ -429,7 +459,7 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
     // bob logs in with his own link and gets in, named as himself.
     let bob_link = host_as(Some("bob"), &["vmctl", "login", VM]).ok().stdout;
     let bob_jar = "/var/tmp/https-e2e-bob.jar";
-    assert_eq!(status(&curl(&["-c", bob_jar, bob_link.trim()])), 303);
+    assert_eq!(status(&log_in(bob_link.trim(), bob_jar)), 303);
     let run = wait_for_status(&["-b", bob_jar, &url("/")], 200, Duration::from_secs(10));
     assert_eq!(status(&run), 200, "{run:#?}");
     let bob_uid = host_uid("bob");
@@ -457,6 +487,13 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
             && run.stderr.contains("(io.vmctl.Manager.InvalidArgument)"),
         "{run:#?}"
     );
+
+    // A reload (the certificate files read again) keeps it serving.
+    host(&["systemctl", "reload", "vmctl-https.service"]).ok();
+    let active = host(&["systemctl", "is-active", "vmctl-https.service"]);
+    assert_eq!(active.stdout.trim(), "active", "{active:#?}");
+    let run = curl(&["-b", jar, &url("/")]);
+    assert_eq!(status(&run), 200, "{run:#?}");
 
     // 100 MB down and up through the proxy, intact.
     let run = host(&[
