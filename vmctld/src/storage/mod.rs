@@ -7,10 +7,10 @@
 //!   files under the state directory; a root volume is a `FICLONE` of the
 //!   image's `root.raw` on btrfs/XFS (O(1) whatever the size), a sparse copy
 //!   with one warning line elsewhere;
-//! - **LVM thin** (`Backend=lvm-thin`, [`lvm`]): the backend's commands
-//!   and report parsing exist, but opening the storage refuses it (vmctld's
-//!   unit has no capabilities or devices for LVM, and it has not run
-//!   against a real pool yet) rather than pretending.
+//! - **LVM thin** (`Backend=lvm-thin`, [`lvm`]): the backend's code runs
+//!   against real LVM in a VM (e2e `storage_lvm.rs`), but opening the
+//!   storage refuses it (vmctld's unit has no capabilities or devices for
+//!   LVM, and the launcher opens files, not LVs) rather than pretending.
 //!
 //! The interface is store-agnostic: callers record which volumes a VM
 //! uses; the pool only makes, grows, lists and deletes them.
