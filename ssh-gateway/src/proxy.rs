@@ -9,16 +9,30 @@
 //! every VM's authorized keys) and accepts only the host key vmctld
 //! published for that VM in `/run/vmctl/ssh_known_hosts`.
 
-use std::{path::Path, sync::Arc};
+use std::{borrow::Cow, path::Path, sync::Arc};
 
 use russh::{
-    client,
+    cipher, client,
     keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate},
-    server, Channel, ChannelMsg,
+    server, Channel, ChannelMsg, Preferred,
 };
 use vmctl_api::VmDetails;
 
 use crate::vmctld::Vmctld;
+
+/// The ciphers offered to a guest's sshd, AES-GCM first (the client's
+/// order decides). This leg is the gateway's own: its sshd encrypts and
+/// the gateway decrypts every proxied byte, both on the host's CPUs, and
+/// with AES-NI ring's AES-GCM costs a fraction of its chacha20-poly1305
+/// (whose poly1305 is not vectorised): 200 MB through the gateway on
+/// loopback took 0.41-0.47 s of its CPU instead of 0.58-0.62 s. The
+/// user's own connection keeps the cipher the user's client prefers, as
+/// a direct connection would.
+const GUEST_CIPHERS: &[cipher::Name] = &[
+    cipher::AES_256_GCM,
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_CTR,
+];
 
 /// A connection to a guest's sshd.
 pub type Guest = client::Handle<GuestHandler>;
@@ -164,6 +178,10 @@ where
 {
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
+        preferred: Preferred {
+            cipher: Cow::Borrowed(GUEST_CIPHERS),
+            ..Preferred::default()
+        },
         ..client::Config::default()
     });
     let handler = GuestHandler { expected, agent };

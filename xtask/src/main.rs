@@ -282,7 +282,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ssh: true, runs, ..
         } => {
             deps::ensure_build_machine()?;
-            let host = host::up(UpOptions::default())?;
+            // The gateway's throughput is russh's own speed: release
+            // build, as the packages ship it.
+            let host = host::up(UpOptions {
+                profile: Some(Profile::Release),
+                ..UpOptions::default()
+            })?;
             xtask::image::ensure_default()?;
             let result = xtask::bench_ssh::run(&host, 3 * runs);
             host::down()?;
