@@ -87,7 +87,10 @@ pub async fn login(address: &Path, name: &str) -> anyhow::Result<()> {
     let token = reply["token"].as_str().context("vmctld sent no token")?;
     println!("https://{name}.{domain}/.vmctl/login?token={token}");
     if let Some(secs) = reply["expires_in_sec"].as_u64() {
-        eprintln!("(works once, within {} minutes)", secs.div_ceil(60));
+        eprintln!(
+            "(open it and confirm; it works once, within {} minutes)",
+            secs.div_ceil(60)
+        );
     }
     Ok(())
 }
