@@ -31,26 +31,21 @@ pub fn page(status: StatusCode, title: &str, text: &str) -> Response<Body> {
         .expect("static headers are valid")
 }
 
-/// No VM by that name (or not one the caller may see: the same page, so
-/// a stranger cannot tell a private VM from a missing one).
-pub fn not_found(host: &str) -> Response<Body> {
-    page(
-        StatusCode::NOT_FOUND,
-        "No such site",
-        &format!("There is no VM published at {host}."),
-    )
-}
-
-/// A private VM and no session.
-pub fn login_required(name: &str, host: &str) -> Response<Body> {
-    page(
-        StatusCode::UNAUTHORIZED,
-        "Login required",
-        &format!(
-            "The VM {name} is private. Its owner logs in by running `vmctl login {name}` \
-             on the host and opening the link it prints (https://{host}/.vmctl/login?token=...)."
-        ),
-    )
+/// No VM by that name, or not one the caller may see: a private VM
+/// without a session, or with a session of someone it is not shared with.
+/// The same page (404) for all of them, so that a stranger cannot tell a
+/// private VM from a missing one; for a name under the domain (`name`) it
+/// says how an owner logs in.
+pub fn not_found(host: &str, name: Option<&str>) -> Response<Body> {
+    let mut text = format!("There is no VM published at {host} that you may visit.");
+    if let Some(name) = name {
+        text.push_str(&format!(
+            " If it is a private VM of yours (or shared with you), log in: run \
+             `vmctl login {name}` on the host and open the link it prints \
+             (https://{host}/.vmctl/login?token=...)."
+        ));
+    }
+    page(StatusCode::NOT_FOUND, "No such site", &text)
 }
 
 /// `GET /.vmctl/login?token=T`: asks before logging in, so that merely

@@ -169,7 +169,7 @@ impl Proxy {
             return self.plain_http(&req, &host);
         }
         let Some(name) = self.vm_name(&host) else {
-            return pages::not_found(&host);
+            return pages::not_found(&host, None);
         };
         if conn.sni_name.as_ref().is_some_and(|sni| *sni != name) {
             return pages::misdirected();
@@ -178,11 +178,11 @@ impl Proxy {
             return self.login(req, &name, &host).await;
         }
         if req.uri().path().starts_with(OWN_PREFIX) {
-            return pages::not_found(&host);
+            return pages::not_found(&host, Some(&name));
         }
         let route = match self.resolver.resolve(&name).await {
             Ok(Some(route)) => route,
-            Ok(None) => return pages::not_found(&host),
+            Ok(None) => return pages::not_found(&host, Some(&name)),
             Err(e) => {
                 tracing::warn!("resolving {name}: {e}");
                 return pages::unavailable();
@@ -195,9 +195,8 @@ impl Proxy {
         );
         match (&session, route.public) {
             (_, true) => {}
-            (None, false) => return pages::login_required(&name, &host),
             (Some(s), false) if route.admits(s.uid) => {}
-            (Some(_), false) => return pages::not_found(&host),
+            (_, false) => return pages::not_found(&host, Some(&name)),
         }
         if route.state != "running" {
             return pages::stopped(&name, &route.state);
@@ -218,11 +217,11 @@ impl Proxy {
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .body(pages::full(key_authorization))
                     .expect("static headers are valid"),
-                None => pages::not_found(host),
+                None => pages::not_found(host, None),
             };
         }
         let Some(name) = self.vm_name(host) else {
-            return pages::not_found(host);
+            return pages::not_found(host, None);
         };
         let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
         let location = format!("https://{name}.{}{path}", self.domain);
@@ -232,7 +231,7 @@ impl Proxy {
                 .header(header::LOCATION, location)
                 .body(pages::full(""))
                 .expect("the location was checked"),
-            Err(_) => pages::not_found(host),
+            Err(_) => pages::not_found(host, None),
         }
     }
 

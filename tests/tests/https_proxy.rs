@@ -8,7 +8,8 @@
 //! - socket activation: the service is inactive until the first request;
 //! - TLS with a user-provided certificate (CertificateFile=/KeyFile=);
 //! - unknown name 404; HTTP on port 80 redirects to HTTPS (308);
-//! - private by default: no session 401 with how to log in; alice's
+//! - private by default: no session gets the 404 of an unknown name,
+//!   which says how an owner logs in; alice's
 //!   one-time link (`vmctl login`) opens a page that asks to confirm,
 //!   whose form (posted from the site) gives a session cookie (HttpOnly,
 //!   Secure, for the domain); with it 200 and the VM sees
@@ -340,8 +341,13 @@ fn https_proxy_routes_logs_in_and_keeps_private_vms_private() {
 
     // Private by default: no session, no entry, and the page says how.
     let run = curl(&[&url("/")]);
-    assert_eq!(status(&run), 401, "{run:#?}");
+    assert_eq!(status(&run), 404, "{run:#?}");
     assert!(run.stdout.contains("vmctl login web"), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains("There is no VM published at web.vm.test"),
+        "{run:#?}"
+    );
 
     // alice's one-time link gives her a session cookie.
     let link = host_as(Some("alice"), &["vmctl", "login", VM]).ok().stdout;
