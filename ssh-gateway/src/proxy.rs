@@ -140,9 +140,10 @@ pub async fn connect(
     // alike, while the same file came intact over the bridge. The cause:
     // vhost-device-vsock dropped guest packets spread over several
     // descriptors; since the QEMU driver caps them (`VSOCK_TX_BUFFER_SIZE`
-    // in vmctl-vmm), OpenSSH moves 50 MB intact through the hybrid-vsock
-    // socket (docs/architecture.md, "Bulk data over vsock under QEMU").
-    // The bridge stays first; vsock is for a VM without an address.
+    // in vmctl-vmm), 50 MB come out intact over vsock, through this
+    // gateway too (a VM without an address, dev host, 2026-11-24; see
+    // docs/architecture.md, "Bulk data over vsock under QEMU"). The bridge
+    // stays first; vsock is for a VM without an address.
     if let Some(ipv4) = &vm.ipv4 {
         match tokio::net::TcpStream::connect((ipv4.as_str(), 22)).await {
             Ok(stream) => {
