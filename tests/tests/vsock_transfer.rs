@@ -5,8 +5,8 @@
 //!
 //! This guards the workaround for vhost-device-vsock dropping guest packets
 //! whose data spans several descriptors (`VSOCK_TX_BUFFER_SIZE` in
-//! `vmm/src/qemu/mod.rs`): without it, output from the guest stopped after
-//! 64 KiB and the command hung.
+//! `vmm/src/qemu/mod.rs`): without it, the first step (`vmctl exec VM --
+//! cat` of 64 MiB) printed nothing and hung until its timeout.
 //!
 //! One VM serves every step, because a TCG boot costs tens of seconds.
 
