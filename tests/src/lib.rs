@@ -67,6 +67,20 @@ pub fn unit_property(unit: &str, property: &str) -> String {
         .to_owned()
 }
 
+/// The overall exposure level `systemd-analyze security` gives `unit` in
+/// the host (0.0 best, 10.0 worst). Panics with the tool's output when
+/// no figure can be read.
+pub fn exposure(unit: &str) -> f64 {
+    let run = host(&["systemd-analyze", "security", "--no-pager", unit]).ok();
+    let prefix = format!("Overall exposure level for {unit}: ");
+    run.stdout
+        .lines()
+        .find_map(|l| l.split(prefix.as_str()).nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure for {unit}: {run:#?}"))
+}
+
 /// Field `key` of VM `vm`'s stored spec (`/var/lib/vmctl/vms/VM.json`),
 /// found at any depth (the addresses sit under `network`): a string as
 /// it is, any other value as JSON. Panics naming the VM when it is absent.

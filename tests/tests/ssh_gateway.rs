@@ -9,10 +9,11 @@
 //! message, `systemctl restart vmctl-ssh` leaving the VM alone), and
 //! registration where an administrator opened it (a store-only account
 //! whose VM runs under systemd) with agent forwarding off by default and
-//! on only where the gateway allows it.
+//! on only where the gateway allows it. The unit's sandbox is rated by
+//! `systemd-analyze security` in the host.
 
 use std::time::{Duration, Instant};
-use vmctl_e2e::{ensure_test_users, host, host_as, serve_in_vm, Run};
+use vmctl_e2e::{ensure_test_users, exposure, host, host_as, serve_in_vm, Run};
 
 /// The gateway's port (units/vmctl-ssh.socket).
 const PORT: &str = "2222";
@@ -597,4 +598,24 @@ fn registration_and_agent_forwarding() {
     // Without -A the guest gets no agent even where forwarding is allowed.
     let unasked = gw_reg(&vm, probe, None).ok();
     assert!(unasked.stdout.contains("agent=none"), "{unasked:#?}");
+}
+
+/// Issue 13: the gateway runs unprivileged and hardened to an exposure of
+/// at most 2.0, as the host's systemd rates the installed unit.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn the_gateway_unit_is_hardened() {
+    let level = exposure("vmctl-ssh.service");
+    println!("systemd-analyze security vmctl-ssh.service: {level}");
+    assert!(level <= 2.0, "vmctl-ssh.service exposure {level} (> 2.0)");
+    let user = host(&[
+        "systemctl",
+        "show",
+        "-p",
+        "User",
+        "--value",
+        "vmctl-ssh.service",
+    ])
+    .ok();
+    assert_eq!(user.stdout.trim(), "vmctl-ssh", "the gateway's user");
 }
