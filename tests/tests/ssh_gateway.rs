@@ -412,6 +412,63 @@ fn proxy_mode_into_a_vm() {
     );
 }
 
+/// A VM with no network (`--network none`) is reached over vsock: the
+/// gateway asks vmctld for the guest's sshd on vsock port 22 (channel
+/// `ssh` of `OpenGuest`), and 50 MB go both ways intact, the guest-to-host
+/// direction being the one vhost-device-vsock once dropped data on.
+#[test]
+#[ignore = "needs the systemd dev host: run `cargo xtask test`"]
+fn proxy_mode_over_vsock_without_a_network() {
+    const VM: &str = "gwvsock";
+    ensure_test_users();
+    host(&["sh", "-c", &format!("vmctl rm {VM} 2>/dev/null; true")]);
+    let _cleanup = Cleanup::new(&[VM]);
+    fresh_gateway();
+    make_key("alice");
+    register_key("alice");
+    // The gateway hands vmctld its client key when it first runs, and a
+    // VM gets the key when it starts: wake the gateway first.
+    assert!(gw("alice", "alice", "whoami")
+        .ok()
+        .stdout
+        .starts_with("alice "));
+    host_as(Some("alice"), &["vmctl", "create", VM, "--network", "none"]).ok();
+    host_as(Some("alice"), &["vmctl", "start", VM]).ok();
+    let described = host_as(Some("alice"), &["vmctl", "describe", VM, "--json"])
+        .ok()
+        .stdout;
+    assert!(
+        !described.contains("\"ipv4\": \""),
+        "a VM without a network has no address: {described}"
+    );
+
+    let run = proxy_when_up("alice", VM, "hostname", Duration::from_secs(180));
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.stdout.trim(), VM);
+
+    sh_as(
+        "alice",
+        "head -c 50M /dev/urandom > ~/vblob && sha256sum < ~/vblob > ~/vblob.sum",
+    )
+    .ok();
+    let sum = sh_as("alice", "cut -d' ' -f1 ~/vblob.sum").ok().stdout;
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} ~/vblob {VM}@127.0.0.1:vblob"),
+    )
+    .ok();
+    let remote = gw("alice", VM, "sha256sum vblob").ok();
+    assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} {VM}@127.0.0.1:vblob ~/vblob.back"),
+    )
+    .ok();
+    let back = sh_as("alice", "sha256sum < ~/vblob.back").ok().stdout;
+    assert!(back.starts_with(sum.trim()), "{back}");
+    sh_as("alice", "rm -f ~/vblob ~/vblob.sum ~/vblob.back").ok();
+}
+
 /// Where this test's own key lives in the host (root's, not a test user's:
 /// registration needs no local account).
 const REG_KEY: &str = "/root/.ssh/e2e-register";
