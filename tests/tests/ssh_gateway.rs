@@ -253,6 +253,40 @@ fn command_mode_keys_denials_and_floods() {
     gw_from("alice", "127.0.0.2", "alice", "rm gwdefined").ok();
 }
 
+/// Makes alice's `~/FILE` (50 MB of noise), copies it into `vm` with
+/// `scp -P 2222` as `FILE.scp` and back out as `~/FILE.scp.back` (the
+/// guest-to-host direction once lost data), asserting both copies'
+/// SHA-256; returns it.
+fn scp_both_ways(vm: &str, file: &str) -> String {
+    sh_as(
+        "alice",
+        &format!("head -c 50M /dev/urandom > ~/{file} && sha256sum < ~/{file} > ~/{file}.sum"),
+    )
+    .ok();
+    let sum = sh_as("alice", &format!("cut -d' ' -f1 ~/{file}.sum"))
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} ~/{file} {vm}@127.0.0.1:{file}.scp"),
+    )
+    .ok();
+    let remote = gw("alice", vm, &format!("sha256sum {file}.scp")).ok();
+    assert!(remote.stdout.starts_with(&sum), "{remote:#?}");
+    sh_as(
+        "alice",
+        &format!("timeout 600 scp -P {PORT} {OPTS} {vm}@127.0.0.1:{file}.scp ~/{file}.scp.back"),
+    )
+    .ok();
+    let back = sh_as("alice", &format!("sha256sum < ~/{file}.scp.back"))
+        .ok()
+        .stdout;
+    assert!(back.starts_with(&sum), "{back}");
+    sum
+}
+
 /// Retries `cmd` through the gateway to `vm` while the guest's sshd is
 /// not up yet (the gateway says it cannot reach it), for at most `within`.
 fn proxy_when_up(user: &str, vm: &str, cmd: &str, within: Duration) -> Run {
@@ -319,27 +353,7 @@ fn proxy_mode_into_a_vm() {
     assert!(size.stdout.contains("41 137"), "{size:#?}");
 
     // scp and sftp move 50 MB intact.
-    sh_as(
-        "alice",
-        "head -c 50M /dev/urandom > ~/blob && sha256sum < ~/blob > ~/blob.sum",
-    )
-    .ok();
-    let sum = sh_as("alice", "cut -d' ' -f1 ~/blob.sum").ok().stdout;
-    sh_as(
-        "alice",
-        &format!("timeout 600 scp -P {PORT} {OPTS} ~/blob {VM}@127.0.0.1:blob.scp"),
-    )
-    .ok();
-    let remote = gw("alice", VM, "sha256sum blob.scp").ok();
-    assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
-    // And back out of the guest (the direction that once broke).
-    sh_as(
-        "alice",
-        &format!("timeout 600 scp -P {PORT} {OPTS} {VM}@127.0.0.1:blob.scp ~/blob.scp.back"),
-    )
-    .ok();
-    let back = sh_as("alice", "sha256sum < ~/blob.scp.back").ok().stdout;
-    assert!(back.starts_with(sum.trim()), "{back}");
+    let sum = scp_both_ways(VM, "blob");
     sh_as(
         "alice",
         &format!(
@@ -446,27 +460,8 @@ fn proxy_mode_over_vsock_without_a_network() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.stdout.trim(), VM);
 
-    sh_as(
-        "alice",
-        "head -c 50M /dev/urandom > ~/vblob && sha256sum < ~/vblob > ~/vblob.sum",
-    )
-    .ok();
-    let sum = sh_as("alice", "cut -d' ' -f1 ~/vblob.sum").ok().stdout;
-    sh_as(
-        "alice",
-        &format!("timeout 600 scp -P {PORT} {OPTS} ~/vblob {VM}@127.0.0.1:vblob"),
-    )
-    .ok();
-    let remote = gw("alice", VM, "sha256sum vblob").ok();
-    assert!(remote.stdout.starts_with(sum.trim()), "{remote:#?}");
-    sh_as(
-        "alice",
-        &format!("timeout 600 scp -P {PORT} {OPTS} {VM}@127.0.0.1:vblob ~/vblob.back"),
-    )
-    .ok();
-    let back = sh_as("alice", "sha256sum < ~/vblob.back").ok().stdout;
-    assert!(back.starts_with(sum.trim()), "{back}");
-    sh_as("alice", "rm -f ~/vblob ~/vblob.sum ~/vblob.back").ok();
+    scp_both_ways(VM, "vblob");
+    sh_as("alice", "rm -f ~/vblob ~/vblob.sum ~/vblob.scp.back").ok();
 }
 
 /// Where this test's own key lives in the host (root's, not a test user's:
