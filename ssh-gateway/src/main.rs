@@ -55,10 +55,22 @@ struct Args {
     /// the session lasts.
     #[arg(long)]
     agent_forwarding: bool,
+    /// Make the keys if they are missing, hand vmctld the public key
+    /// guests are to trust, and exit (vmctl-ssh-key.service, pulled in by
+    /// the socket, so VMs started before the first connection trust it).
+    #[arg(long)]
+    hand_over_key: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.hand_over_key {
+        init_logging();
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(hand_over_key(&args));
+    }
     // Before any thread exists: LISTEN_FDS is read and unset here.
     let listener = activation::listener(args.listen.as_deref())?;
     init_logging();
@@ -82,6 +94,20 @@ fn init_logging() {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init(),
     }
+}
+
+/// `--hand-over-key`: both keys made if missing, the client key given to
+/// vmctld; any failure is the unit's failure.
+async fn hand_over_key(args: &Args) -> anyhow::Result<()> {
+    keys::load_or_generate(&args.state_directory.join(keys::HOST_KEY_FILE))?;
+    let client_key = keys::load_or_generate(&args.state_directory.join(keys::CLIENT_KEY_FILE))?;
+    let vmctld = Vmctld::new(&args.address);
+    vmctld
+        .set_guest_client_key(&keys::key_line(client_key.public_key()))
+        .await
+        .context("cannot hand vmctld the gateway's key for guests")?;
+    tracing::info!("vmctld has the gateway's key for guests");
+    Ok(())
 }
 
 async fn run(args: Args, listener: std::net::TcpListener) -> anyhow::Result<()> {

@@ -182,8 +182,9 @@ where
         .map_err(|e| format!("SSH login to VM {name} failed: {e}"))?;
     if !auth.success() {
         return Err(format!(
-            "VM {name} does not trust the gateway's key for {user} (a VM started before \
-             vmctl-ssh first ran does not have it yet: restart the VM)"
+            "VM {name} does not trust the gateway's key for {user} (a VM gets it when it \
+             starts: one running since before vmctl-ssh.socket was enabled or the key \
+             changed needs a restart: vmctl restart {name})"
         ));
     }
     Ok(guest)
